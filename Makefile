@@ -1,0 +1,97 @@
+# chatd — `make` builds build/chatd; `make run` starts a node; `make test`
+# runs every test (unit, integration, ASan+UBSan, TSan). `V=1` shows commands.
+
+CC      ?= cc
+PYTHON  := /usr/bin/python3
+SAN     ?=
+PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl
+LLHTTP_DIR     := /usr/share/llhttp
+LLHTTP_INCLUDE := /usr/share/include/llhttp
+
+ifeq ($(SAN),asan)
+  BUILD    ?= build/asan
+  SANFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+else ifeq ($(SAN),tsan)
+  BUILD    ?= build/tsan
+  SANFLAGS := -O1 -fsanitize=thread -fno-omit-frame-pointer
+else
+  BUILD    ?= build
+  SANFLAGS := -O2
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror
+CFLAGS   ?=
+ALLFLAGS  = -std=c11 -D_GNU_SOURCE -g $(SANFLAGS) $(CFLAGS) -Iinclude -I$(LLHTTP_INCLUDE) $(PKG_CFLAGS)
+LDLIBS    = $(PKG_LIBS) -lpthread
+
+SRC     := $(wildcard src/*.c)
+OBJ     := $(SRC:src/%.c=$(BUILD)/obj/%.o)
+LIBOBJ  := $(filter-out $(BUILD)/obj/main.o,$(OBJ))
+LLHTTP_OBJ := $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
+UNIT_SRC := $(wildcard test/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:test/unit/%.c=$(BUILD)/unit/%)
+
+ifeq ($(V),1)
+  Q :=
+  say =
+else
+  Q := @
+  say = @printf '  %-6s %s\n' $(1) $(2);
+endif
+
+.PHONY: all chatd unit run test deps clean check-unit
+all: chatd
+chatd: $(BUILD)/chatd
+
+$(BUILD)/chatd: $(OBJ) $(LLHTTP_OBJ)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(ALLFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
+	$(call say,CC,$<)
+	$(Q)$(CC) $(ALLFLAGS) $(WARN) -MMD -MP -c -o $@ $<
+
+# llhttp has no library package: compile Debian's node-llhttp sources from
+# where the package installs them (see third_party/README.md).
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
+	$(call say,CC,$<)
+	$(Q)$(CC) $(ALLFLAGS) -w -c -o $@ $<
+
+# Each unit test links only the modules it tests (UNIT_DEPS_<test>).
+UNIT_DEPS_test_ws        := ws
+UNIT_DEPS_test_utf8      := ws
+UNIT_DEPS_test_config    := config log
+UNIT_DEPS_test_handshake := handshake config log ws
+UNIT_DEPS_test_ring      := ring
+
+.SECONDEXPANSION:
+$(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(ALLFLAGS) $(WARN) -Wno-missing-prototypes -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BUILD)/obj $(BUILD)/llhttp $(BUILD)/unit:
+	$(Q)mkdir -p $@
+
+unit: $(UNIT_BIN)
+
+# Runs every unit test binary of this build; stops at the first failure.
+check-unit: unit
+	$(Q)set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+deps:
+	$(Q)./third_party/install-deps.sh
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory -j2 chatd
+	./build/chatd -c conf/chatd.conf
+
+test: deps
+	$(Q)./test/run-tests.sh
+
+clean:
+	rm -rf build
+
+-include $(OBJ:.o=.d)

@@ -1,0 +1,76 @@
+/* config — chatd's settings: defaults, the file parser, environment.
+ *
+ * One directive per line, `key = value`, `#` starts a comment. Each
+ * directive is one row in the table in config.c (name, type, bounds,
+ * default, field). Called from the main thread before any other thread
+ * starts; afterwards the config is read-only and shared by all threads.
+ */
+#ifndef CHATD_CONFIG_H
+#define CHATD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_MAX_ORIGINS 16
+
+typedef enum { BROKER_LOCAL = 0, BROKER_REDIS = 1 } broker_kind;
+
+typedef struct config {
+    /* network */
+    char bind[64];              /* address of the ws listener */
+    int port;                   /* port of the ws listener */
+    int workers;                /* 0 in the file means auto: one per core */
+    int max_clients;            /* 0: as many as open files allow */
+    int max_header_bytes;       /* request head limit (→ 431) */
+    int handshake_timeout_ms;   /* whole request must arrive in this (→ close) */
+    char allowed_origins[CONFIG_MAX_ORIGINS][128]; /* empty: any origin */
+    int n_origins;
+
+    /* protocol */
+    char default_room[65];
+    int max_username;           /* bytes */
+    int max_room;               /* bytes */
+    int64_t max_message;        /* bytes of one message (→ 1009) */
+    int ping_interval_ms;       /* ping a connection idle this long */
+    int ping_timeout_ms;        /* close it if no pong within this */
+    int64_t max_output_buffer;  /* bytes queued for one client (→ 1008) */
+
+    /* broker */
+    broker_kind broker;
+    char redis_url[256];
+    char stream[128];
+    int64_t stream_maxlen;
+    int publish_queue;          /* per worker, messages not yet stored */
+    int ring_size;              /* entries in each inter-thread ring */
+
+    /* process */
+    int log_level;              /* LOG_DEBUG .. LOG_ERROR, see log.h */
+    int shutdown_timeout_ms;
+} config;
+
+/* Fills cfg with every directive's default. */
+void config_defaults(config *cfg);
+
+/* Parses a config file into cfg (which holds defaults or earlier values).
+ * Returns 0, or -1 with "FILE:LINE: reason" (or "FILE: reason" for an
+ * unreadable file) in err. */
+int config_load(config *cfg, const char *path, char *err, size_t errlen);
+
+/* Parses the text of a config file; name is used in messages. Same
+ * contract as config_load. */
+int config_parse(config *cfg, const char *name, const char *text, char *err, size_t errlen);
+
+/* Applies one directive. Returns 0, or -1 with the reason (no file or
+ * line) in err. */
+int config_set(config *cfg, const char *key, const char *value, char *err, size_t errlen);
+
+/* Applies PORT and REDIS_URL from the environment (REDIS_URL also selects
+ * the Redis broker). Returns 0, or -1 with a reason naming the variable. */
+int config_apply_env(config *cfg, char *err, size_t errlen);
+
+/* Checks relations between directives (e.g. ping_timeout < ping_interval
+ * is not required, but ring_size must be a power of two). Returns 0 or -1
+ * with a reason. */
+int config_check(const config *cfg, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,825 @@
+/* config — defaults, file parser and environment (see config.h).
+ *
+ * Every directive is one row of `directives` below. config_defaults and
+ * config_set both walk that table: a default is a string that goes through
+ * the very setter a file value goes through, so the two can never drift.
+ * Only the few types whose values are not a number or a plain string
+ * (listen, origins, broker, log_level, redis_url) have setters of their own.
+ */
+#include "config.h"
+
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum {
+    T_INT,       /* integer; the field is an int or an int64_t */
+    T_SIZE,      /* bytes, optionally k/m/g (KiB, MiB, GiB) */
+    T_DURATION,  /* milliseconds in an int; plain numbers are seconds */
+    T_STRING,    /* min..max bytes into a char array */
+    T_LISTEN,    /* ADDRESS:PORT into bind and port */
+    T_ORIGINS,   /* list into allowed_origins and n_origins */
+    T_BROKER,    /* local | redis */
+    T_LOGLEVEL,  /* debug | info | warn | error */
+    T_REDIS_URL, /* redis://[[user]:password@]host[:port][/db] */
+} ctype;
+
+enum {
+    F_POW2 = 1u << 0,      /* T_INT: a power of two */
+    F_AUTO = 1u << 1,      /* T_INT: "auto" means 0 */
+    F_PRINTABLE = 1u << 2, /* T_STRING: UTF-8 without control characters */
+    F_NOSPACE = 1u << 3,   /* T_STRING: printable ASCII or UTF-8, no blanks */
+};
+
+typedef struct directive {
+    const char *name;
+    ctype type;
+    unsigned flags;
+    int64_t min, max; /* value bounds; for strings, length bounds */
+    const char *def;  /* parsed by the setter like a value from a file */
+    size_t offset, size;
+    const char *help;
+} directive;
+
+#define FIELD(f) offsetof(config, f), sizeof(((config *)0)->f)
+#define KIB 1024LL
+#define MIB (1024LL * KIB)
+#define GIB (1024LL * MIB)
+#define SEC 1000LL
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+
+static const directive directives[] = {
+    /* network */
+    {"listen", T_LISTEN, 0, 1, 65535, "0.0.0.0:5000", FIELD(bind),
+     "address:port of the WebSocket listener ([::]:5000 for IPv6)"},
+    {"workers", T_INT, F_AUTO, 0, 256, "auto", FIELD(workers),
+     "worker threads; auto = one per core"},
+    {"max_clients", T_INT, 0, 0, 10000000, "0", FIELD(max_clients),
+     "cap on concurrent WebSocket clients; 0 = as many as open files allow"},
+    {"max_header_bytes", T_SIZE, 0, 256, 1 * MIB, "8k", FIELD(max_header_bytes),
+     "largest HTTP request head (answered with 431)"},
+    {"handshake_timeout", T_DURATION, 0, 100, HOUR, "10s", FIELD(handshake_timeout_ms),
+     "time for the whole HTTP request to arrive"},
+    {"allowed_origins", T_ORIGINS, 0, 0, CONFIG_MAX_ORIGINS, "", FIELD(allowed_origins),
+     "Origin values allowed to connect, space or comma separated; empty = any"},
+
+    /* protocol */
+    {"default_room", T_STRING, F_PRINTABLE, 1, 64, "lobby", FIELD(default_room),
+     "room of a client that names none"},
+    {"max_username", T_INT, 0, 1, 256, "32", FIELD(max_username), "longest user name, bytes"},
+    {"max_room", T_INT, 0, 1, 256, "64", FIELD(max_room), "longest room name, bytes"},
+    {"max_message", T_SIZE, 0, 1, 64 * MIB, "64k", FIELD(max_message),
+     "largest message (closed with 1009)"},
+    {"ping_interval", T_DURATION, 0, 100, HOUR, "30s", FIELD(ping_interval_ms),
+     "ping a connection idle this long"},
+    {"ping_timeout", T_DURATION, 0, 100, HOUR, "10s", FIELD(ping_timeout_ms),
+     "close a connection whose pong does not come within this"},
+    {"max_output_buffer", T_SIZE, 0, 4 * KIB, 1 * GIB, "1m", FIELD(max_output_buffer),
+     "bytes queued for one slow client before it is closed with 1008"},
+
+    /* broker */
+    {"broker", T_BROKER, 0, 0, 0, "local", FIELD(broker),
+     "local (one node, in process) or redis (nodes share a Redis stream)"},
+    {"redis_url", T_REDIS_URL, 0, 0, 0, "redis://127.0.0.1:6379", FIELD(redis_url),
+     "Redis server of the redis broker"},
+    {"stream", T_STRING, F_NOSPACE, 1, 127, "chatd:messages", FIELD(stream),
+     "Redis stream key holding the messages"},
+    {"stream_maxlen", T_INT, 0, 0, 1000000000000LL, "100000", FIELD(stream_maxlen),
+     "approximate entries kept in the stream; 0 = no trimming"},
+    {"publish_queue", T_INT, 0, 1, 1000000, "1024", FIELD(publish_queue),
+     "messages per worker waiting to be stored"},
+    {"ring_size", T_INT, F_POW2, 64, 16777216, "65536", FIELD(ring_size),
+     "entries in each inter-thread ring, a power of two"},
+
+    /* process */
+    {"log_level", T_LOGLEVEL, 0, 0, 0, "info", FIELD(log_level), "debug, info, warn or error"},
+    {"shutdown_timeout", T_DURATION, 0, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
+     "time given to clients to close on shutdown"},
+};
+
+#define N_DIRECTIVES (sizeof directives / sizeof directives[0])
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...) {
+    if (err == NULL || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const directive *find_directive(const char *name) {
+    for (size_t i = 0; i < N_DIRECTIVES; i++)
+        if (strcmp(directives[i].name, name) == 0) return &directives[i];
+    return NULL;
+}
+
+static void *field_ptr(config *cfg, const directive *d) { return (char *)cfg + d->offset; }
+
+static int64_t field_get_int(const config *cfg, const directive *d) {
+    const char *p = (const char *)cfg + d->offset;
+    if (d->size == sizeof(int64_t)) {
+        int64_t v;
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    int v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void field_set_int(config *cfg, const directive *d, int64_t v) {
+    char *p = field_ptr(cfg, d);
+    if (d->size == sizeof(int64_t)) {
+        memcpy(p, &v, sizeof v);
+    } else {
+        int i = (int)v; /* bounds in the table keep every int field in range */
+        memcpy(p, &i, sizeof i);
+    }
+}
+
+/* "1m" for 1048576, "1500" for 1500: the largest unit that divides exactly. */
+static const char *fmt_size(int64_t v, char *buf, size_t len) {
+    static const struct {
+        int64_t mul;
+        const char *suffix;
+    } units[] = {{GIB, "g"}, {MIB, "m"}, {KIB, "k"}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (v != 0 && v % units[i].mul == 0) {
+            snprintf(buf, len, "%" PRId64 "%s", v / units[i].mul, units[i].suffix);
+            return buf;
+        }
+    snprintf(buf, len, "%" PRId64, v);
+    return buf;
+}
+
+static const char *fmt_duration(int64_t ms, char *buf, size_t len) {
+    static const struct {
+        int64_t mul;
+        const char *suffix;
+    } units[] = {{HOUR, "h"}, {MIN, "m"}, {SEC, "s"}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (ms != 0 && ms % units[i].mul == 0) {
+            snprintf(buf, len, "%" PRId64 "%s", ms / units[i].mul, units[i].suffix);
+            return buf;
+        }
+    snprintf(buf, len, ms == 0 ? "0" : "%" PRId64 "ms", ms);
+    return buf;
+}
+
+/* What a value of this directive looks like, for "(expected ...)". */
+static void describe(const directive *d, char *buf, size_t len) {
+    char lo[32], hi[32];
+    switch (d->type) {
+    case T_INT:
+        if (d->flags & F_AUTO)
+            snprintf(buf, len, "auto or an integer 1..%" PRId64, d->max);
+        else
+            snprintf(buf, len, "%s %" PRId64 "..%" PRId64,
+                     (d->flags & F_POW2) ? "a power of two" : "an integer", d->min, d->max);
+        break;
+    case T_SIZE:
+        snprintf(buf, len, "a size %s..%s: bytes or a number with k, m or g",
+                 fmt_size(d->min, lo, sizeof lo), fmt_size(d->max, hi, sizeof hi));
+        break;
+    case T_DURATION:
+        snprintf(buf, len, "a duration %s..%s: seconds or a number with ms, s, m or h",
+                 fmt_duration(d->min, lo, sizeof lo), fmt_duration(d->max, hi, sizeof hi));
+        break;
+    case T_STRING:
+        snprintf(buf, len, "%" PRId64 "..%" PRId64 " bytes%s", d->min, d->max,
+                 (d->flags & F_NOSPACE)    ? " without spaces or control characters"
+                 : (d->flags & F_PRINTABLE) ? " of printable UTF-8"
+                                            : "");
+        break;
+    case T_LISTEN:
+        snprintf(buf, len, "ADDRESS:PORT with a numeric address, e.g. 0.0.0.0:5000 or [::]:5000");
+        break;
+    case T_ORIGINS:
+        snprintf(buf, len,
+                 "up to %d origins such as https://chat.example.com, separated by spaces "
+                 "or commas",
+                 CONFIG_MAX_ORIGINS);
+        break;
+    case T_BROKER:
+        snprintf(buf, len, "local or redis");
+        break;
+    case T_LOGLEVEL:
+        snprintf(buf, len, "debug, info, warn or error");
+        break;
+    case T_REDIS_URL:
+        snprintf(buf, len, "redis://[[user]:password@]host[:port][/db]");
+        break;
+    }
+}
+
+/* ---- value parsers: each returns NULL or the reason the value is bad --- */
+
+/* Decimal integer with an optional '-', no blanks. *end gets the rest. */
+static const char *parse_number(const char *s, int64_t *out, const char **end) {
+    bool neg = false;
+    const char *p = s;
+    if (*p == '-') {
+        neg = true;
+        p++;
+    }
+    if (*p < '0' || *p > '9') return "not a number";
+    int64_t v = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        int digit = *p - '0';
+        if (v > (INT64_MAX - digit) / 10) return "out of range";
+        v = v * 10 + digit;
+    }
+    *out = neg ? -v : v;
+    *end = p;
+    return NULL;
+}
+
+static const char *check_range(const directive *d, int64_t v) {
+    if (v < d->min || v > d->max) return "out of range";
+    return NULL;
+}
+
+static const char *parse_int(const directive *d, const char *s, int64_t *out) {
+    if ((d->flags & F_AUTO) && strcmp(s, "auto") == 0) {
+        *out = 0;
+        return NULL;
+    }
+    const char *end;
+    const char *why = parse_number(s, out, &end);
+    if (why != NULL) return why;
+    if (*end != '\0') return "not an integer";
+    if ((why = check_range(d, *out)) != NULL) return why;
+    if ((d->flags & F_POW2) && (*out & (*out - 1)) != 0) return "not a power of two";
+    return NULL;
+}
+
+static const char *scale(const directive *d, int64_t v, int64_t mul, int64_t *out) {
+    if (v > INT64_MAX / mul || v < INT64_MIN / mul) return "out of range";
+    *out = v * mul;
+    return check_range(d, *out);
+}
+
+static const char *parse_size(const directive *d, const char *s, int64_t *out) {
+    const char *end;
+    int64_t v;
+    const char *why = parse_number(s, &v, &end);
+    if (why != NULL) return why;
+    int64_t mul = 1;
+    switch (*end) {
+    case 'k': case 'K': mul = KIB; end++; break;
+    case 'm': case 'M': mul = MIB; end++; break;
+    case 'g': case 'G': mul = GIB; end++; break;
+    default: break;
+    }
+    if (*end == 'b' || *end == 'B') end++;
+    if (*end != '\0') return "unknown unit";
+    return scale(d, v, mul, out);
+}
+
+static const char *parse_duration(const directive *d, const char *s, int64_t *out) {
+    const char *end;
+    int64_t v;
+    const char *why = parse_number(s, &v, &end);
+    if (why != NULL) return why;
+    int64_t mul;
+    if (*end == '\0' || strcmp(end, "s") == 0)
+        mul = SEC;
+    else if (strcmp(end, "ms") == 0)
+        mul = 1;
+    else if (strcmp(end, "m") == 0)
+        mul = MIN;
+    else if (strcmp(end, "h") == 0)
+        mul = HOUR;
+    else
+        return "unknown unit";
+    return scale(d, v, mul, out);
+}
+
+/* Length of the valid UTF-8 sequence at s (not overlong, no surrogates,
+ * at most U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *s) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) return (s[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        unsigned char lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        if (s[1] < lo || s[1] > hi || (s[2] & 0xc0) != 0x80) return 0;
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        unsigned char lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        if (s[1] < lo || s[1] > hi || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80) return 0;
+        return 4;
+    }
+    return 0;
+}
+
+static const char *parse_string(const directive *d, const char *s) {
+    size_t len = strlen(s);
+    if (len == 0 && d->min > 0) return "empty";
+    if ((int64_t)len < d->min) return "too short";
+    if ((int64_t)len > d->max) return "too long";
+    if (d->flags & (F_PRINTABLE | F_NOSPACE)) {
+        const unsigned char *p = (const unsigned char *)s;
+        while (*p != '\0') {
+            if (*p < 0x20 || *p == 0x7f) return "contains a control character";
+            if ((d->flags & F_NOSPACE) && *p == ' ') return "contains a space";
+            size_t n = utf8_seq(p);
+            if (n == 0) return "not valid UTF-8";
+            p += n;
+        }
+    }
+    return NULL;
+}
+
+static bool parse_port(const char *s, int *port) {
+    if (*s == '\0' || strlen(s) > 5) return false;
+    long v = 0;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9') return false;
+        v = v * 10 + (*s - '0');
+    }
+    if (v < 1 || v > 65535) return false;
+    *port = (int)v;
+    return true;
+}
+
+/* Numeric addresses only: the listener binds what is written here, and a
+ * host name that resolves to several addresses would be a guess. */
+static const char *parse_listen(const char *s, char *bind, size_t bindlen, int *port) {
+    char host[64];
+    const char *colon;
+    unsigned char addr[sizeof(struct in6_addr)];
+
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (close == NULL) return "missing ']' after the IPv6 address";
+        size_t n = (size_t)(close - s - 1);
+        if (n == 0) return "missing address";
+        if (n >= sizeof host) return "address too long";
+        memcpy(host, s + 1, n);
+        host[n] = '\0';
+        if (close[1] != ':') return "missing ':PORT'";
+        colon = close + 1;
+        if (inet_pton(AF_INET6, host, addr) != 1) return "not an IPv6 address";
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL) return "missing ':PORT'";
+        size_t n = (size_t)(colon - s);
+        if (n == 0) return "missing address";
+        if (n >= sizeof host) return "address too long";
+        memcpy(host, s, n);
+        host[n] = '\0';
+        if (strchr(host, ':') != NULL) return "an IPv6 address goes in brackets, as in [::1]:5000";
+        if (inet_pton(AF_INET, host, addr) != 1) return "not an IPv4 address";
+    }
+    int p;
+    if (!parse_port(colon + 1, &p)) return "port not in 1..65535";
+    if (strlen(host) >= bindlen) return "address too long";
+    strcpy(bind, host);
+    *port = p;
+    return NULL;
+}
+
+/* An Origin header is "null" or scheme://host[:port], lower case, without a
+ * path; reject anything else here, since it could never match. */
+static const char *check_origin(const char *o, size_t len) {
+    if (len == 4 && memcmp(o, "null", 4) == 0) return NULL;
+    const char *sep = NULL;
+    for (size_t i = 0; i + 2 < len; i++)
+        if (o[i] == ':' && o[i + 1] == '/' && o[i + 2] == '/') {
+            sep = o + i;
+            break;
+        }
+    if (sep == NULL || sep == o) return "an origin is scheme://host[:port]";
+    const char *host = sep + 3, *endp = o + len;
+    if (host == endp) return "an origin needs a host";
+    for (const char *p = o; p < endp; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= 0x20 || c >= 0x7f) return "an origin is printable ASCII";
+        if (p >= host && c == '/') return "an origin has no path, not even a trailing '/'";
+    }
+    return NULL;
+}
+
+static const char *parse_origins(const char *s, char list[][128], int *count) {
+    int n = 0;
+    const char *p = s;
+    for (;;) {
+        p += strspn(p, " \t,");
+        if (*p == '\0') break;
+        size_t len = strcspn(p, " \t,");
+        if (n == CONFIG_MAX_ORIGINS) return "too many origins";
+        if (len >= 128) return "an origin is longer than 127 bytes";
+        const char *why = check_origin(p, len);
+        if (why != NULL) return why;
+        memcpy(list[n], p, len);
+        list[n][len] = '\0';
+        n++;
+        p += len;
+    }
+    *count = n;
+    return NULL;
+}
+
+static const char *parse_redis_url(const char *s, size_t cap) {
+    static const char prefix[] = "redis://";
+    if (strncmp(s, prefix, sizeof prefix - 1) != 0) return "must start with redis://";
+    if (strlen(s) >= cap) return "too long";
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        if (*p <= 0x20 || *p == 0x7f) return "contains a space or control character";
+
+    const char *rest = s + sizeof prefix - 1;
+    const char *at = strrchr(rest, '@');
+    const char *hostport = rest;
+    if (at != NULL) {
+        const char *colon = memchr(rest, ':', (size_t)(at - rest));
+        if (colon == NULL) return "credentials are [user]:password@";
+        if (colon + 1 == at) return "empty password";
+        hostport = at + 1;
+    }
+    const char *slash = strchr(hostport, '/');
+    const char *hostend = slash != NULL ? slash : hostport + strlen(hostport);
+    const char *portstr = NULL;
+
+    if (hostport[0] == '[') {
+        const char *close = memchr(hostport, ']', (size_t)(hostend - hostport));
+        if (close == NULL) return "missing ']' after the IPv6 address";
+        char host[64];
+        size_t n = (size_t)(close - hostport - 1);
+        if (n == 0 || n >= sizeof host) return "bad IPv6 address";
+        memcpy(host, hostport + 1, n);
+        host[n] = '\0';
+        unsigned char addr[sizeof(struct in6_addr)];
+        if (inet_pton(AF_INET6, host, addr) != 1) return "bad IPv6 address";
+        if (close + 1 != hostend) {
+            if (close[1] != ':') return "text after the IPv6 address";
+            portstr = close + 2;
+        }
+    } else {
+        const char *p = hostport;
+        for (; p < hostend && *p != ':'; p++) {
+            char c = *p;
+            bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '.' || c == '-' || c == '_';
+            if (!ok) return "bad character in the host";
+        }
+        if (p == hostport) return "missing host";
+        if (p < hostend) portstr = p + 1;
+    }
+    if (portstr != NULL) {
+        char port[8];
+        size_t n = (size_t)(hostend - portstr);
+        if (n >= sizeof port) return "port not in 1..65535";
+        memcpy(port, portstr, n);
+        port[n] = '\0';
+        int pv;
+        if (!parse_port(port, &pv)) return "port not in 1..65535";
+    }
+    if (slash != NULL) {
+        const char *db = slash + 1;
+        if (*db == '\0') return "missing database number after '/'";
+        if (strspn(db, "0123456789") != strlen(db) || strlen(db) > 9)
+            return "database is a number 0..999999999";
+    }
+    return NULL;
+}
+
+/* ---- applying one directive ------------------------------------------- */
+
+/* Applies value to cfg, or leaves cfg untouched and returns the reason. */
+static const char *apply(config *cfg, const directive *d, const char *value) {
+    const char *why = NULL;
+    int64_t v = 0;
+    switch (d->type) {
+    case T_INT:
+        why = parse_int(d, value, &v);
+        if (why == NULL) field_set_int(cfg, d, v);
+        break;
+    case T_SIZE:
+        why = parse_size(d, value, &v);
+        if (why == NULL) field_set_int(cfg, d, v);
+        break;
+    case T_DURATION:
+        why = parse_duration(d, value, &v);
+        if (why == NULL) field_set_int(cfg, d, v);
+        break;
+    case T_STRING:
+        why = parse_string(d, value);
+        if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
+        break;
+    case T_LISTEN: {
+        char bind[sizeof cfg->bind] = "";
+        int port;
+        why = parse_listen(value, bind, sizeof bind, &port);
+        if (why == NULL) {
+            memcpy(cfg->bind, bind, sizeof bind);
+            cfg->port = port;
+        }
+        break;
+    }
+    case T_ORIGINS: {
+        char list[CONFIG_MAX_ORIGINS][128];
+        int n;
+        why = parse_origins(value, list, &n);
+        if (why == NULL) {
+            memset(cfg->allowed_origins, 0, sizeof cfg->allowed_origins);
+            memcpy(cfg->allowed_origins, list, (size_t)n * sizeof list[0]);
+            cfg->n_origins = n;
+        }
+        break;
+    }
+    case T_BROKER:
+        if (strcmp(value, "local") == 0)
+            cfg->broker = BROKER_LOCAL;
+        else if (strcmp(value, "redis") == 0)
+            cfg->broker = BROKER_REDIS;
+        else
+            why = "unknown broker";
+        break;
+    case T_LOGLEVEL: {
+        int level = log_level_parse(value);
+        if (level < 0)
+            why = "unknown level";
+        else
+            cfg->log_level = level;
+        break;
+    }
+    case T_REDIS_URL:
+        why = parse_redis_url(value, sizeof cfg->redis_url);
+        if (why == NULL) memcpy(cfg->redis_url, value, strlen(value) + 1);
+        break;
+    }
+    return why;
+}
+
+/* Values are echoed in messages; a runaway one is cut to keep them short. */
+static void bad_value(char *err, size_t errlen, const directive *d, const char *value,
+                      const char *why) {
+    char expected[160];
+    describe(d, expected, sizeof expected);
+    int cut = strlen(value) > 80 ? 77 : 80;
+    seterr(err, errlen, "bad value '%.*s%s' for '%s': %s (expected %s)", cut, value,
+           cut == 77 ? "..." : "", d->name, why, expected);
+}
+
+int config_set(config *cfg, const char *key, const char *value, char *err, size_t errlen) {
+    const directive *d = find_directive(key);
+    if (d == NULL) {
+        seterr(err, errlen, "unknown directive '%.80s'", key);
+        return -1;
+    }
+    const char *why = apply(cfg, d, value);
+    if (why != NULL) {
+        bad_value(err, errlen, d, value, why);
+        return -1;
+    }
+    return 0;
+}
+
+void config_defaults(config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const char *why = apply(cfg, &directives[i], directives[i].def);
+        if (why != NULL) { /* a bad row in the table: a bug, caught by any test */
+            fprintf(stderr, "config: default of '%s' is invalid: %s\n", directives[i].name, why);
+            abort();
+        }
+    }
+}
+
+/* ---- the file ---------------------------------------------------------- */
+
+static bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
+
+static char *trim(char *s, char *end) {
+    while (s < end && is_blank(*s)) s++;
+    while (end > s && is_blank(end[-1])) end--;
+    *end = '\0';
+    return s;
+}
+
+/* Parses one line in place. Returns 0 (blank, comment or applied) or -1
+ * with the reason in err (no file or line). */
+static int parse_line(config *cfg, char *line, char *err, size_t errlen) {
+    char *end = line + strlen(line);
+    char *p = line;
+    while (p < end && is_blank(*p)) p++;
+    if (p == end || *p == '#') return 0;
+
+    /* The key ends at '='; a '#' after a blank before it starts a comment. */
+    char *eq = NULL;
+    for (char *q = p; q < end; q++) {
+        if (*q == '=') {
+            eq = q;
+            break;
+        }
+        if (*q == '#' && is_blank(q[-1])) break;
+    }
+    if (eq == NULL) {
+        seterr(err, errlen, "expected 'key = value'");
+        return -1;
+    }
+    char *key = trim(p, eq);
+    if (*key == '\0') {
+        seterr(err, errlen, "expected 'key = value'");
+        return -1;
+    }
+
+    char *v = eq + 1;
+    while (v < end && is_blank(*v)) v++;
+    char *value;
+    if (*v == '"') {
+        /* Quoted: keeps '#' and blanks; \" and \\ are the only escapes. */
+        char *out = v, *q = v + 1;
+        value = v;
+        for (;; q++) {
+            if (q == end) {
+                seterr(err, errlen, "unterminated quoted value for '%.80s'", key);
+                return -1;
+            }
+            if (*q == '"') break;
+            if (*q == '\\' && (q[1] == '"' || q[1] == '\\')) q++;
+            *out++ = *q;
+        }
+        *out = '\0';
+        for (q++; q < end && is_blank(*q); q++) {}
+        if (q < end && *q != '#') {
+            seterr(err, errlen, "text after the closing quote of '%.80s'", key);
+            return -1;
+        }
+    } else {
+        /* A '#' first ("key = # comment") or after a blank ends the value. */
+        char *q = v;
+        while (q < end && !(*q == '#' && (q == v || is_blank(q[-1])))) q++;
+        value = trim(v, q);
+    }
+    return config_set(cfg, key, value, err, errlen);
+}
+
+int config_parse(config *cfg, const char *name, const char *text, char *err, size_t errlen) {
+    size_t len = strlen(text);
+    char *buf = malloc(len + 1);
+    if (buf == NULL) {
+        seterr(err, errlen, "%s: out of memory", name);
+        return -1;
+    }
+    memcpy(buf, text, len + 1);
+
+    char *line = buf;
+    if (strncmp(line, "\xef\xbb\xbf", 3) == 0) line += 3; /* a BOM some editors add */
+    int rc = 0;
+    for (int lineno = 1; line != NULL; lineno++) {
+        char *nl = strchr(line, '\n');
+        if (nl != NULL) *nl = '\0';
+        char why[512];
+        if (parse_line(cfg, line, why, sizeof why) != 0) {
+            seterr(err, errlen, "%s:%d: %s", name, lineno, why);
+            rc = -1;
+            break;
+        }
+        line = nl != NULL ? nl + 1 : NULL;
+    }
+    free(buf);
+    return rc;
+}
+
+int config_load(config *cfg, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    int rc = -1;
+    for (;;) {
+        if (cap - len < 4096) {
+            size_t ncap = cap == 0 ? 8192 : cap * 2;
+            char *n = realloc(text, ncap);
+            if (n == NULL) {
+                seterr(err, errlen, "%s: out of memory", path);
+                goto out;
+            }
+            text = n;
+            cap = ncap;
+        }
+        size_t got = fread(text + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        goto out;
+    }
+    text[len] = '\0';
+    if (strlen(text) != len) {
+        seterr(err, errlen, "%s: contains a NUL byte; not a text file?", path);
+        goto out;
+    }
+    rc = config_parse(cfg, path, text, err, errlen);
+out:
+    free(text);
+    fclose(f);
+    return rc;
+}
+
+/* ---- environment and cross-checks ------------------------------------- */
+
+/* An empty variable counts as unset, as `PORT= chatd` usually means. */
+int config_apply_env(config *cfg, char *err, size_t errlen) {
+    const char *port = getenv("PORT");
+    if (port != NULL && *port != '\0') {
+        int p;
+        if (!parse_port(port, &p)) {
+            seterr(err, errlen, "PORT: bad value '%.80s' (expected a port 1..65535)", port);
+            return -1;
+        }
+        cfg->port = p;
+    }
+    const char *url = getenv("REDIS_URL");
+    if (url != NULL && *url != '\0') {
+        const char *why = parse_redis_url(url, sizeof cfg->redis_url);
+        if (why != NULL) {
+            seterr(err, errlen, "REDIS_URL: bad value '%.80s': %s (expected %s)", url, why,
+                   "redis://[[user]:password@]host[:port][/db]");
+            return -1;
+        }
+        memcpy(cfg->redis_url, url, strlen(url) + 1);
+        cfg->broker = BROKER_REDIS;
+    }
+    return 0;
+}
+
+int config_check(const config *cfg, char *err, size_t errlen) {
+    /* The setters already enforce the bounds; check again for a config
+     * that was filled or edited in code. */
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive *d = &directives[i];
+        if (d->type != T_INT && d->type != T_SIZE && d->type != T_DURATION) continue;
+        int64_t v = field_get_int(cfg, d);
+        if (v < d->min || v > d->max) {
+            seterr(err, errlen, "%s: %" PRId64 " is out of range %" PRId64 "..%" PRId64, d->name,
+                   v, d->min, d->max);
+            return -1;
+        }
+        if ((d->flags & F_POW2) && (v & (v - 1)) != 0) {
+            seterr(err, errlen, "%s: %" PRId64 " is not a power of two", d->name, v);
+            return -1;
+        }
+    }
+    if (cfg->port < 1 || cfg->port > 65535) {
+        seterr(err, errlen, "listen: port %d is out of range 1..65535", cfg->port);
+        return -1;
+    }
+    if (cfg->n_origins < 0 || cfg->n_origins > CONFIG_MAX_ORIGINS) {
+        seterr(err, errlen, "allowed_origins: %d entries, at most %d", cfg->n_origins,
+               CONFIG_MAX_ORIGINS);
+        return -1;
+    }
+    if (cfg->log_level < LOG_DEBUG || cfg->log_level > LOG_ERROR) {
+        seterr(err, errlen, "log_level: %d is not a level", cfg->log_level);
+        return -1;
+    }
+    if (cfg->broker == BROKER_REDIS && parse_redis_url(cfg->redis_url, sizeof cfg->redis_url)) {
+        seterr(err, errlen, "redis_url: '%.80s' is not a Redis URL", cfg->redis_url);
+        return -1;
+    }
+    /* The default room must be a room a client could also name. */
+    size_t room = strnlen(cfg->default_room, sizeof cfg->default_room);
+    if (room == 0) {
+        seterr(err, errlen, "default_room is empty");
+        return -1;
+    }
+    if (room > (size_t)cfg->max_room) {
+        seterr(err, errlen, "default_room '%.64s' is %zu bytes, longer than max_room (%d)",
+               cfg->default_room, room, cfg->max_room);
+        return -1;
+    }
+    /* One largest message, as "NAME: TEXT" plus its frame header, must fit
+     * in a client's output buffer, or every recipient of it would be
+     * closed for being slow. */
+    int64_t need = cfg->max_message + cfg->max_username + 16;
+    if (cfg->max_output_buffer < need) {
+        char a[32];
+        seterr(err, errlen,
+               "max_output_buffer (%s) cannot hold one largest message: raise it to at least "
+               "max_message + max_username + 16 = %" PRId64 " bytes, or lower max_message",
+               fmt_size(cfg->max_output_buffer, a, sizeof a), need);
+        return -1;
+    }
+    return 0;
+}
