@@ -1,0 +1,70 @@
+/* handshake — the HTTP side of a WebSocket opening handshake, pure.
+ *
+ * Bytes in (parsed by llhttp under a head-size limit), verdict and response
+ * bytes out. No sockets, no logging. Used by the acceptor thread; any
+ * thread may use objects it owns.
+ */
+#ifndef CHATD_HANDSHAKE_H
+#define CHATD_HANDSHAKE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+#define HS_NAME_MAX 256        /* hard cap on decoded username and room */
+#define HS_RESPONSE_MAX 512
+
+typedef struct hs_request hs_request;
+
+enum { HS_MORE = 0, HS_DONE = 1, HS_ERROR = -1 };
+
+/* A request parser that accepts at most max_head bytes of request line and
+ * headers. Returns NULL when out of memory. */
+hs_request *hs_request_new(size_t max_head);
+void hs_request_free(hs_request *r);
+
+/* Feeds bytes. Returns HS_MORE (need more), HS_DONE (the head is
+ * complete: *consumed is the number of bytes of data that belong to it, the
+ * rest are the client's first WebSocket bytes) or HS_ERROR (malformed → 400,
+ * head too large → 431: see hs_request_status). A request with a body is
+ * refused (400). */
+int hs_feed(hs_request *r, const uint8_t *data, size_t len, size_t *consumed);
+
+/* The HTTP status an HS_ERROR stands for. */
+int hs_request_status(const hs_request *r);
+
+typedef struct hs_result {
+    int status;         /* 101 on upgrade; else the HTTP status sent */
+    int upgrade;        /* 1: the connection is now a WebSocket */
+    char username[HS_NAME_MAX + 1]; /* decoded, valid when upgrade */
+    char room[HS_NAME_MAX + 1];     /* decoded (or default_room) */
+    char response[HS_RESPONSE_MAX]; /* the whole HTTP response */
+    size_t response_len;
+    const char *reason; /* static: why a request was refused */
+} hs_result;
+
+/* Judges a complete request against the config and writes the response:
+ *   GET /healthz → 200; another path → 404; method other than GET → 405;
+ *   missing or wrong Upgrade/Connection/Sec-WebSocket-Key → 400;
+ *   Sec-WebSocket-Version other than 13 → 426 with Sec-WebSocket-Version;
+ *   Origin not in allowed_origins (when set) → 403;
+ *   username missing, too long (max_username), not printable UTF-8, or
+ *   room invalid (max_room) → 400 with the reason in the body;
+ *   otherwise 101 with Sec-WebSocket-Accept. */
+void hs_respond(const hs_request *r, const config *cfg, hs_result *out);
+
+/* Writes a complete error response (Connection: close, text body with the
+ * reason) for status into out. */
+void hs_error_response(hs_result *out, int status, const char *reason);
+
+/* Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)).
+ * out must hold 29 bytes (28 characters and a NUL). */
+void hs_accept_key(const char *key, size_t key_len, char out[29]);
+
+/* Decodes percent-encoding (and '+' as space) from src[0..len) into out
+ * (outlen bytes with the NUL). Returns the decoded length, or -1 on a bad
+ * escape or when it does not fit. */
+int hs_url_decode(const char *src, size_t len, char *out, size_t outlen);
+
+#endif
