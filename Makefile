@@ -42,7 +42,7 @@ else
   say = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
-.PHONY: all chatd unit run test deps clean check-unit
+.PHONY: all chatd unit run test deps clean check-unit cluster
 all: chatd
 chatd: $(BUILD)/chatd
 
@@ -90,6 +90,11 @@ run: deps
 
 test: deps
 	$(Q)./test/run-tests.sh
+
+# Two nodes and a Redis on this machine: the distributed demo.
+cluster: deps
+	$(Q)$(MAKE) --no-print-directory -j2 chatd
+	./test/cluster.sh
 
 clean:
 	rm -rf build

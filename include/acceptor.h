@@ -1,0 +1,25 @@
+/* acceptor — the thread that accepts connections, runs the HTTP side of
+ * the handshake under limits, and hands upgraded connections to workers.
+ */
+#ifndef CHATD_ACCEPTOR_H
+#define CHATD_ACCEPTOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "worker.h"
+
+typedef struct acceptor acceptor;
+
+/* Main thread: binds the listener. max_clients is the effective cap on
+ * upgraded connections. NULL with err filled on failure. */
+acceptor *acceptor_new(const config *cfg, worker **workers, int nworkers, int64_t max_clients,
+                       char *err, size_t errlen);
+/* Main thread: starts the acceptor thread. */
+int acceptor_start(acceptor *a);
+/* Main thread: stops accepting, closes pending handshakes, joins. */
+void acceptor_stop(acceptor *a);
+void acceptor_free(acceptor *a);
+
+#endif

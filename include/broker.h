@@ -1,0 +1,49 @@
+/* broker — gives every message one place in the shared order and fans it
+ * out to every worker.
+ *
+ * Two backends behind one interface: local (in-process, one node) and
+ * redis (Redis Streams, many nodes). Either way a message reaches clients
+ * only through the broker thread pushing it into each worker's inbox ring,
+ * so local delivery never overtakes the shared order.
+ */
+#ifndef CHATD_BROKER_H
+#define CHATD_BROKER_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "worker.h"
+
+struct event_base;
+
+typedef struct broker broker;
+
+/* Main thread, after the workers exist. NULL with err filled on failure. */
+broker *broker_new(const config *cfg, worker **workers, int nworkers, char *err, size_t errlen);
+/* Main thread: starts the broker thread. */
+int broker_start(broker *b);
+/* Main thread: stops and joins the broker thread (after the workers). */
+void broker_stop(broker *b);
+void broker_free(broker *b);
+/* "local" or "redis" */
+const char *broker_name(const broker *b);
+
+/* Worker thread wid, once at its start: sets up the worker's publishing
+ * side on its event loop. Returns 0 or -1. */
+int broker_attach(broker *b, int wid, struct event_base *base);
+/* Worker thread wid, at its end. */
+void broker_detach(broker *b, int wid);
+
+/* Worker thread wid: publishes one text message of user in room. Returns 0
+ * when queued, -1 when the publish queue is full (tell the client 1013). */
+int broker_publish(broker *b, int wid, const char *rname, size_t room_len, const char *user,
+                   size_t user_len, const char *text, size_t text_len);
+
+/* Shared by the backends (broker.c): the broker thread hands m (holding one
+ * reference) to every worker in order, waiting while an inbox is full, and
+ * rings each doorbell once at the end of a batch with broker_flush_wakes.
+ * Returns 0, or -1 if stop was requested while waiting (m dropped). */
+int broker_fanout(broker *b, msg *m);
+void broker_flush_wakes(broker *b);
+
+#endif

@@ -1,0 +1,45 @@
+/* broker_backend — what a broker backend (local, redis) provides, and the
+ * state broker.c keeps for all of them. Private to src/broker*.c.
+ */
+#ifndef CHATD_BROKER_BACKEND_H
+#define CHATD_BROKER_BACKEND_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "broker.h"
+
+typedef struct broker_ops {
+    const char *name;
+    /* main thread: allocate b->impl; 0 or -1 with err */
+    int (*init)(broker *b, char *err, size_t errlen);
+    /* the broker thread's body; returns when b->stop is set */
+    void *(*run)(void *b);
+    /* main thread: wake the broker thread so it sees b->stop */
+    void (*interrupt)(broker *b);
+    /* worker thread wid */
+    int (*attach)(broker *b, int wid, struct event_base *base);
+    void (*detach)(broker *b, int wid);
+    int (*publish)(broker *b, int wid, const char *rname, size_t room_len, const char *user,
+                   size_t user_len, const char *text, size_t text_len);
+    /* main thread, after the threads have stopped */
+    void (*free)(broker *b);
+} broker_ops;
+
+struct broker {
+    const config *cfg;
+    worker **workers;
+    int nworkers;
+    pthread_t thread;
+    int started;
+    _Atomic int stop;            /* main → broker thread: finish */
+    uint8_t *wake;               /* broker thread: worker i needs its bell */
+    const broker_ops *ops;
+    void *impl;
+};
+
+extern const broker_ops broker_local_ops;
+extern const broker_ops broker_redis_ops;
+
+#endif

@@ -1,0 +1,80 @@
+/* conn — one upgraded WebSocket connection, owned by one worker for life.
+ *
+ * Bytes in go through the sans-I/O parser; complete text messages go to the
+ * broker; room messages go out by reference from the room log, with control
+ * frames (pong, ping, close) slipped in at frame boundaries. Worker thread
+ * only.
+ */
+#ifndef CHATD_CONN_H
+#define CHATD_CONN_H
+
+#include <event2/event_struct.h>
+#include <stdint.h>
+
+#include "ws.h"
+
+struct worker;
+struct room;
+struct handoff;
+
+typedef enum conn_state {
+    CONN_OPEN,     /* frames flow both ways */
+    CONN_CLOSING,  /* our close frame is queued or sent; reading until the
+                      peer closes too, or the close deadline passes */
+} conn_state;
+
+typedef struct conn {
+    struct event ev;           /* read, and write while the kernel is full */
+    struct worker *w;
+    uint64_t id;
+    int fd;
+    uint8_t state;             /* conn_state */
+    uint8_t want_write;        /* ev also waits for EV_WRITE */
+    uint8_t ping_outstanding;
+    uint8_t close_queued;      /* our close frame is in ctl */
+    uint8_t close_after_flush; /* the peer's close was answered: close TCP
+                                  once ctl is written */
+    uint8_t shut_wr;           /* our close frame is out: SHUT_WR done */
+    uint16_t ctl_len;          /* control frame bytes queued in ctl */
+    uint16_t ctl_off;          /* of which already written */
+    uint8_t *ctl;              /* pong/ping/close bytes (malloc'd on need) */
+    uint8_t *msgbuf;           /* fragments of the message being received */
+    size_t msg_len;
+    size_t msg_cap;
+    struct room *room;
+    struct conn *room_next, *room_prev;  /* room membership */
+    struct conn *next, *prev;            /* worker's list of connections */
+    uint64_t cursor;           /* next room log entry to write */
+    uint32_t off;              /* bytes of that entry already written */
+    int64_t last_read_ms;
+    int64_t deadline_ms;       /* ping timeout, or close deadline */
+    ws_parser parser;
+    uint16_t user_len;
+    char user[];               /* NUL-terminated */
+} conn;
+
+/* Creates the connection for a handoff, joins its room and processes the
+ * bytes that came behind the HTTP request. Takes ownership of h's fd (and
+ * frees nothing else of h). Returns NULL (fd closed) on failure. */
+conn *conn_new(struct worker *w, struct handoff *h);
+
+/* Writes what is queued for c, as far as the kernel takes it. Returns 0,
+ * or -1 if c was closed and freed. */
+int conn_flush(conn *c);
+
+/* Called for every member of a room that has new entries: closes c if its
+ * backlog passed max_output_buffer, else flushes. Returns 0, or -1 if c was
+ * closed and freed. */
+int conn_pump(conn *c);
+
+/* Starts the closing handshake with code (1001 on shutdown). */
+void conn_close(conn *c, unsigned code, const char *why);
+
+/* Periodic check: pings idle clients, closes the dead and those past the
+ * close deadline. Returns -1 if c was freed. */
+int conn_tick(conn *c, int64_t now_ms);
+
+/* Closes the socket and frees c at once (no closing handshake). */
+void conn_free(conn *c);
+
+#endif

@@ -1,0 +1,90 @@
+/* worker — one event loop thread that owns upgraded connections for life.
+ *
+ * Other threads reach a worker only through its two inbound rings (handoffs
+ * from the acceptor, messages from the broker) and its doorbell (eventfd),
+ * which rings only when a ring goes from empty to non-empty.
+ */
+#ifndef CHATD_WORKER_H
+#define CHATD_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "msg.h"
+#include "ring.h"
+#include "room.h"
+
+struct broker;
+struct event_base;
+struct event;
+struct conn;
+
+/* A connection handed from the acceptor to a worker: everything the
+ * acceptor knew, given away whole. */
+typedef struct handoff {
+    int fd;
+    uint64_t id;
+    void *ssl;             /* TLS session, or NULL for plain ws */
+    size_t extra_len;      /* bytes read past the HTTP request */
+    uint8_t *extra;        /* malloc'd, or NULL */
+    char *room;            /* malloc'd, with user: one block */
+    char *user;
+} handoff;
+
+void handoff_free(handoff *h);
+
+typedef struct worker {
+    int id;
+    const config *cfg;
+    struct broker *broker;
+    pthread_t thread;
+    struct event_base *base;
+    int bell_fd;                 /* eventfd: the doorbell */
+    struct event *bell_ev;
+    struct event *tick_ev;       /* pings, close deadlines */
+    struct event *stop_ev;       /* shutdown deadline */
+    ring *inbox;                 /* msg *: from the broker */
+    ring *handoffs;              /* handoff *: from the acceptor */
+    room_index rooms;
+    struct conn *conns;          /* every connection, for the tick */
+    uint8_t *rbuf;               /* shared read buffer */
+    size_t rbuf_size;
+    int stopping;                /* worker thread: shutting down */
+    _Atomic int stop_requested;  /* main → worker: begin shutdown */
+    _Atomic uint32_t nconns;     /* read by the acceptor to balance */
+    _Atomic uint64_t msgs_in;    /* messages received from clients */
+    _Atomic uint64_t frames_out; /* frames written to clients */
+} worker;
+
+/* Main thread, before any thread starts. NULL with err filled on failure. */
+worker *worker_new(int id, const config *cfg, char *err, size_t errlen);
+/* Main thread: starts the worker's thread. */
+int worker_start(worker *w, struct broker *b);
+/* Main thread: asks the worker to close its clients (1001) and exit within
+ * shutdown_timeout; worker_join waits for it. */
+void worker_stop(worker *w);
+void worker_join(worker *w);
+/* Main thread, after worker_join and after the broker has stopped. */
+void worker_free(worker *w);
+
+/* Acceptor thread (the handoff ring's only producer): gives h to w.
+ * Returns 0, or -1 if w's handoff ring is full (the caller keeps h). */
+int worker_handoff(worker *w, handoff *h);
+
+/* Broker thread (the inbox ring's only producer): queues one reference to m
+ * for w. Returns 1 if w must be woken (call worker_wake once per batch),
+ * 0 if not, -1 if the inbox is full (nothing queued: retry later). */
+int worker_push(worker *w, msg *m);
+/* Any thread: rings w's doorbell. */
+void worker_wake(worker *w);
+
+/* Worker thread: one of w's connections has closed and been freed. */
+void worker_conn_gone(worker *w);
+
+/* Number of clients connected to this node (all workers), for max_clients;
+ * any thread. */
+extern _Atomic int64_t chatd_clients;
+
+#endif

@@ -1,0 +1,350 @@
+/* acceptor — accepts, parses the HTTP request under limits, answers it,
+ * and hands upgraded connections to the least loaded worker.
+ *
+ * A connection here is a `pending`: its fd, one event (read or write, with
+ * the handshake deadline as the event's timeout), the request parser and,
+ * once answered, the response. Nothing on this thread blocks.
+ */
+#include "acceptor.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/thread.h>
+
+#include "handshake.h"
+#include "log.h"
+#include "net.h"
+
+#define ACCEPT_BURST 64          /* accepts per wake-up */
+#define DRAIN_MS 1000            /* after a refusal: wait for the peer's EOF */
+#define EMFILE_PAUSE_MS 100
+
+typedef struct pending {
+    struct event ev;
+    struct acceptor *a;
+    int fd;
+    uint8_t draining;            /* refusal sent: read until EOF, then close */
+    uint64_t id;
+    int64_t deadline_ms;
+    hs_request *req;
+    hs_result *res;              /* set once the request is judged */
+    size_t res_off;              /* response bytes written */
+    uint8_t *extra;              /* bytes behind the request */
+    size_t extra_len;
+    struct pending *next, *prev;
+    char peer[64];
+} pending;
+
+struct acceptor {
+    const config *cfg;
+    worker **workers;
+    int nworkers;
+    unsigned rr;
+    int64_t max_clients;
+    struct event_base *base;
+    int lfd;
+    struct event *listen_ev;
+    struct event *resume_ev;     /* re-enables accept after EMFILE */
+    pthread_t thread;
+    int started;
+    pending *pendings;
+    uint64_t next_id;
+};
+
+static int64_t acc_now(acceptor *a) {
+    struct timeval tv;
+    event_base_gettimeofday_cached(a->base, &tv);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static void pending_free(pending *p) {
+    acceptor *a = p->a;
+    event_del(&p->ev);
+    if (p->fd >= 0) close(p->fd);
+    hs_request_free(p->req);
+    free(p->res);
+    free(p->extra);
+    if (p->prev) p->prev->next = p->next;
+    else a->pendings = p->next;
+    if (p->next) p->next->prev = p->prev;
+    free(p);
+}
+
+static void pending_on_event(evutil_socket_t fd, short what, void *arg);
+
+/* Waits for `what` on p until its deadline. */
+static void pending_wait(pending *p, short what) {
+    int64_t left = p->deadline_ms - acc_now(p->a);
+    if (left < 1) left = 1;
+    struct timeval tv = {left / 1000, (left % 1000) * 1000};
+    event_del(&p->ev);
+    event_assign(&p->ev, p->a->base, p->fd, what, pending_on_event, p);
+    event_add(&p->ev, &tv);
+}
+
+static worker *acc_pick_worker(acceptor *a) {
+    /* least loaded, ties broken round-robin */
+    worker *best = NULL;
+    uint32_t best_n = UINT32_MAX;
+    for (int k = 0; k < a->nworkers; k++) {
+        worker *w = a->workers[(a->rr + (unsigned)k) % (unsigned)a->nworkers];
+        uint32_t n = atomic_load_explicit(&w->nconns, memory_order_relaxed); /* a hint */
+        if (n < best_n) best = w, best_n = n;
+    }
+    a->rr++;
+    return best;
+}
+
+static void pending_handoff(pending *p) {
+    acceptor *a = p->a;
+    hs_result *res = p->res;
+    size_t ulen = strlen(res->username), rlen = strlen(res->room);
+    handoff *h = calloc(1, sizeof(*h));
+    char *names = malloc(ulen + rlen + 2);
+    if (h == NULL || names == NULL) {
+        free(h);
+        free(names);
+        pending_free(p);
+        return;
+    }
+    memcpy(names, res->room, rlen + 1);
+    memcpy(names + rlen + 1, res->username, ulen + 1);
+    h->room = names;
+    h->user = names + rlen + 1;
+    h->fd = p->fd;
+    h->id = p->id;
+    h->extra = p->extra;
+    h->extra_len = p->extra_len;
+    worker *w = acc_pick_worker(a);
+    atomic_fetch_add_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
+    if (worker_handoff(w, h) < 0) {
+        log_warn("conn %llu: worker %d is not taking connections, dropping",
+                 (unsigned long long)p->id, w->id);
+        atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
+        handoff_free(h);
+        pending_free(p);
+        return;
+    }
+    log_debug("conn %llu: %s upgraded as %s in %s, to worker %d", (unsigned long long)p->id,
+              p->peer, res->username, res->room, w->id);
+    p->fd = -1;      /* given away whole */
+    p->extra = NULL;
+    pending_free(p);
+}
+
+/* Writes the response; then hands the connection over, or drains it. */
+static void pending_respond(pending *p) {
+    hs_result *res = p->res;
+    while (p->res_off < res->response_len) {
+        ssize_t n = write(p->fd, res->response + p->res_off, res->response_len - p->res_off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            pending_wait(p, EV_WRITE);
+            return;
+        }
+        if (n < 0) {
+            pending_free(p);
+            return;
+        }
+        p->res_off += (size_t)n;
+    }
+    if (res->upgrade) {
+        pending_handoff(p);
+        return;
+    }
+    /* Refused or answered: half-close and let the client read the answer
+     * before the socket goes (closing with unread input would reset it). */
+    shutdown(p->fd, SHUT_WR);
+    p->draining = 1;
+    p->deadline_ms = acc_now(p->a) + DRAIN_MS;
+    pending_wait(p, EV_READ);
+}
+
+static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
+    acceptor *a = p->a;
+    p->res = malloc(sizeof(*p->res));
+    if (p->res == NULL) {
+        pending_free(p);
+        return;
+    }
+    if (rc == HS_ERROR) {
+        int status = hs_request_status(p->req);
+        hs_error_response(p->res, status,
+                          status == 431 ? "request head too large" : "malformed request");
+    } else {
+        hs_respond(p->req, a->cfg, p->res);
+        if (p->res->upgrade &&
+            atomic_load_explicit(&chatd_clients, memory_order_relaxed) >= a->max_clients)
+            hs_error_response(p->res, 503, "server full");
+    }
+    if (p->res->upgrade && used < len) {
+        p->extra_len = len - used;
+        p->extra = malloc(p->extra_len);
+        if (p->extra == NULL) {
+            pending_free(p);
+            return;
+        }
+        memcpy(p->extra, buf + used, p->extra_len);
+    }
+    hs_request_free(p->req);
+    p->req = NULL;
+    if (!p->res->upgrade)
+        log_info("conn %llu: %s refused with %d: %s", (unsigned long long)p->id, p->peer,
+                 p->res->status, p->res->reason ? p->res->reason : "");
+    pending_respond(p);
+}
+
+static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
+    pending *p = arg;
+    uint8_t buf[4096];
+    if (what & EV_TIMEOUT) {
+        if (!p->draining)
+            log_info("conn %llu: %s handshake timeout", (unsigned long long)p->id, p->peer);
+        pending_free(p);
+        return;
+    }
+    if (what & EV_WRITE) {
+        pending_respond(p);
+        return;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        pending_wait(p, EV_READ);
+        return;
+    }
+    if (n <= 0) {
+        pending_free(p);
+        return;
+    }
+    if (p->draining) {
+        pending_wait(p, EV_READ);
+        return;
+    }
+    size_t used = 0;
+    int rc = hs_feed(p->req, buf, (size_t)n, &used);
+    if (rc == HS_MORE) {
+        pending_wait(p, EV_READ);
+        return;
+    }
+    pending_judge(p, rc, buf, (size_t)n, used);
+}
+
+static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
+    acceptor *a = arg;
+    (void)what;
+    for (int i = 0; i < ACCEPT_BURST; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: pause accepting rather than spin. */
+                log_warn("accept: %s; pausing accepts for %d ms", strerror(errno),
+                         EMFILE_PAUSE_MS);
+                event_del(a->listen_ev);
+                struct timeval tv = {0, EMFILE_PAUSE_MS * 1000};
+                evtimer_add(a->resume_ev, &tv);
+            }
+            return; /* EAGAIN, ECONNABORTED, ...: nothing more now */
+        }
+        pending *p = calloc(1, sizeof(*p));
+        hs_request *req = hs_request_new((size_t)a->cfg->max_header_bytes);
+        if (p == NULL || req == NULL) {
+            free(p);
+            hs_request_free(req);
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        p->a = a;
+        p->fd = fd;
+        p->id = ++a->next_id;
+        p->req = req;
+        net_format_addr((struct sockaddr *)&ss, p->peer, sizeof(p->peer));
+        p->deadline_ms = acc_now(a) + a->cfg->handshake_timeout_ms;
+        event_assign(&p->ev, a->base, fd, EV_READ, pending_on_event, p);
+        p->next = a->pendings;
+        if (a->pendings) a->pendings->prev = p;
+        a->pendings = p;
+        /* The request is usually there already: try before waiting. */
+        pending_on_event(fd, EV_READ, p);
+    }
+}
+
+static void acc_on_resume(evutil_socket_t fd, short what, void *arg) {
+    acceptor *a = arg;
+    (void)fd;
+    (void)what;
+    event_add(a->listen_ev, NULL);
+}
+
+acceptor *acceptor_new(const config *cfg, worker **workers, int nworkers, int64_t max_clients,
+                       char *err, size_t errlen) {
+    acceptor *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        snprintf(err, errlen, "acceptor: out of memory");
+        return NULL;
+    }
+    a->cfg = cfg;
+    a->workers = workers;
+    a->nworkers = nworkers;
+    a->max_clients = max_clients;
+    a->lfd = net_listen(cfg->bind, cfg->port, err, errlen);
+    if (a->lfd < 0) {
+        free(a);
+        return NULL;
+    }
+    a->base = event_base_new(); /* locking on: main breaks its loop */
+    if (a->base == NULL) goto fail;
+    a->listen_ev = event_new(a->base, a->lfd, EV_READ | EV_PERSIST, acc_on_accept, a);
+    a->resume_ev = evtimer_new(a->base, acc_on_resume, a);
+    if (a->listen_ev == NULL || a->resume_ev == NULL) goto fail;
+    event_add(a->listen_ev, NULL);
+    return a;
+fail:
+    snprintf(err, errlen, "acceptor: cannot create event loop");
+    acceptor_free(a);
+    return NULL;
+}
+
+static void *acc_main(void *arg) {
+    acceptor *a = arg;
+    log_thread("acceptor");
+    event_base_dispatch(a->base);
+    return NULL;
+}
+
+int acceptor_start(acceptor *a) {
+    if (pthread_create(&a->thread, NULL, acc_main, a) != 0) return -1;
+    a->started = 1;
+    return 0;
+}
+
+void acceptor_stop(acceptor *a) {
+    if (!a->started) return;
+    event_base_loopbreak(a->base); /* thread-safe: evthread_use_pthreads */
+    pthread_join(a->thread, NULL);
+    a->started = 0;
+}
+
+void acceptor_free(acceptor *a) {
+    if (a == NULL) return;
+    while (a->pendings) pending_free(a->pendings);
+    if (a->listen_ev) event_free(a->listen_ev);
+    if (a->resume_ev) event_free(a->resume_ev);
+    if (a->base) event_base_free(a->base);
+    if (a->lfd >= 0) close(a->lfd);
+    free(a);
+}

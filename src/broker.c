@@ -1,0 +1,93 @@
+/* broker — the interface both backends share, and the fan-out into the
+ * workers' inbox rings (see broker.h). */
+#include "broker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "broker_backend.h"
+#include "log.h"
+
+broker *broker_new(const config *cfg, worker **workers, int nworkers, char *err, size_t errlen) {
+    broker *b = calloc(1, sizeof(*b));
+    if (b == NULL || (b->wake = calloc((size_t)nworkers, 1)) == NULL) {
+        free(b);
+        snprintf(err, errlen, "broker: out of memory");
+        return NULL;
+    }
+    b->cfg = cfg;
+    b->workers = workers;
+    b->nworkers = nworkers;
+    b->ops = cfg->broker == BROKER_REDIS ? &broker_redis_ops : &broker_local_ops;
+    if (b->ops->init(b, err, errlen) < 0) {
+        free(b->wake);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+int broker_start(broker *b) {
+    if (pthread_create(&b->thread, NULL, b->ops->run, b) != 0) return -1;
+    b->started = 1;
+    return 0;
+}
+
+void broker_stop(broker *b) {
+    if (!b->started) return;
+    /* release: the flag is all there is to see; interrupt wakes the thread */
+    atomic_store_explicit(&b->stop, 1, memory_order_release);
+    b->ops->interrupt(b);
+    pthread_join(b->thread, NULL);
+    b->started = 0;
+}
+
+void broker_free(broker *b) {
+    if (b == NULL) return;
+    b->ops->free(b);
+    free(b->wake);
+    free(b);
+}
+
+const char *broker_name(const broker *b) { return b->ops->name; }
+
+int broker_attach(broker *b, int wid, struct event_base *base) {
+    return b->ops->attach(b, wid, base);
+}
+
+void broker_detach(broker *b, int wid) { b->ops->detach(b, wid); }
+
+int broker_publish(broker *b, int wid, const char *rname, size_t room_len, const char *user,
+                   size_t user_len, const char *text, size_t text_len) {
+    return b->ops->publish(b, wid, rname, room_len, user, user_len, text, text_len);
+}
+
+void broker_flush_wakes(broker *b) {
+    for (int i = 0; i < b->nworkers; i++) {
+        if (b->wake[i]) {
+            b->wake[i] = 0;
+            worker_wake(b->workers[i]);
+        }
+    }
+}
+
+int broker_fanout(broker *b, msg *m) {
+    if (b->nworkers > 1) msg_ref(m, (uint32_t)(b->nworkers - 1));
+    for (int i = 0; i < b->nworkers; i++) {
+        int rc;
+        while ((rc = worker_push(b->workers[i], m)) < 0) {
+            /* Inbox full: the worker is behind. Wait for it; the message is
+             * still held here (and in Redis), so waiting loses nothing. */
+            if (atomic_load_explicit(&b->stop, memory_order_acquire)) { /* see broker_stop */
+                for (int k = i; k < b->nworkers; k++) msg_unref(m);
+                return -1;
+            }
+            broker_flush_wakes(b);
+            struct timespec ts = {0, 100 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        if (rc == 1) b->wake[i] = 1;
+    }
+    return 0;
+}

@@ -1,0 +1,388 @@
+/* conn — one upgraded WebSocket connection on its worker (see conn.h).
+ *
+ * Output is never copied per client: room messages are written straight
+ * from the shared, already encoded msg frames (writev over the room log
+ * from this connection's cursor). Only control frames are per connection.
+ * An idle connection holds no buffers: the read buffer is the worker's,
+ * and ctl and msgbuf are freed as soon as they are empty.
+ */
+#include "conn.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "broker.h"
+#include "log.h"
+#include "room.h"
+#include "worker.h"
+
+#define CONN_IOV 64                   /* frames per writev */
+#define CONN_WRITE_CAP (256 * 1024)   /* bytes per connection per turn */
+#define CONN_CTL_MAX 2048             /* queued control frame bytes */
+#define CONN_CLOSE_WAIT_MS 3000       /* for the peer's close after ours */
+
+static const char *const state_name[] = {"open", "closing"};
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg);
+
+static int64_t conn_now(const conn *c) {
+    struct timeval tv;
+    event_base_gettimeofday_cached(c->w->base, &tv);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static void conn_set_state(conn *c, conn_state s) {
+    log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, state_name[c->state],
+              state_name[s]);
+    c->state = (uint8_t)s;
+}
+
+static void conn_want_write(conn *c, int on) {
+    if (c->want_write == on) return;
+    event_del(&c->ev);
+    event_assign(&c->ev, c->w->base, c->fd, EV_READ | EV_PERSIST | (on ? EV_WRITE : 0),
+                 conn_on_event, c);
+    event_add(&c->ev, NULL);
+    c->want_write = (uint8_t)on;
+}
+
+/* Queues control frame bytes; -1 if they do not fit (a pong may be
+ * skipped: RFC 6455 5.5.3 lets us answer only the latest ping). */
+static int conn_queue_ctl(conn *c, const uint8_t *p, size_t len) {
+    if (c->ctl == NULL) {
+        c->ctl = malloc(CONN_CTL_MAX);
+        if (c->ctl == NULL) return -1;
+        c->ctl_len = c->ctl_off = 0;
+    }
+    if (c->ctl_off > 0 && c->ctl_len + len > CONN_CTL_MAX) {
+        memmove(c->ctl, c->ctl + c->ctl_off, c->ctl_len - c->ctl_off);
+        c->ctl_len = (uint16_t)(c->ctl_len - c->ctl_off);
+        c->ctl_off = 0;
+    }
+    if (c->ctl_len + len > CONN_CTL_MAX) return -1;
+    memcpy(c->ctl + c->ctl_len, p, len);
+    c->ctl_len = (uint16_t)(c->ctl_len + len);
+    return 0;
+}
+
+static void conn_free_msgbuf(conn *c) {
+    free(c->msgbuf);
+    c->msgbuf = NULL;
+    c->msg_len = c->msg_cap = 0;
+}
+
+void conn_free(conn *c) {
+    worker *w = c->w;
+    event_del(&c->ev);
+    room_leave(&w->rooms, c);
+    close(c->fd);
+    free(c->ctl);
+    conn_free_msgbuf(c);
+    if (c->prev) c->prev->next = c->next;
+    else w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    log_debug("conn %llu: closed", (unsigned long long)c->id);
+    free(c);
+    worker_conn_gone(w);
+}
+
+void conn_close(conn *c, unsigned code, const char *why) {
+    if (c->state != CONN_OPEN) return;
+    uint8_t frame[2 + WS_MAX_CONTROL];
+    size_t n = ws_write_close(frame, code, why ? why : "");
+    /* The close frame must always fit: drop queued pongs if needed. */
+    if (conn_queue_ctl(c, frame, n) < 0) {
+        c->ctl_len = c->ctl_off = 0;
+        conn_queue_ctl(c, frame, n);
+    }
+    c->close_queued = 1;
+    c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
+    conn_set_state(c, CONN_CLOSING);
+    conn_free_msgbuf(c);
+    if (c->off == 0) room_leave(&c->w->rooms, c); /* else after the frame */
+}
+
+static int conn_publish(conn *c, const uint8_t *text, size_t len) {
+    worker *w = c->w;
+    atomic_fetch_add_explicit(&w->msgs_in, 1, memory_order_relaxed); /* a counter */
+    room *r = c->room;
+    if (broker_publish(w->broker, w->id, r->name, strlen(r->name), c->user, c->user_len,
+                       (const char *)text, len) < 0) {
+        log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
+        conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");
+    }
+    return 0;
+}
+
+static int conn_on_data(conn *c, const ws_event *ev) {
+    if (c->state != CONN_OPEN) return 0; /* data after our close is ignored */
+    if (ev->first && ev->fin) return conn_publish(c, ev->data, ev->len);
+    if (c->msg_len + ev->len > c->msg_cap) {
+        size_t cap = c->msg_cap ? c->msg_cap : 256;
+        while (cap < c->msg_len + ev->len) cap *= 2;
+        uint8_t *p = realloc(c->msgbuf, cap);
+        if (p == NULL) {
+            conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
+            return 0;
+        }
+        c->msgbuf = p;
+        c->msg_cap = cap;
+    }
+    if (ev->len) memcpy(c->msgbuf + c->msg_len, ev->data, ev->len);
+    c->msg_len += ev->len;
+    if (ev->fin) {
+        conn_publish(c, c->msgbuf, c->msg_len);
+        conn_free_msgbuf(c);
+    }
+    return 0;
+}
+
+/* Feeds bytes from the client through the parser. Returns -1 if c was
+ * freed. */
+static int conn_feed(conn *c, uint8_t *buf, size_t len) {
+    size_t off = 0;
+    while (off < len) {
+        ws_event ev;
+        off += ws_parse(&c->parser, buf + off, len - off, &ev);
+        switch (ev.type) {
+        case WS_EV_NONE:
+            return 0; /* everything consumed */
+        case WS_EV_DATA:
+            conn_on_data(c, &ev);
+            break;
+        case WS_EV_PING:
+            if (c->state == CONN_OPEN) {
+                uint8_t frame[WS_MAX_HEADER + WS_MAX_CONTROL];
+                size_t h = ws_write_header(frame, WS_OP_PONG, ev.len);
+                memcpy(frame + h, ev.data, ev.len);
+                conn_queue_ctl(c, frame, h + ev.len);
+            }
+            break;
+        case WS_EV_PONG:
+            break; /* any read already proved the peer alive */
+        case WS_EV_CLOSE:
+            if (c->state == CONN_CLOSING) { /* the answer to our close */
+                conn_free(c);
+                return -1;
+            }
+            /* Echo the peer's code (RFC 6455 5.5.1), then close TCP first
+             * once it is written, as a server should (7.1.1). */
+            if (ev.code == WS_CLOSE_NO_STATUS) {
+                static const uint8_t empty_close[2] = {0x88, 0x00};
+                conn_queue_ctl(c, empty_close, sizeof(empty_close));
+                c->close_queued = 1;
+                c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
+                conn_set_state(c, CONN_CLOSING);
+                conn_free_msgbuf(c);
+                if (c->off == 0) room_leave(&c->w->rooms, c);
+            } else {
+                conn_close(c, ev.code, NULL);
+            }
+            c->close_after_flush = 1;
+            return 0;
+        case WS_EV_ERROR:
+            log_info("conn %llu: %s, closing with %u", (unsigned long long)c->id, ev.reason,
+                     ev.code);
+            conn_close(c, ev.code, ev.reason);
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Accounts for `left` bytes written, in the order conn_flush queued them:
+ * the rest of a partly written entry, control frames, further entries. */
+static void conn_advance(conn *c, size_t left) {
+    room *r = c->room;
+    if (r && c->off > 0) {
+        size_t rest = room_entry_at(r, c->cursor)->m->frame_len - c->off;
+        if (left < rest) {
+            c->off += (uint32_t)left;
+            return;
+        }
+        left -= rest;
+        room_advance(r, c);
+    }
+    if (c->ctl_len > c->ctl_off) {
+        size_t k = c->ctl_len - c->ctl_off;
+        if (left < k) k = left;
+        c->ctl_off = (uint16_t)(c->ctl_off + k);
+        left -= k;
+    }
+    while (left > 0 && r) {
+        size_t rest = room_entry_at(r, c->cursor)->m->frame_len - c->off;
+        if (left < rest) {
+            c->off += (uint32_t)left;
+            return;
+        }
+        left -= rest;
+        room_advance(r, c);
+    }
+}
+
+int conn_flush(conn *c) {
+    worker *w = c->w;
+    size_t turn = 0;
+    while (!c->want_write && turn < CONN_WRITE_CAP) {
+        struct iovec iov[CONN_IOV];
+        int n = 0;
+        size_t total = 0, frames = 0;
+        room *r = c->room;
+        uint64_t s = c->cursor;
+        if (r && c->off > 0) {
+            room_entry *e = room_entry_at(r, s++);
+            iov[n].iov_base = e->m->frame + c->off;
+            iov[n].iov_len = e->m->frame_len - c->off;
+            total += iov[n++].iov_len;
+        }
+        if (c->ctl_len > c->ctl_off) {
+            iov[n].iov_base = c->ctl + c->ctl_off;
+            iov[n].iov_len = (size_t)(c->ctl_len - c->ctl_off);
+            total += iov[n++].iov_len;
+        }
+        if (r && c->state == CONN_OPEN) {
+            for (; s < r->head && n < CONN_IOV && total < CONN_WRITE_CAP; s++, frames++) {
+                room_entry *e = room_entry_at(r, s);
+                iov[n].iov_base = e->m->frame;
+                iov[n].iov_len = e->m->frame_len;
+                total += iov[n++].iov_len;
+            }
+        }
+        if (n == 0) break;
+        ssize_t wr = writev(c->fd, iov, n);
+        if (wr < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                conn_want_write(c, 1);
+                break;
+            }
+            log_debug("conn %llu: write: %s", (unsigned long long)c->id, strerror(errno));
+            conn_free(c);
+            return -1;
+        }
+        conn_advance(c, (size_t)wr);
+        atomic_fetch_add_explicit(&w->frames_out, frames, memory_order_relaxed); /* a counter */
+        turn += (size_t)wr;
+        if ((size_t)wr < total) conn_want_write(c, 1); /* the kernel is full */
+    }
+    /* More than one turn's worth: come back when the loop has served others. */
+    if (turn >= CONN_WRITE_CAP) conn_want_write(c, 1);
+
+    if (c->ctl && c->ctl_off == c->ctl_len) {
+        free(c->ctl);
+        c->ctl = NULL;
+        c->ctl_len = c->ctl_off = 0;
+        if (c->close_queued && !c->shut_wr) {
+            if (c->close_after_flush) {
+                conn_free(c);
+                return -1;
+            }
+            shutdown(c->fd, SHUT_WR);
+            c->shut_wr = 1;
+        }
+    }
+    if (c->state == CONN_CLOSING && c->room && c->off == 0) room_leave(&w->rooms, c);
+    return 0;
+}
+
+int conn_pump(conn *c) {
+    room *r = c->room;
+    if (r && room_backlog(r, c) > (uint64_t)c->w->cfg->max_output_buffer) {
+        log_info("conn %llu: slow consumer, %llu bytes queued, closing with 1008",
+                 (unsigned long long)c->id, (unsigned long long)room_backlog(r, c));
+        if (c->off > 0) { /* mid-frame: no close frame can follow */
+            conn_free(c);
+            return -1;
+        }
+        conn_close(c, WS_CLOSE_POLICY, "too slow: output limit");
+    }
+    return conn_flush(c);
+}
+
+static void conn_read(conn *c) {
+    worker *w = c->w;
+    ssize_t n = read(c->fd, w->rbuf, w->rbuf_size);
+    if (n > 0) {
+        c->last_read_ms = conn_now(c);
+        c->ping_outstanding = 0;
+        if (c->parser.failed) return; /* waiting for EOF after an error */
+        if (conn_feed(c, w->rbuf, (size_t)n) < 0) return;
+        conn_flush(c);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n < 0) log_debug("conn %llu: read: %s", (unsigned long long)c->id, strerror(errno));
+    conn_free(c);
+}
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
+    conn *c = arg;
+    (void)fd;
+    if (what & EV_WRITE) {
+        conn_want_write(c, 0);
+        if (conn_flush(c) < 0) return;
+    }
+    if (what & EV_READ) conn_read(c);
+}
+
+int conn_tick(conn *c, int64_t now) {
+    const config *cfg = c->w->cfg;
+    if (c->state == CONN_CLOSING || c->ping_outstanding) {
+        if (now < c->deadline_ms) return 0;
+        log_info("conn %llu: %s", (unsigned long long)c->id,
+                 c->state == CONN_CLOSING ? "no close from peer in time" : "ping timeout");
+        conn_free(c);
+        return -1;
+    }
+    if (now - c->last_read_ms >= cfg->ping_interval_ms) {
+        static const uint8_t ping[2] = {0x89, 0x00};
+        if (conn_queue_ctl(c, ping, sizeof(ping)) == 0) {
+            c->ping_outstanding = 1;
+            c->deadline_ms = now + cfg->ping_timeout_ms;
+        }
+        return conn_flush(c);
+    }
+    return 0;
+}
+
+conn *conn_new(worker *w, handoff *h) {
+    size_t ulen = strlen(h->user);
+    conn *c = calloc(1, sizeof(*c) + ulen + 1);
+    if (c == NULL) {
+        close(h->fd);
+        atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
+        return NULL;
+    }
+    c->w = w;
+    c->id = h->id;
+    c->fd = h->fd;
+    c->user_len = (uint16_t)ulen;
+    memcpy(c->user, h->user, ulen + 1);
+    ws_parser_init(&c->parser, (uint64_t)w->cfg->max_message);
+    if (room_join(&w->rooms, h->room, strlen(h->room), c) == NULL) {
+        close(c->fd);
+        free(c);
+        atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
+        return NULL;
+    }
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    atomic_fetch_add_explicit(&w->nconns, 1, memory_order_relaxed); /* a counter */
+    event_assign(&c->ev, w->base, c->fd, EV_READ | EV_PERSIST, conn_on_event, c);
+    event_add(&c->ev, NULL);
+    c->last_read_ms = conn_now(c);
+    log_debug("conn %llu: %s joined %s on worker %d", (unsigned long long)c->id, c->user,
+              h->room, w->id);
+    if (h->extra_len > 0) {
+        if (conn_feed(c, h->extra, h->extra_len) < 0) return NULL;
+        if (conn_flush(c) < 0) return NULL;
+    }
+    return c;
+}

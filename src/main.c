@@ -1,0 +1,150 @@
+/* chatd — wires the modules together and owns start and stop order.
+ *
+ *   main      config, signals, start, orderly stop
+ *   acceptor  listener, HTTP handshake, handoff to workers
+ *   worker×N  upgraded connections, rooms, delivery
+ *   broker    the shared order: local, or the Redis stream consumer
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "acceptor.h"
+#include "broker.h"
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#define FD_RESERVE 64 /* descriptors kept for listeners, Redis, logs, eventfds */
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: chatd [-t] [-c FILE]\n"
+               "  -c FILE  configuration file (default: built-in defaults)\n"
+               "  -t       check the configuration and exit\n");
+}
+
+/* Raises the open-files soft limit to the hard limit and returns how many
+ * clients fit. */
+static int64_t raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return 1024 - FD_RESERVE;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    int64_t n = rl.rlim_cur == RLIM_INFINITY ? 1000000 : (int64_t)rl.rlim_cur;
+    return n > FD_RESERVE * 2 ? n - FD_RESERVE : n / 2;
+}
+
+int main(int argc, char **argv) {
+    const char *path = NULL;
+    int test_only = 0, opt;
+    char err[512];
+    while ((opt = getopt(argc, argv, "c:th")) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 't': test_only = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+
+    static config cfg;
+    config_defaults(&cfg);
+    if ((path && config_load(&cfg, path, err, sizeof(err)) < 0) ||
+        config_apply_env(&cfg, err, sizeof(err)) < 0 || config_check(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 1;
+    }
+    if (test_only) {
+        printf("chatd: configuration %s is valid\n", path ? path : "(defaults)");
+        return 0;
+    }
+    log_level = cfg.log_level;
+
+    /* Signals: handled by main with sigwait; every thread inherits the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int64_t ceiling = raise_nofile();
+    int64_t max_clients = cfg.max_clients > 0 && cfg.max_clients < ceiling ? cfg.max_clients
+                                                                           : ceiling;
+    log_info("open files allow %lld clients%s", (long long)ceiling,
+             max_clients < ceiling ? " (max_clients is lower)" : "");
+    if (cfg.max_clients > ceiling)
+        log_warn("max_clients %d is above what open files allow; capped at %lld",
+                 cfg.max_clients, (long long)ceiling);
+
+    evthread_use_pthreads();
+    int nworkers = cfg.workers > 0 ? cfg.workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (nworkers < 1) nworkers = 1;
+
+    int rc = 1;
+    worker **workers = calloc((size_t)nworkers, sizeof(*workers));
+    broker *b = NULL;
+    acceptor *a = NULL;
+    int started = 0;
+    if (workers == NULL) {
+        log_error("out of memory");
+        return 1;
+    }
+    for (int i = 0; i < nworkers; i++)
+        if ((workers[i] = worker_new(i + 1, &cfg, err, sizeof(err))) == NULL) goto fatal;
+    if ((b = broker_new(&cfg, workers, nworkers, err, sizeof(err))) == NULL) goto fatal;
+    if ((a = acceptor_new(&cfg, workers, nworkers, max_clients, err, sizeof(err))) == NULL)
+        goto fatal;
+    if (broker_start(b) < 0) goto fatal_thread;
+    for (; started < nworkers; started++)
+        if (worker_start(workers[started], b) < 0) goto fatal_thread;
+    if (acceptor_start(a) < 0) goto fatal_thread;
+    log_info("chatd listening at ws://%s%s%s:%d (%d workers, broker %s)",
+             strchr(cfg.bind, ':') ? "[" : "", cfg.bind, strchr(cfg.bind, ':') ? "]" : "",
+             cfg.port, nworkers, broker_name(b));
+
+    for (;;) {
+        int sig;
+        if (sigwait(&sigs, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: nothing to reload");
+            continue;
+        }
+        log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        break;
+    }
+    rc = 0;
+    goto stop;
+
+fatal_thread:
+    snprintf(err, sizeof(err), "cannot start a thread: %s", strerror(errno));
+fatal:
+    log_error("%s", err);
+stop:
+    if (a) acceptor_stop(a);
+    for (int i = 0; i < started; i++) worker_stop(workers[i]);
+    for (int i = 0; i < started; i++) worker_join(workers[i]);
+    if (b) broker_stop(b);
+    acceptor_free(a);
+    for (int i = 0; i < nworkers; i++) worker_free(workers[i]);
+    broker_free(b);
+    free(workers);
+    libevent_global_shutdown();
+    if (rc == 0) log_info("bye");
+    return rc;
+}

@@ -1,0 +1,232 @@
+/* worker — an event loop thread owning upgraded connections (worker.h). */
+#include "worker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "broker.h"
+#include "conn.h"
+#include "log.h"
+
+#define WORKER_RBUF (64 * 1024)
+#define WORKER_HANDOFF_RING 4096
+#define WORKER_BATCH 4096        /* inbox messages per turn */
+#define WORKER_TICK_MS 250
+
+_Atomic int64_t chatd_clients;
+
+void handoff_free(handoff *h) {
+    if (h == NULL) return;
+    free(h->extra);
+    free(h->room); /* user lives in the same block */
+    free(h);
+}
+
+static void worker_on_bell(evutil_socket_t fd, short what, void *arg);
+static void worker_on_tick(evutil_socket_t fd, short what, void *arg);
+static void worker_on_stop_deadline(evutil_socket_t fd, short what, void *arg);
+
+worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
+    worker *w = calloc(1, sizeof(*w));
+    struct event_config *ec = event_config_new();
+    if (w == NULL || ec == NULL) goto oom;
+    w->id = id;
+    w->cfg = cfg;
+    w->bell_fd = -1;
+    /* Only this worker's thread touches its base: no locks inside libevent. */
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    w->base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    ec = NULL;
+    w->bell_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->base == NULL || w->bell_fd < 0) {
+        snprintf(err, errlen, "worker %d: cannot create event loop: %s", id, strerror(errno));
+        worker_free(w);
+        return NULL;
+    }
+    w->bell_ev = event_new(w->base, w->bell_fd, EV_READ | EV_PERSIST, worker_on_bell, w);
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, worker_on_tick, w);
+    w->stop_ev = evtimer_new(w->base, worker_on_stop_deadline, w);
+    w->inbox = ring_new((size_t)cfg->ring_size);
+    w->handoffs = ring_new(WORKER_HANDOFF_RING);
+    w->rbuf_size = WORKER_RBUF;
+    w->rbuf = malloc(w->rbuf_size);
+    if (!w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
+        room_index_init(&w->rooms) < 0)
+        goto oom;
+    struct timeval tick = {0, WORKER_TICK_MS * 1000};
+    event_add(w->bell_ev, NULL);
+    event_add(w->tick_ev, &tick);
+    return w;
+oom:
+    if (ec) event_config_free(ec);
+    snprintf(err, errlen, "worker %d: out of memory", id);
+    if (w) worker_free(w);
+    return NULL;
+}
+
+void worker_free(worker *w) {
+    if (w == NULL) return;
+    while (w->conns) conn_free(w->conns);
+    handoff *h;
+    msg *m;
+    if (w->handoffs) {
+        while ((h = ring_pop(w->handoffs))) {
+            close(h->fd);
+            handoff_free(h);
+        }
+        ring_free(w->handoffs);
+    }
+    if (w->inbox) {
+        while ((m = ring_pop(w->inbox))) msg_unref(m);
+        ring_free(w->inbox);
+    }
+    if (w->rooms.bucket) room_index_free(&w->rooms);
+    if (w->bell_ev) event_free(w->bell_ev);
+    if (w->tick_ev) event_free(w->tick_ev);
+    if (w->stop_ev) event_free(w->stop_ev);
+    if (w->base) event_base_free(w->base);
+    if (w->bell_fd >= 0) close(w->bell_fd);
+    free(w->rbuf);
+    free(w);
+}
+
+static void *worker_main(void *arg) {
+    worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "worker-%d", w->id);
+    log_thread(name);
+    if (broker_attach(w->broker, w->id, w->base) < 0)
+        log_error("worker %d: cannot attach to the broker", w->id);
+    event_base_dispatch(w->base);
+    while (w->conns) conn_free(w->conns);
+    broker_detach(w->broker, w->id);
+    return NULL;
+}
+
+int worker_start(worker *w, struct broker *b) {
+    w->broker = b;
+    return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : -1;
+}
+
+void worker_stop(worker *w) {
+    /* release: nothing to publish but the flag itself; the bell wakes it */
+    atomic_store_explicit(&w->stop_requested, 1, memory_order_release);
+    worker_wake(w);
+}
+
+void worker_join(worker *w) { pthread_join(w->thread, NULL); }
+
+void worker_wake(worker *w) {
+    uint64_t one = 1;
+    ssize_t rc = write(w->bell_fd, &one, sizeof(one));
+    (void)rc; /* EAGAIN: the counter is saturated, the worker is awake anyway */
+}
+
+int worker_handoff(worker *w, handoff *h) {
+    int rc = ring_push(w->handoffs, h);
+    if (rc < 0) return -1;
+    if (rc == 1) worker_wake(w);
+    return 0;
+}
+
+int worker_push(worker *w, msg *m) { return ring_push(w->inbox, m); }
+
+void worker_conn_gone(worker *w) {
+    atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed); /* a counter */
+    atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
+    if (w->stopping && w->conns == NULL) event_base_loopbreak(w->base);
+}
+
+static void worker_begin_shutdown(worker *w) {
+    w->stopping = 1;
+    log_debug("worker %d: closing %u clients", w->id,
+              atomic_load_explicit(&w->nconns, memory_order_relaxed));
+    if (w->conns == NULL) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+        conn_flush(c);
+    }
+    struct timeval tv = {w->cfg->shutdown_timeout_ms / 1000,
+                         (w->cfg->shutdown_timeout_ms % 1000) * 1000};
+    evtimer_add(w->stop_ev, &tv);
+}
+
+static void worker_on_stop_deadline(evutil_socket_t fd, short what, void *arg) {
+    worker *w = arg;
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(w->base);
+}
+
+/* Writes the new room entries to every member of every room that got some. */
+static void worker_pump_rooms(worker *w) {
+    room *r;
+    while ((r = room_next_dirty(&w->rooms))) {
+        conn *c = r->conns, *next;
+        for (; c; c = next) {
+            next = c->room_next;
+            conn_pump(c);
+        }
+        room_settle(&w->rooms, r);
+    }
+}
+
+static void worker_on_bell(evutil_socket_t fd, short what, void *arg) {
+    worker *w = arg;
+    uint64_t v;
+    (void)what;
+    ssize_t rc = read(fd, &v, sizeof(v));
+    (void)rc; /* EAGAIN when re-activated by hand below */
+
+    /* acquire: pairs with worker_stop's release */
+    if (!w->stopping && atomic_load_explicit(&w->stop_requested, memory_order_acquire))
+        worker_begin_shutdown(w);
+
+    handoff *h;
+    while ((h = ring_pop(w->handoffs))) {
+        conn *c = conn_new(w, h);
+        handoff_free(h);
+        if (c && w->stopping) {
+            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+            conn_flush(c);
+        }
+    }
+
+    msg *m;
+    int n = 0;
+    while (n < WORKER_BATCH && (m = ring_pop(w->inbox))) {
+        room *r = room_find(&w->rooms, m->room, m->room_len);
+        if (r) room_append(&w->rooms, r, m);
+        else msg_unref(m);
+        n++;
+    }
+    worker_pump_rooms(w);
+    /* More waiting: serve the sockets first, then come back. */
+    if (n == WORKER_BATCH) event_active(w->bell_ev, EV_READ, 0);
+}
+
+static void worker_on_tick(evutil_socket_t fd, short what, void *arg) {
+    worker *w = arg;
+    (void)fd;
+    (void)what;
+    struct timeval tv;
+    event_base_gettimeofday_cached(w->base, &tv);
+    int64_t now = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        conn_tick(c, now);
+    }
+}

@@ -1,0 +1,58 @@
+#!/bin/sh
+# The whole test suite, as `make test` runs it:
+#   1. unit tests (cmocka), normal build
+#   2. unit tests and integration tests under ASan+UBSan
+#   3. the ring stress test and a threaded broadcast run under TSan
+#   4. integration tests (pytest) against the normal build
+# Every step runs even if an earlier one failed; the exit code is non-zero
+# if any failed. Set TEST_QUICK=1 to skip the sanitizer steps.
+set -u
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+JOBS=${JOBS:-2}
+LOGDIR=build/test-logs
+mkdir -p "$LOGDIR"
+failed=""
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:exitcode=66"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=66"
+export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
+
+step() { # name, command...
+    name=$1; shift
+    printf '\n=== %s\n' "$name"
+    if "$@"; then printf '=== %s: ok\n' "$name"
+    else printf '=== %s: FAILED\n' "$name"; failed="$failed $name"; fi
+}
+
+units() { # build dir
+    rc=0
+    for t in "$1"/unit/test_*; do
+        [ -x "$t" ] || continue
+        "$t" || rc=1
+    done
+    return $rc
+}
+
+pytest_run() { # binary, extra args...
+    bin=$1; shift
+    CHATD_BIN="$PWD/$bin" $PY -m pytest -q -p no:cacheprovider test/integration "$@"
+}
+
+step build        make -s -j"$JOBS" chatd unit
+step unit         units build
+if [ "${TEST_QUICK:-0}" != 1 ]; then
+    step asan-build   make -s -j"$JOBS" SAN=asan chatd unit
+    step asan-unit    units build/asan
+    step tsan-build   make -s -j"$JOBS" SAN=tsan chatd build/tsan/unit/test_ring
+    step tsan-ring    build/tsan/unit/test_ring
+    step tsan-chat    pytest_run build/tsan/chatd -m tsan
+    step asan-chat    pytest_run build/asan/chatd
+fi
+step integration  pytest_run build/chatd
+
+echo
+if [ -n "$failed" ]; then
+    echo "FAILED steps:$failed"
+    exit 1
+fi
+echo "all test steps passed"
