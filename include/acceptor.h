@@ -8,14 +8,16 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "tls.h"
 #include "worker.h"
 
 typedef struct acceptor acceptor;
 
-/* Main thread: binds the listener. max_clients is the effective cap on
- * upgraded connections. NULL with err filled on failure. */
-acceptor *acceptor_new(const config *cfg, worker **workers, int nworkers, int64_t max_clients,
-                       char *err, size_t errlen);
+/* Main thread: binds the ws listener, and the wss one when t is not NULL.
+ * max_clients is the effective cap on upgraded connections. NULL with err
+ * filled on failure. */
+acceptor *acceptor_new(const config *cfg, tls *t, worker **workers, int nworkers,
+                       int64_t max_clients, char *err, size_t errlen);
 /* Main thread: starts the acceptor thread. */
 int acceptor_start(acceptor *a);
 /* Main thread: stops accepting, closes pending handshakes, joins. */

@@ -26,6 +26,14 @@ typedef struct config {
     char allowed_origins[CONFIG_MAX_ORIGINS][128]; /* empty: any origin */
     int n_origins;
 
+    /* TLS (wss://): off while tls_port is 0 */
+    char tls_bind[64];          /* address of the wss listener */
+    int tls_port;
+    char tls_cert[256];         /* PEM certificate chain */
+    char tls_key[256];          /* PEM private key */
+    char tls_ciphers[256];      /* TLS 1.2 cipher list; empty: OpenSSL's */
+    int tls_min_version;        /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
+
     /* protocol */
     char default_room[65];
     int max_username;           /* bytes */

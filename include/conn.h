@@ -46,6 +46,11 @@ typedef struct conn {
     struct conn *next, *prev;            /* worker's list of connections */
     uint64_t cursor;           /* next room log entry to write */
     uint32_t off;              /* bytes of that entry already written */
+    void *ssl;                 /* SSL * for wss, else NULL */
+    uint8_t *tls_out;          /* bytes of a TLS write the kernel refused,
+                                  offered again as they were (OpenSSL wants
+                                  the same bytes on retry) */
+    uint32_t tls_out_len;
     int64_t last_read_ms;
     int64_t deadline_ms;       /* ping timeout, or close deadline */
     ws_parser parser;

@@ -16,6 +16,8 @@
 #include "ring.h"
 #include "room.h"
 
+#define WORKER_TLS_RECORD 16384  /* bytes per TLS write: one full record */
+
 struct broker;
 struct event_base;
 struct event;
@@ -51,6 +53,7 @@ typedef struct worker {
     struct conn *conns;          /* every connection, for the tick */
     uint8_t *rbuf;               /* shared read buffer */
     size_t rbuf_size;
+    uint8_t *tlsbuf;             /* shared staging for one TLS record */
     int stopping;                /* worker thread: shutting down */
     _Atomic int stop_requested;  /* main → worker: begin shutdown */
     _Atomic uint32_t nconns;     /* read by the acceptor to balance */

@@ -21,10 +21,13 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/thread.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
+#include "tls.h"
 
 #define ACCEPT_BURST 64          /* accepts per wake-up */
 #define DRAIN_MS 1000            /* after a refusal: wait for the peer's EOF */
@@ -34,6 +37,8 @@ typedef struct pending {
     struct event ev;
     struct acceptor *a;
     int fd;
+    SSL *ssl;                    /* wss: the session, else NULL */
+    uint8_t handshaking;         /* wss: TLS handshake not done yet */
     uint8_t draining;            /* refusal sent: read until EOF, then close */
     uint64_t id;
     int64_t deadline_ms;
@@ -46,15 +51,23 @@ typedef struct pending {
     char peer[64];
 } pending;
 
+typedef struct listener {
+    struct acceptor *a;
+    int fd;
+    int tls;                     /* 1: wss listener */
+    struct event *ev;
+} listener;
+
 struct acceptor {
     const config *cfg;
+    tls *tls;                    /* NULL without tls_listen */
     worker **workers;
     int nworkers;
     unsigned rr;
     int64_t max_clients;
     struct event_base *base;
-    int lfd;
-    struct event *listen_ev;
+    listener ls[2];              /* ws, and wss when configured */
+    int nls;
     struct event *resume_ev;     /* re-enables accept after EMFILE */
     pthread_t thread;
     int started;
@@ -71,6 +84,7 @@ static int64_t acc_now(acceptor *a) {
 static void pending_free(pending *p) {
     acceptor *a = p->a;
     event_del(&p->ev);
+    if (p->ssl) SSL_free(p->ssl);
     if (p->fd >= 0) close(p->fd);
     hs_request_free(p->req);
     free(p->res);
@@ -123,6 +137,8 @@ static void pending_handoff(pending *p) {
     h->room = names;
     h->user = names + rlen + 1;
     h->fd = p->fd;
+    h->ssl = p->ssl;
+    p->ssl = NULL;
     h->id = p->id;
     h->extra = p->extra;
     h->extra_len = p->extra_len;
@@ -143,20 +159,48 @@ static void pending_handoff(pending *p) {
     pending_free(p);
 }
 
+#define IO_AGAIN_READ -2
+#define IO_AGAIN_WRITE -3
+
+/* One read or write on the plain or TLS connection: bytes moved, 0 at end
+ * of stream, -1 on error, or IO_AGAIN_READ/IO_AGAIN_WRITE to wait. */
+static ssize_t pending_io(pending *p, uint8_t *buf, size_t len, int writing) {
+    if (p->ssl) {
+        int n = writing ? SSL_write(p->ssl, buf, (int)len) : SSL_read(p->ssl, buf, (int)len);
+        if (n > 0) return n;
+        switch (SSL_get_error(p->ssl, n)) {
+        case SSL_ERROR_WANT_READ: return IO_AGAIN_READ;
+        case SSL_ERROR_WANT_WRITE: return IO_AGAIN_WRITE;
+        case SSL_ERROR_ZERO_RETURN: return 0;
+        default: ERR_clear_error(); return -1;
+        }
+    }
+    for (;;) {
+        ssize_t n = writing ? write(p->fd, buf, len) : read(p->fd, buf, len);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return writing ? IO_AGAIN_WRITE : IO_AGAIN_READ;
+        return -1;
+    }
+}
+
+/* Waits as pending_io asked; frees p on end or error. Returns 1 if it
+ * waits or freed, 0 if n is a byte count to use. */
+static int pending_again(pending *p, ssize_t n) {
+    if (n > 0) return 0;
+    if (n == IO_AGAIN_READ) pending_wait(p, EV_READ);
+    else if (n == IO_AGAIN_WRITE) pending_wait(p, EV_WRITE);
+    else pending_free(p);
+    return 1;
+}
+
 /* Writes the response; then hands the connection over, or drains it. */
 static void pending_respond(pending *p) {
     hs_result *res = p->res;
     while (p->res_off < res->response_len) {
-        ssize_t n = write(p->fd, res->response + p->res_off, res->response_len - p->res_off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            pending_wait(p, EV_WRITE);
-            return;
-        }
-        if (n < 0) {
-            pending_free(p);
-            return;
-        }
+        ssize_t n = pending_io(p, (uint8_t *)res->response + p->res_off,
+                               res->response_len - p->res_off, 1);
+        if (pending_again(p, n)) return;
         p->res_off += (size_t)n;
     }
     if (res->upgrade) {
@@ -165,6 +209,10 @@ static void pending_respond(pending *p) {
     }
     /* Refused or answered: half-close and let the client read the answer
      * before the socket goes (closing with unread input would reset it). */
+    if (p->ssl) {
+        SSL_shutdown(p->ssl); /* close_notify, best effort */
+        ERR_clear_error();
+    }
     shutdown(p->fd, SHUT_WR);
     p->draining = 1;
     p->deadline_ms = acc_now(p->a) + DRAIN_MS;
@@ -214,23 +262,37 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
         pending_free(p);
         return;
     }
-    if (what & EV_WRITE) {
+    if (p->draining) { /* raw bytes, TLS or not: they are thrown away */
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) pending_wait(p, EV_READ);
+        else pending_free(p);
+        return;
+    }
+    if (p->handshaking) {
+        int rc = SSL_do_handshake(p->ssl);
+        if (rc != 1) {
+            int e = SSL_get_error(p->ssl, rc);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                pending_wait(p, e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE);
+                return;
+            }
+            char why[160] = "connection closed";
+            unsigned long ec = ERR_peek_last_error();
+            if (ec) ERR_error_string_n(ec, why, sizeof(why));
+            ERR_clear_error();
+            log_info("conn %llu: %s TLS handshake failed: %s", (unsigned long long)p->id,
+                     p->peer, why);
+            pending_free(p);
+            return;
+        }
+        p->handshaking = 0;
+    }
+    if (p->res) { /* writing the response */
         pending_respond(p);
         return;
     }
-    ssize_t n = read(fd, buf, sizeof(buf));
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-        pending_wait(p, EV_READ);
-        return;
-    }
-    if (n <= 0) {
-        pending_free(p);
-        return;
-    }
-    if (p->draining) {
-        pending_wait(p, EV_READ);
-        return;
-    }
+    ssize_t n = pending_io(p, buf, sizeof(buf), 0);
+    if (pending_again(p, n)) return;
     size_t used = 0;
     int rc = hs_feed(p->req, buf, (size_t)n, &used);
     if (rc == HS_MORE) {
@@ -241,7 +303,8 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
-    acceptor *a = arg;
+    listener *l = arg;
+    acceptor *a = l->a;
     (void)what;
     for (int i = 0; i < ACCEPT_BURST; i++) {
         struct sockaddr_storage ss;
@@ -252,7 +315,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
                 /* Out of descriptors: pause accepting rather than spin. */
                 log_warn("accept: %s; pausing accepts for %d ms", strerror(errno),
                          EMFILE_PAUSE_MS);
-                event_del(a->listen_ev);
+                for (int k = 0; k < a->nls; k++) event_del(a->ls[k].ev);
                 struct timeval tv = {0, EMFILE_PAUSE_MS * 1000};
                 evtimer_add(a->resume_ev, &tv);
             }
@@ -273,6 +336,16 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
         p->id = ++a->next_id;
         p->req = req;
         net_format_addr((struct sockaddr *)&ss, p->peer, sizeof(p->peer));
+        if (l->tls) {
+            p->ssl = tls_session(a->tls, fd);
+            if (p->ssl == NULL) {
+                hs_request_free(req);
+                free(p);
+                close(fd);
+                continue;
+            }
+            p->handshaking = 1;
+        }
         p->deadline_ms = acc_now(a) + a->cfg->handshake_timeout_ms;
         event_assign(&p->ev, a->base, fd, EV_READ, pending_on_event, p);
         p->next = a->pendings;
@@ -287,11 +360,11 @@ static void acc_on_resume(evutil_socket_t fd, short what, void *arg) {
     acceptor *a = arg;
     (void)fd;
     (void)what;
-    event_add(a->listen_ev, NULL);
+    for (int k = 0; k < a->nls; k++) event_add(a->ls[k].ev, NULL);
 }
 
-acceptor *acceptor_new(const config *cfg, worker **workers, int nworkers, int64_t max_clients,
-                       char *err, size_t errlen) {
+acceptor *acceptor_new(const config *cfg, tls *t, worker **workers, int nworkers,
+                       int64_t max_clients, char *err, size_t errlen) {
     acceptor *a = calloc(1, sizeof(*a));
     if (a == NULL) {
         snprintf(err, errlen, "acceptor: out of memory");
@@ -301,20 +374,30 @@ acceptor *acceptor_new(const config *cfg, worker **workers, int nworkers, int64_
     a->workers = workers;
     a->nworkers = nworkers;
     a->max_clients = max_clients;
-    a->lfd = net_listen(cfg->bind, cfg->port, err, errlen);
-    if (a->lfd < 0) {
-        free(a);
-        return NULL;
-    }
+    a->tls = t;
+    a->ls[0].fd = a->ls[1].fd = -1;
     a->base = event_base_new(); /* locking on: main breaks its loop */
-    if (a->base == NULL) goto fail;
-    a->listen_ev = event_new(a->base, a->lfd, EV_READ | EV_PERSIST, acc_on_accept, a);
-    a->resume_ev = evtimer_new(a->base, acc_on_resume, a);
-    if (a->listen_ev == NULL || a->resume_ev == NULL) goto fail;
-    event_add(a->listen_ev, NULL);
+    if (a->base == NULL || (a->resume_ev = evtimer_new(a->base, acc_on_resume, a)) == NULL) {
+        snprintf(err, errlen, "acceptor: cannot create event loop");
+        goto fail;
+    }
+    for (int k = 0; k < (t ? 2 : 1); k++) {
+        listener *l = &a->ls[k];
+        l->a = a;
+        l->tls = k == 1;
+        l->fd = k == 0 ? net_listen(cfg->bind, cfg->port, err, errlen)
+                       : net_listen(cfg->tls_bind, cfg->tls_port, err, errlen);
+        if (l->fd < 0) goto fail;
+        a->nls++;
+        l->ev = event_new(a->base, l->fd, EV_READ | EV_PERSIST, acc_on_accept, l);
+        if (l->ev == NULL) {
+            snprintf(err, errlen, "acceptor: out of memory");
+            goto fail;
+        }
+        event_add(l->ev, NULL);
+    }
     return a;
 fail:
-    snprintf(err, errlen, "acceptor: cannot create event loop");
     acceptor_free(a);
     return NULL;
 }
@@ -342,9 +425,11 @@ void acceptor_stop(acceptor *a) {
 void acceptor_free(acceptor *a) {
     if (a == NULL) return;
     while (a->pendings) pending_free(a->pendings);
-    if (a->listen_ev) event_free(a->listen_ev);
+    for (int k = 0; k < 2; k++) {
+        if (a->ls[k].ev) event_free(a->ls[k].ev);
+        if (a->ls[k].fd >= 0) close(a->ls[k].fd);
+    }
     if (a->resume_ev) event_free(a->resume_ev);
     if (a->base) event_base_free(a->base);
-    if (a->lfd >= 0) close(a->lfd);
     free(a);
 }

@@ -29,6 +29,8 @@ typedef enum {
     T_BROKER,    /* local | redis */
     T_LOGLEVEL,  /* debug | info | warn | error */
     T_REDIS_URL, /* redis://[[user]:password@]host[:port][/db] */
+    T_TLS_LISTEN, /* like T_LISTEN into tls_bind and tls_port; empty = off */
+    T_TLS_VERSION, /* 1.2 | 1.3 */
 } ctype;
 
 enum {
@@ -70,6 +72,16 @@ static const directive directives[] = {
      "time for the whole HTTP request to arrive"},
     {"allowed_origins", T_ORIGINS, 0, 0, CONFIG_MAX_ORIGINS, "", FIELD(allowed_origins),
      "Origin values allowed to connect, space or comma separated; empty = any"},
+
+    /* TLS */
+    {"tls_listen", T_TLS_LISTEN, 0, 0, 65535, "", FIELD(tls_bind),
+     "address:port of the wss listener; empty = no TLS"},
+    {"tls_cert", T_STRING, 0, 0, 255, "", FIELD(tls_cert), "PEM certificate chain file"},
+    {"tls_key", T_STRING, 0, 0, 255, "", FIELD(tls_key), "PEM private key file"},
+    {"tls_ciphers", T_STRING, 0, 0, 255, "", FIELD(tls_ciphers),
+     "OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default"},
+    {"tls_min_version", T_TLS_VERSION, 0, 0, 0, "1.2", FIELD(tls_min_version),
+     "oldest TLS version offered: 1.2 or 1.3"},
 
     /* protocol */
     {"default_room", T_STRING, F_PRINTABLE, 1, 64, "lobby", FIELD(default_room),
@@ -221,6 +233,12 @@ static void describe(const directive *d, char *buf, size_t len) {
         break;
     case T_REDIS_URL:
         snprintf(buf, len, "redis://[[user]:password@]host[:port][/db]");
+        break;
+    case T_TLS_LISTEN:
+        snprintf(buf, len, "nothing, or ADDRESS:PORT with a numeric address, e.g. 0.0.0.0:5443");
+        break;
+    case T_TLS_VERSION:
+        snprintf(buf, len, "1.2 or 1.3");
         break;
     }
 }
@@ -562,6 +580,24 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         why = parse_redis_url(value, sizeof cfg->redis_url);
         if (why == NULL) memcpy(cfg->redis_url, value, strlen(value) + 1);
         break;
+    case T_TLS_LISTEN: {
+        char bind[sizeof cfg->tls_bind] = "";
+        int port = 0;
+        if (value[0] != '\0') why = parse_listen(value, bind, sizeof bind, &port);
+        if (why == NULL) {
+            memcpy(cfg->tls_bind, bind, sizeof bind);
+            cfg->tls_port = port;
+        }
+        break;
+    }
+    case T_TLS_VERSION:
+        if (strcmp(value, "1.2") == 0)
+            cfg->tls_min_version = 0x0303;
+        else if (strcmp(value, "1.3") == 0)
+            cfg->tls_min_version = 0x0304;
+        else
+            why = "TLS 1.0 and 1.1 are never offered";
+        break;
     }
     return why;
 }
@@ -783,6 +819,10 @@ int config_check(const config *cfg, char *err, size_t errlen) {
     }
     if (cfg->port < 1 || cfg->port > 65535) {
         seterr(err, errlen, "listen: port %d is out of range 1..65535", cfg->port);
+        return -1;
+    }
+    if (cfg->tls_port && (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0')) {
+        seterr(err, errlen, "tls_listen needs tls_cert and tls_key");
         return -1;
     }
     if (cfg->n_origins < 0 || cfg->n_origins > CONFIG_MAX_ORIGINS) {

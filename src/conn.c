@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "broker.h"
 #include "log.h"
@@ -81,7 +83,12 @@ void conn_free(conn *c) {
     worker *w = c->w;
     event_del(&c->ev);
     room_leave(&w->rooms, c);
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        ERR_clear_error();
+    }
     close(c->fd);
+    free(c->tls_out);
     free(c->ctl);
     conn_free_msgbuf(c);
     if (c->prev) c->prev->next = c->next;
@@ -226,6 +233,50 @@ static void conn_advance(conn *c, size_t left) {
     }
 }
 
+/* Writes one TLS record's worth of what iov holds (or, after a refused
+ * write, exactly the bytes refused, as OpenSSL requires). Returns bytes
+ * written, or -1 with errno EAGAIN (wait for writable) or another error.
+ * *total becomes the number of bytes offered. */
+static ssize_t conn_write_tls(conn *c, const struct iovec *iov, int n, size_t *total) {
+    uint8_t *buf = c->tls_out;
+    size_t len = c->tls_out_len;
+    if (buf == NULL) {
+        buf = c->w->tlsbuf;
+        len = 0;
+        for (int i = 0; i < n && len < WORKER_TLS_RECORD; i++) {
+            size_t k = iov[i].iov_len;
+            if (k > WORKER_TLS_RECORD - len) k = WORKER_TLS_RECORD - len;
+            memcpy(buf + len, iov[i].iov_base, k);
+            len += k;
+        }
+    }
+    *total = len;
+    int wr = SSL_write(c->ssl, buf, (int)len);
+    if (wr > 0) {
+        free(c->tls_out);
+        c->tls_out = NULL;
+        c->tls_out_len = 0;
+        return wr;
+    }
+    int e = SSL_get_error(c->ssl, wr);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+        if (c->tls_out == NULL) { /* keep the refused bytes for the retry */
+            c->tls_out = malloc(len);
+            if (c->tls_out == NULL) {
+                errno = ENOMEM;
+                return -1;
+            }
+            memcpy(c->tls_out, buf, len);
+            c->tls_out_len = (uint32_t)len;
+        }
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = EPIPE;
+    return -1;
+}
+
 int conn_flush(conn *c) {
     worker *w = c->w;
     size_t turn = 0;
@@ -255,7 +306,7 @@ int conn_flush(conn *c) {
             }
         }
         if (n == 0) break;
-        ssize_t wr = writev(c->fd, iov, n);
+        ssize_t wr = c->ssl ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
         if (wr < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -283,6 +334,10 @@ int conn_flush(conn *c) {
                 conn_free(c);
                 return -1;
             }
+            if (c->ssl) {
+                SSL_shutdown(c->ssl); /* close_notify, best effort */
+                ERR_clear_error();
+            }
             shutdown(c->fd, SHUT_WR);
             c->shut_wr = 1;
         }
@@ -305,8 +360,39 @@ int conn_pump(conn *c) {
     return conn_flush(c);
 }
 
+/* Reads and processes what the TLS session has, a few records at most per
+ * turn; SSL may hold decrypted bytes the socket no longer shows, so come
+ * back by hand while it does. */
+static void conn_read_tls(conn *c) {
+    worker *w = c->w;
+    for (int i = 0; i < 8; i++) {
+        int n = SSL_read(c->ssl, w->rbuf, (int)w->rbuf_size);
+        if (n > 0) {
+            c->last_read_ms = conn_now(c);
+            c->ping_outstanding = 0;
+            if (!c->parser.failed && conn_feed(c, w->rbuf, (size_t)n) < 0) return;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        ERR_clear_error();
+        if (e == SSL_ERROR_WANT_READ) break;
+        if (e == SSL_ERROR_WANT_WRITE) {
+            conn_want_write(c, 1);
+            break;
+        }
+        conn_free(c); /* close_notify, reset, or a TLS error */
+        return;
+    }
+    if (conn_flush(c) < 0) return;
+    if (SSL_pending(c->ssl) > 0) event_active(&c->ev, EV_READ, 1);
+}
+
 static void conn_read(conn *c) {
     worker *w = c->w;
+    if (c->ssl) {
+        conn_read_tls(c);
+        return;
+    }
     ssize_t n = read(c->fd, w->rbuf, w->rbuf_size);
     if (n > 0) {
         c->last_read_ms = conn_now(c);
@@ -327,6 +413,7 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
     if (what & EV_WRITE) {
         conn_want_write(c, 0);
         if (conn_flush(c) < 0) return;
+        if (c->ssl) what |= EV_READ; /* an SSL_read may have wanted this */
     }
     if (what & EV_READ) conn_read(c);
 }
@@ -371,6 +458,8 @@ conn *conn_new(worker *w, handoff *h) {
         atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
         return NULL;
     }
+    c->ssl = h->ssl;
+    h->ssl = NULL; /* ours now */
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
     w->conns = c;
@@ -384,5 +473,8 @@ conn *conn_new(worker *w, handoff *h) {
         if (conn_feed(c, h->extra, h->extra_len) < 0) return NULL;
         if (conn_flush(c) < 0) return NULL;
     }
+    /* TLS: the session may hold decrypted bytes the socket will not
+     * announce again. */
+    if (c->ssl) event_active(&c->ev, EV_READ, 1);
     return c;
 }

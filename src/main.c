@@ -20,6 +20,7 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 #define FD_RESERVE 64 /* descriptors kept for listeners, Redis, logs, eventfds */
@@ -100,6 +101,7 @@ int main(int argc, char **argv) {
     worker **workers = calloc((size_t)nworkers, sizeof(*workers));
     broker *b = NULL;
     acceptor *a = NULL;
+    tls *t = NULL;
     int started = 0;
     if (workers == NULL) {
         log_error("out of memory");
@@ -108,21 +110,29 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nworkers; i++)
         if ((workers[i] = worker_new(i + 1, &cfg, err, sizeof(err))) == NULL) goto fatal;
     if ((b = broker_new(&cfg, workers, nworkers, err, sizeof(err))) == NULL) goto fatal;
-    if ((a = acceptor_new(&cfg, workers, nworkers, max_clients, err, sizeof(err))) == NULL)
+    if (cfg.tls_port && (t = tls_new(&cfg, err, sizeof(err))) == NULL) goto fatal;
+    if ((a = acceptor_new(&cfg, t, workers, nworkers, max_clients, err, sizeof(err))) == NULL)
         goto fatal;
     if (broker_start(b) < 0) goto fatal_thread;
     for (; started < nworkers; started++)
         if (worker_start(workers[started], b) < 0) goto fatal_thread;
     if (acceptor_start(a) < 0) goto fatal_thread;
-    log_info("chatd listening at ws://%s%s%s:%d (%d workers, broker %s)",
+    char wss[128] = "";
+    if (t)
+        snprintf(wss, sizeof(wss), " and wss://%s%s%s:%d", strchr(cfg.tls_bind, ':') ? "[" : "",
+                 cfg.tls_bind, strchr(cfg.tls_bind, ':') ? "]" : "", cfg.tls_port);
+    log_info("chatd listening at ws://%s%s%s:%d%s (%d workers, broker %s)",
              strchr(cfg.bind, ':') ? "[" : "", cfg.bind, strchr(cfg.bind, ':') ? "]" : "",
-             cfg.port, nworkers, broker_name(b));
+             cfg.port, wss, nworkers, broker_name(b));
 
     for (;;) {
         int sig;
         if (sigwait(&sigs, &sig) != 0) continue;
         if (sig == SIGHUP) {
-            log_info("SIGHUP: nothing to reload");
+            if (t == NULL) log_info("SIGHUP: no TLS certificate to reload");
+            else if (tls_reload(t, err, sizeof(err)) < 0)
+                log_error("SIGHUP: %s; the old certificate stays in service", err);
+            else log_info("SIGHUP: reloaded %s and %s", cfg.tls_cert, cfg.tls_key);
             continue;
         }
         log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -143,6 +153,7 @@ stop:
     acceptor_free(a);
     for (int i = 0; i < nworkers; i++) worker_free(workers[i]);
     broker_free(b);
+    tls_free(t);
     free(workers);
     libevent_global_shutdown();
     if (rc == 0) log_info("bye");

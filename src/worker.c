@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
 #include "broker.h"
 #include "conn.h"
@@ -25,6 +26,7 @@ void handoff_free(handoff *h) {
     if (h == NULL) return;
     free(h->extra);
     free(h->room); /* user lives in the same block */
+    if (h->ssl) SSL_free(h->ssl);
     free(h);
 }
 
@@ -57,7 +59,8 @@ worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     w->handoffs = ring_new(WORKER_HANDOFF_RING);
     w->rbuf_size = WORKER_RBUF;
     w->rbuf = malloc(w->rbuf_size);
-    if (!w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
+    w->tlsbuf = malloc(WORKER_TLS_RECORD);
+    if (!w->tlsbuf || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
         room_index_init(&w->rooms) < 0)
         goto oom;
     struct timeval tick = {0, WORKER_TICK_MS * 1000};
@@ -94,6 +97,7 @@ void worker_free(worker *w) {
     if (w->base) event_base_free(w->base);
     if (w->bell_fd >= 0) close(w->bell_fd);
     free(w->rbuf);
+    free(w->tlsbuf);
     free(w);
 }
 

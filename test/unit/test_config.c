@@ -21,7 +21,8 @@ static char err[512];
  * each of them. */
 static const char *const all_directives[] = {
     "listen",        "workers",       "max_clients",   "max_header_bytes", "handshake_timeout",
-    "allowed_origins", "default_room", "max_username", "max_room",         "max_message",
+    "allowed_origins", "tls_listen", "tls_cert", "tls_key", "tls_ciphers", "tls_min_version",
+    "default_room", "max_username", "max_room",         "max_message",
     "ping_interval", "ping_timeout",  "max_output_buffer", "broker",       "redis_url",
     "stream",        "stream_maxlen", "publish_queue", "ring_size",        "log_level",
     "shutdown_timeout",
@@ -789,6 +790,30 @@ static void test_log(void **state) {
     log_level = LOG_INFO;
 }
 
+static void test_tls(void **state) {
+    (void)state;
+    config cfg;
+    config_defaults(&cfg);
+    assert_int_equal(cfg.tls_port, 0); /* off by default */
+    assert_int_equal(cfg.tls_min_version, 0x0303);
+    assert_int_equal(set(&cfg, "tls_listen", "127.0.0.1:5443"), 0);
+    assert_string_equal(cfg.tls_bind, "127.0.0.1");
+    assert_int_equal(cfg.tls_port, 5443);
+    assert_int_equal(config_check(&cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "tls_listen needs tls_cert and tls_key"));
+    assert_int_equal(set(&cfg, "tls_cert", "/tmp/c.pem"), 0);
+    assert_int_equal(set(&cfg, "tls_key", "/tmp/k.pem"), 0);
+    assert_int_equal(config_check(&cfg, err, sizeof err), 0);
+    assert_int_equal(set(&cfg, "tls_min_version", "1.3"), 0);
+    assert_int_equal(cfg.tls_min_version, 0x0304);
+    expect_bad("tls_min_version", "1.1", "TLS 1.0 and 1.1 are never offered");
+    expect_bad("tls_min_version", "1.0", "TLS 1.0 and 1.1 are never offered");
+    assert_int_equal(set(&cfg, "tls_listen", "nowhere"), -1);
+    assert_non_null(strstr(err, "bad value 'nowhere' for 'tls_listen'"));
+    assert_int_equal(set(&cfg, "tls_listen", ""), 0);
+    assert_int_equal(cfg.tls_port, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),  cmocka_unit_test(test_sizes),
@@ -799,6 +824,7 @@ int main(void) {
         cmocka_unit_test(test_errors),    cmocka_unit_test(test_shipped_conf),
         cmocka_unit_test(test_load_errors), cmocka_unit_test(test_env),
         cmocka_unit_test(test_check),     cmocka_unit_test(test_log),
+        cmocka_unit_test(test_tls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,34 @@
+/* tls — the server's TLS context: certificate, key, versions, and reload.
+ *
+ * One SSL_CTX is shared by every TLS connection (OpenSSL reference counts
+ * it, so a connection keeps the context it started with). Library-like: no
+ * logging; errors into the caller's buffer.
+ */
+#ifndef CHATD_TLS_H
+#define CHATD_TLS_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+typedef struct tls tls;
+
+/* Main thread, at start: loads cfg's certificate and key. NULL with err
+ * naming the file on failure (missing, unreadable, or key not matching). */
+tls *tls_new(const config *cfg, char *err, size_t errlen);
+
+/* Main thread, on SIGHUP: loads the files again into a new context and puts
+ * it in service for new connections. On failure the old context stays and
+ * err says why. Returns 0 or -1. */
+int tls_reload(tls *t, char *err, size_t errlen);
+
+/* Acceptor thread: a new server session on fd (an SSL *), or NULL. */
+void *tls_session(tls *t, int fd);
+
+/* Main thread, after every thread has stopped. */
+void tls_free(tls *t);
+
+/* "TLSv1.3" etc. of an established session. Any thread owning it. */
+const char *tls_version(void *ssl);
+
+#endif
