@@ -34,6 +34,13 @@ typedef struct config {
     char tls_ciphers[256];      /* TLS 1.2 cipher list; empty: OpenSSL's */
     int tls_min_version;        /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
 
+    /* abuse limits and authentication (0 or empty: off) */
+    int max_pending;            /* handshakes in progress; the oldest goes */
+    int max_clients_per_ip;     /* WebSocket clients from one address */
+    int rate_limit;             /* messages per second per client (→ 1008) */
+    int rate_burst;             /* messages allowed at once; 0: rate_limit */
+    char auth_secret[256];      /* HS256 key: ?token= JWT required when set */
+
     /* protocol */
     char default_room[65];
     int max_username;           /* bytes */

@@ -83,6 +83,18 @@ static const directive directives[] = {
     {"tls_min_version", T_TLS_VERSION, 0, 0, 0, "1.2", FIELD(tls_min_version),
      "oldest TLS version offered: 1.2 or 1.3"},
 
+    /* abuse limits and authentication */
+    {"max_pending", T_INT, 0, 1, 1000000, "4096", FIELD(max_pending),
+     "handshakes in progress at once; past it the oldest is closed"},
+    {"max_clients_per_ip", T_INT, 0, 0, 10000000, "0", FIELD(max_clients_per_ip),
+     "WebSocket clients from one IP address; 0 = no limit"},
+    {"rate_limit", T_INT, 0, 0, 1000000, "0", FIELD(rate_limit),
+     "messages per second one client may send (closed with 1008); 0 = no limit"},
+    {"rate_burst", T_INT, 0, 0, 1000000, "0", FIELD(rate_burst),
+     "messages one client may send at once; 0 = rate_limit"},
+    {"auth_secret", T_STRING, 0, 0, 255, "", FIELD(auth_secret),
+     "HS256 secret: when set, clients need ?token=JWT whose sub is the user name"},
+
     /* protocol */
     {"default_room", T_STRING, F_PRINTABLE, 1, 64, "lobby", FIELD(default_room),
      "room of a client that names none"},

@@ -22,6 +22,7 @@ static char err[512];
 static const char *const all_directives[] = {
     "listen",        "workers",       "max_clients",   "max_header_bytes", "handshake_timeout",
     "allowed_origins", "tls_listen", "tls_cert", "tls_key", "tls_ciphers", "tls_min_version",
+    "max_pending", "max_clients_per_ip", "rate_limit", "rate_burst", "auth_secret",
     "default_room", "max_username", "max_room",         "max_message",
     "ping_interval", "ping_timeout",  "max_output_buffer", "broker",       "redis_url",
     "stream",        "stream_maxlen", "publish_queue", "ring_size",        "log_level",
