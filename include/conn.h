@@ -51,6 +51,9 @@ typedef struct conn {
                                   offered again as they were (OpenSSL wants
                                   the same bytes on retry) */
     uint32_t tls_out_len;
+    _Atomic int *ip_count;     /* per-address count to lower at close */
+    int64_t rate_ms;           /* last token bucket refill */
+    int32_t tokens;            /* rate_limit bucket, in 1/1000 messages */
     int64_t last_read_ms;
     int64_t deadline_ms;       /* ping timeout, or close deadline */
     ws_parser parser;

@@ -33,6 +33,7 @@ typedef struct handoff {
     uint8_t *extra;        /* malloc'd, or NULL */
     char *room;            /* malloc'd, with user: one block */
     char *user;
+    _Atomic int *ip_count; /* clients from this address, or NULL */
 } handoff;
 
 void handoff_free(handoff *h);
@@ -59,6 +60,8 @@ typedef struct worker {
     _Atomic uint32_t nconns;     /* read by the acceptor to balance */
     _Atomic uint64_t msgs_in;    /* messages received from clients */
     _Atomic uint64_t frames_out; /* frames written to clients */
+    _Atomic uint64_t slow_closes; /* clients closed for passing max_output_buffer */
+    _Atomic uint64_t rate_closes; /* clients closed for passing rate_limit */
 } worker;
 
 /* Main thread, before any thread starts. NULL with err filled on failure. */

@@ -33,6 +33,8 @@
 #define DRAIN_MS 1000            /* after a refusal: wait for the peer's EOF */
 #define EMFILE_PAUSE_MS 100
 
+typedef struct ipcount ipcount;
+
 typedef struct pending {
     struct event ev;
     struct acceptor *a;
@@ -47,6 +49,8 @@ typedef struct pending {
     size_t res_off;              /* response bytes written */
     uint8_t *extra;              /* bytes behind the request */
     size_t extra_len;
+    uint8_t ip[16];              /* the peer's address, for per_ip */
+    ipcount *ip_slot;
     struct pending *next, *prev;
     char peer[64];
 } pending;
@@ -71,9 +75,51 @@ struct acceptor {
     struct event *resume_ev;     /* re-enables accept after EMFILE */
     pthread_t thread;
     int started;
-    pending *pendings;
+    pending *pendings;           /* newest first */
+    pending *oldest;             /* the list's tail */
+    int npending;
     uint64_t next_id;
+    ipcount *per_ip;             /* NULL unless max_clients_per_ip */
 };
+
+/* Clients per IP address: an insert-only table the acceptor fills and
+ * workers decrement through the pointer each connection keeps. A slot whose
+ * count is 0 is held by no connection, so the acceptor may give it to
+ * another address. */
+#define IP_SLOTS 65536
+#define IP_PROBES 64
+
+struct ipcount {
+    uint8_t key[16];             /* IPv4-mapped or IPv6; acceptor only */
+    _Atomic int n;               /* upgraded clients from this address */
+};
+
+static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16]) {
+    memset(key, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+/* The slot counting key's clients, or NULL when the table is too full
+ * around it (then that address goes unlimited rather than refused). */
+static ipcount *ip_slot(ipcount *t, const uint8_t key[16]) {
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++) h = (h ^ key[i]) * 16777619u;
+    ipcount *free_slot = NULL;
+    for (int i = 0; i < IP_PROBES; i++) {
+        ipcount *s = &t[(h + (uint32_t)i) & (IP_SLOTS - 1)];
+        if (memcmp(s->key, key, 16) == 0) return s;
+        /* relaxed: a stale non-zero only makes us skip a free slot */
+        if (free_slot == NULL && atomic_load_explicit(&s->n, memory_order_relaxed) == 0)
+            free_slot = s;
+    }
+    if (free_slot) memcpy(free_slot->key, key, 16);
+    return free_slot;
+}
 
 static int64_t acc_now(acceptor *a) {
     struct timeval tv;
@@ -92,6 +138,8 @@ static void pending_free(pending *p) {
     if (p->prev) p->prev->next = p->next;
     else a->pendings = p->next;
     if (p->next) p->next->prev = p->prev;
+    else a->oldest = p->prev;
+    a->npending--;
     free(p);
 }
 
@@ -142,13 +190,18 @@ static void pending_handoff(pending *p) {
     h->id = p->id;
     h->extra = p->extra;
     h->extra_len = p->extra_len;
+    if (p->ip_slot) {
+        h->ip_count = &p->ip_slot->n;
+        atomic_fetch_add_explicit(h->ip_count, 1, memory_order_relaxed); /* a counter */
+    }
     worker *w = acc_pick_worker(a);
     atomic_fetch_add_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
     if (worker_handoff(w, h) < 0) {
         log_warn("conn %llu: worker %d is not taking connections, dropping",
                  (unsigned long long)p->id, w->id);
         atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
-        handoff_free(h);
+        p->extra = NULL; /* h owns it (and the TLS session) now */
+        handoff_free(h); /* gives back the per-address count; p closes the fd */
         pending_free(p);
         return;
     }
@@ -235,6 +288,13 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
         if (p->res->upgrade &&
             atomic_load_explicit(&chatd_clients, memory_order_relaxed) >= a->max_clients)
             hs_error_response(p->res, 503, "server full");
+        if (p->res->upgrade && a->per_ip) {
+            p->ip_slot = ip_slot(a->per_ip, p->ip);
+            /* relaxed: workers only ever lower it; a stale value errs safe */
+            if (p->ip_slot && atomic_load_explicit(&p->ip_slot->n, memory_order_relaxed) >=
+                                  a->cfg->max_clients_per_ip)
+                hs_error_response(p->res, 429, "too many connections from your address");
+        }
     }
     if (p->res->upgrade && used < len) {
         p->extra_len = len - used;
@@ -336,6 +396,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
         p->id = ++a->next_id;
         p->req = req;
         net_format_addr((struct sockaddr *)&ss, p->peer, sizeof(p->peer));
+        ip_key(&ss, p->ip);
         if (l->tls) {
             p->ssl = tls_session(a->tls, fd);
             if (p->ssl == NULL) {
@@ -348,9 +409,18 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
         }
         p->deadline_ms = acc_now(a) + a->cfg->handshake_timeout_ms;
         event_assign(&p->ev, a->base, fd, EV_READ, pending_on_event, p);
+        /* At the cap the oldest handshake goes: a flood of half-open
+         * connections pushes out its own, an honest client finishes. */
+        if (a->npending >= a->cfg->max_pending) {
+            log_info("conn %llu: %s closed: %d handshakes pending", (unsigned long long)a->oldest->id,
+                     a->oldest->peer, a->npending);
+            pending_free(a->oldest);
+        }
         p->next = a->pendings;
         if (a->pendings) a->pendings->prev = p;
+        else a->oldest = p;
         a->pendings = p;
+        a->npending++;
         /* The request is usually there already: try before waiting. */
         pending_on_event(fd, EV_READ, p);
     }
@@ -375,6 +445,10 @@ acceptor *acceptor_new(const config *cfg, tls *t, worker **workers, int nworkers
     a->nworkers = nworkers;
     a->max_clients = max_clients;
     a->tls = t;
+    if (cfg->max_clients_per_ip > 0 && (a->per_ip = calloc(IP_SLOTS, sizeof(ipcount))) == NULL) {
+        snprintf(err, errlen, "acceptor: out of memory");
+        goto fail;
+    }
     a->ls[0].fd = a->ls[1].fd = -1;
     a->base = event_base_new(); /* locking on: main breaks its loop */
     if (a->base == NULL || (a->resume_ev = evtimer_new(a->base, acc_on_resume, a)) == NULL) {
@@ -431,5 +505,6 @@ void acceptor_free(acceptor *a) {
     }
     if (a->resume_ev) event_free(a->resume_ev);
     if (a->base) event_base_free(a->base);
+    free(a->per_ip);
     free(a);
 }

@@ -88,6 +88,7 @@ void conn_free(conn *c) {
         ERR_clear_error();
     }
     close(c->fd);
+    if (c->ip_count) atomic_fetch_sub_explicit(c->ip_count, 1, memory_order_relaxed); /* count */
     free(c->tls_out);
     free(c->ctl);
     conn_free_msgbuf(c);
@@ -115,10 +116,34 @@ void conn_close(conn *c, unsigned code, const char *why) {
     if (c->off == 0) room_leave(&c->w->rooms, c); /* else after the frame */
 }
 
+/* Token bucket: refilled at rate_limit per second, holding rate_burst.
+ * Returns 0 if the client may send one more message now. */
+static int conn_take_token(conn *c) {
+    const config *cfg = c->w->cfg;
+    if (cfg->rate_limit <= 0) return 0;
+    int64_t burst = (int64_t)(cfg->rate_burst > 0 ? cfg->rate_burst : cfg->rate_limit) * 1000;
+    int64_t now = conn_now(c);
+    int64_t t = c->tokens + (now - c->rate_ms) * cfg->rate_limit; /* 1/1000 per ms */
+    c->rate_ms = now;
+    if (t > burst) t = burst;
+    if (t < 1000) {
+        c->tokens = (int32_t)t;
+        return -1;
+    }
+    c->tokens = (int32_t)(t - 1000);
+    return 0;
+}
+
 static int conn_publish(conn *c, const uint8_t *text, size_t len) {
     worker *w = c->w;
     atomic_fetch_add_explicit(&w->msgs_in, 1, memory_order_relaxed); /* a counter */
     room *r = c->room;
+    if (conn_take_token(c) < 0) {
+        atomic_fetch_add_explicit(&w->rate_closes, 1, memory_order_relaxed); /* a counter */
+        log_info("conn %llu: over rate_limit, closing with 1008", (unsigned long long)c->id);
+        conn_close(c, WS_CLOSE_POLICY, "rate limit exceeded");
+        return 0;
+    }
     if (broker_publish(w->broker, w->id, r->name, strlen(r->name), c->user, c->user_len,
                        (const char *)text, len) < 0) {
         log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
@@ -349,6 +374,7 @@ int conn_flush(conn *c) {
 int conn_pump(conn *c) {
     room *r = c->room;
     if (r && room_backlog(r, c) > (uint64_t)c->w->cfg->max_output_buffer) {
+        atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: slow consumer, %llu bytes queued, closing with 1008",
                  (unsigned long long)c->id, (unsigned long long)room_backlog(r, c));
         if (c->off > 0) { /* mid-frame: no close frame can follow */
@@ -460,6 +486,10 @@ conn *conn_new(worker *w, handoff *h) {
     }
     c->ssl = h->ssl;
     h->ssl = NULL; /* ours now */
+    c->ip_count = h->ip_count;
+    h->ip_count = NULL;
+    c->rate_ms = conn_now(c);
+    c->tokens = (w->cfg->rate_burst > 0 ? w->cfg->rate_burst : w->cfg->rate_limit) * 1000;
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
     w->conns = c;

@@ -26,6 +26,7 @@ void handoff_free(handoff *h) {
     if (h == NULL) return;
     free(h->extra);
     free(h->room); /* user lives in the same block */
+    if (h->ip_count) atomic_fetch_sub_explicit(h->ip_count, 1, memory_order_relaxed); /* count */
     if (h->ssl) SSL_free(h->ssl);
     free(h);
 }
@@ -111,6 +112,12 @@ static void *worker_main(void *arg) {
     event_base_dispatch(w->base);
     while (w->conns) conn_free(w->conns);
     broker_detach(w->broker, w->id);
+    log_info("worker %d: %llu messages in, %llu frames out, %llu slow clients closed, "
+             "%llu over rate_limit",
+             w->id, (unsigned long long)atomic_load(&w->msgs_in),
+             (unsigned long long)atomic_load(&w->frames_out),
+             (unsigned long long)atomic_load(&w->slow_closes),
+             (unsigned long long)atomic_load(&w->rate_closes));
     return NULL;
 }
 
