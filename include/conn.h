@@ -11,6 +11,7 @@
 #include <event2/event_struct.h>
 #include <stdint.h>
 
+#include "msg.h"
 #include "ws.h"
 
 struct worker;
@@ -45,7 +46,9 @@ typedef struct conn {
     struct conn *room_next, *room_prev;  /* room membership */
     struct conn *next, *prev;            /* worker's list of connections */
     uint64_t cursor;           /* next room log entry to write */
-    uint32_t off;              /* bytes of that entry already written */
+    uint32_t off;              /* bytes of that entry (or of tail) written */
+    msg *tail;                 /* after leaving the room mid-frame: the
+                                  frame to finish before the close frame */
     void *ssl;                 /* SSL * for wss, else NULL */
     uint8_t *tls_out;          /* bytes of a TLS write the kernel refused,
                                   offered again as they were (OpenSSL wants

@@ -73,6 +73,18 @@ static int conn_queue_ctl(conn *c, const uint8_t *p, size_t len) {
     return 0;
 }
 
+/* Leaves the room at once, so its log need not wait for us; a frame we are
+ * in the middle of writing is kept (by reference) to finish first. */
+static void conn_leave(conn *c) {
+    room *r = c->room;
+    if (r == NULL) return;
+    if (c->off > 0) {
+        c->tail = room_entry_at(r, c->cursor)->m;
+        msg_ref(c->tail, 1);
+    }
+    room_leave(&c->w->rooms, c);
+}
+
 static void conn_free_msgbuf(conn *c) {
     free(c->msgbuf);
     c->msgbuf = NULL;
@@ -83,6 +95,7 @@ void conn_free(conn *c) {
     worker *w = c->w;
     event_del(&c->ev);
     room_leave(&w->rooms, c);
+    if (c->tail) msg_unref(c->tail);
     if (c->ssl) {
         SSL_free(c->ssl);
         ERR_clear_error();
@@ -113,7 +126,7 @@ void conn_close(conn *c, unsigned code, const char *why) {
     c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
     conn_set_state(c, CONN_CLOSING);
     conn_free_msgbuf(c);
-    if (c->off == 0) room_leave(&c->w->rooms, c); /* else after the frame */
+    conn_leave(c);
 }
 
 /* Token bucket: refilled at rate_limit per second, holding rate_burst.
@@ -212,7 +225,7 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
                 c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
                 conn_set_state(c, CONN_CLOSING);
                 conn_free_msgbuf(c);
-                if (c->off == 0) room_leave(&c->w->rooms, c);
+                conn_leave(c);
             } else {
                 conn_close(c, ev.code, NULL);
             }
@@ -232,14 +245,21 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
  * the rest of a partly written entry, control frames, further entries. */
 static void conn_advance(conn *c, size_t left) {
     room *r = c->room;
-    if (r && c->off > 0) {
-        size_t rest = room_entry_at(r, c->cursor)->m->frame_len - c->off;
+    if (c->off > 0) {
+        const msg *m = c->tail ? c->tail : room_entry_at(r, c->cursor)->m;
+        size_t rest = m->frame_len - c->off;
         if (left < rest) {
             c->off += (uint32_t)left;
             return;
         }
         left -= rest;
-        room_advance(r, c);
+        if (c->tail) {
+            msg_unref(c->tail);
+            c->tail = NULL;
+            c->off = 0;
+        } else {
+            room_advance(r, c);
+        }
     }
     if (c->ctl_len > c->ctl_off) {
         size_t k = c->ctl_len - c->ctl_off;
@@ -311,10 +331,10 @@ int conn_flush(conn *c) {
         size_t total = 0, frames = 0;
         room *r = c->room;
         uint64_t s = c->cursor;
-        if (r && c->off > 0) {
-            room_entry *e = room_entry_at(r, s++);
-            iov[n].iov_base = e->m->frame + c->off;
-            iov[n].iov_len = e->m->frame_len - c->off;
+        if (c->off > 0) { /* finish the frame in progress first */
+            msg *m = c->tail ? c->tail : room_entry_at(r, s++)->m;
+            iov[n].iov_base = m->frame + c->off;
+            iov[n].iov_len = m->frame_len - c->off;
             total += iov[n++].iov_len;
         }
         if (c->ctl_len > c->ctl_off) {
@@ -367,7 +387,6 @@ int conn_flush(conn *c) {
             c->shut_wr = 1;
         }
     }
-    if (c->state == CONN_CLOSING && c->room && c->off == 0) room_leave(&w->rooms, c);
     return 0;
 }
 
@@ -377,10 +396,6 @@ int conn_pump(conn *c) {
         atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: slow consumer, %llu bytes queued, closing with 1008",
                  (unsigned long long)c->id, (unsigned long long)room_backlog(r, c));
-        if (c->off > 0) { /* mid-frame: no close frame can follow */
-            conn_free(c);
-            return -1;
-        }
         conn_close(c, WS_CLOSE_POLICY, "too slow: output limit");
     }
     return conn_flush(c);

@@ -1,0 +1,183 @@
+"""Hardening (issue 6): slow consumers, floods, half-open handshake floods,
+per-address caps. Real chatd, real sockets; every wait bounded."""
+
+import asyncio
+import os
+import socket
+import threading
+import time
+
+import pytest
+import websockets
+
+from conftest import HOST, OP_CLOSE, OP_TEXT, RawWs, arun, expect_close, parse_close, wait_until
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+ASAN = "asan" in os.environ.get("CHATD_BIN", "")
+
+
+def test_slow_reader_is_cut_with_1008_and_memory_stays_bounded(chatd):
+    """A reader that stops reading during a 100 MB broadcast is closed with
+    1008 once it passes max_output_buffer; the node's RSS stays within
+    64 MiB of where it started; the others receive everything."""
+    node = chatd(max_output_buffer="1m", max_message="64k")
+    total_mb = 40 if ASAN else 100
+    size = 60 * 1024
+    count = total_mb * 1024 * 1024 // size
+    text = "x" * size
+
+    slow = RawWs(node.port)
+    slow.handshake("/?username=slow")
+    base = rss_kib(node.proc.pid)
+    peak = [base]
+
+    async def main():
+        async with websockets.connect(node.url("sender"), max_size=None) as snd, \
+                websockets.connect(node.url("reader"), max_size=None) as rd:
+            got = {"sender": 0, "reader": 0}
+
+            async def drain(ws, name):
+                while got[name] < count:
+                    m = await asyncio.wait_for(ws.recv(), 30)
+                    assert m == "sender: " + text
+                    got[name] += 1
+
+            async def send():
+                # Keep at most 8 messages (480 KB) in flight towards the
+                # honest readers, well under their 1 MiB bound.
+                for i in range(count):
+                    for _ in range(3000):
+                        if i - min(got.values()) < 8:
+                            break
+                        await asyncio.sleep(0.002)
+                    await snd.send(text)
+                    if i % 64 == 0:
+                        peak[0] = max(peak[0], rss_kib(node.proc.pid))
+
+            await asyncio.gather(send(), drain(snd, "sender"), drain(rd, "reader"))
+            return got
+
+    # The slow reader wakes up once it has been cut (within the node's
+    # close wait): it reads the frames it had, then the close frame 1008.
+    result = {}
+
+    def wake_and_read():
+        try:
+            node.wait_log(r"slow consumer", timeout=120)
+            deadline = time.monotonic() + 30
+            for _ in range(100000):
+                if time.monotonic() > deadline:
+                    break
+                op, payload = slow.recv_frame(timeout=10)
+                if op == OP_CLOSE:
+                    result["code"] = parse_close(payload)[0]
+                    return
+                assert op == OP_TEXT
+        except Exception as e:  # reported below
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=wake_and_read)
+    t.start()
+    got = arun(main(), timeout=300)
+    t.join(60)
+    assert got == {"sender": count, "reader": count}
+    grown_mib = (peak[0] - base) / 1024
+    assert grown_mib < 64, f"RSS grew by {grown_mib:.1f} MiB during the broadcast"
+    assert result.get("code") == 1008, result
+    slow.close()
+
+
+def test_flood_past_rate_limit_closed_1008_client_at_limit_kept(chatd):
+    node = chatd(rate_limit=20, rate_burst=20)
+
+    async def main():
+        async with websockets.connect(node.url("flooder")) as fl, \
+                websockets.connect(node.url("steady")) as st:
+            # the flooder sends 200 at once: past the burst of 20
+            for i in range(200):
+                try:
+                    await fl.send(f"f{i}")
+                except websockets.ConnectionClosed:
+                    break
+            with pytest.raises(websockets.ConnectionClosed) as ei:
+                for _ in range(300):
+                    await asyncio.wait_for(fl.recv(), 5)
+            assert ei.value.rcvd is not None and ei.value.rcvd.code == 1008
+
+            # the steady client sends 10 per second for 3 s: under the limit
+            seen = []
+            for i in range(30):
+                await st.send(f"s{i}")
+                await asyncio.sleep(0.1)
+            deadline = time.monotonic() + 10
+            while len([m for m in seen if m.startswith("steady: ")]) < 30:
+                assert time.monotonic() < deadline, f"steady got {seen[-5:]}"
+                seen.append(await asyncio.wait_for(st.recv(), 5))
+            assert [m for m in seen if m.startswith("steady: ")] == [f"steady: s{i}" for i in range(30)]
+
+    arun(main(), timeout=60)
+    node.wait_log(r"over rate_limit, closing with 1008")
+
+
+@pytest.mark.parametrize("max_pending", [None, 500])
+def test_half_open_flood_does_not_keep_honest_clients_out(chatd, max_pending):
+    """2,000 connections that start a request and never finish it; honest
+    clients still get in well within the handshake timeout."""
+    over = {"handshake_timeout": "10s"}
+    if max_pending:
+        over["max_pending"] = max_pending
+    node = chatd(**over)
+    socks = []
+    try:
+        for i in range(2000):
+            s = socket.create_connection((HOST, node.port), timeout=5)
+            s.sendall(b"GET /?username=half HTTP/1.1\r\nHost: x\r\n")  # never finished
+            socks.append(s)
+
+        async def main():
+            t0 = time.monotonic()
+            async with websockets.connect(node.url("honest"), open_timeout=5) as ws:
+                await ws.send("still here")
+                assert await asyncio.wait_for(ws.recv(), 5) == "honest: still here"
+            return time.monotonic() - t0
+
+        took = arun(main(), timeout=30)
+        assert took < 5
+        if max_pending:
+            node.wait_log(r"handshakes pending", timeout=5)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_per_address_cap_429(chatd):
+    node = chatd(max_clients_per_ip=3)
+
+    async def main():
+        cs = [await websockets.connect(node.url(f"u{i}")) for i in range(3)]
+        with pytest.raises(websockets.InvalidStatusCode) as ei:
+            await websockets.connect(node.url("fourth"))
+        assert ei.value.status_code == 429
+        await cs[0].close()
+        # the count goes down with the close: a new client fits again
+        for _ in range(50):
+            try:
+                c = await websockets.connect(node.url("again"))
+                break
+            except websockets.InvalidStatusCode:
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("a closed client's slot was not given back")
+        await c.close()
+        for x in cs[1:]:
+            await x.close()
+
+    arun(main(), timeout=30)
