@@ -81,6 +81,27 @@ unit: $(UNIT_BIN)
 check-unit: unit
 	$(Q)set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
+# chatbench, the load generator of issue 5: `make bench-tool`.
+BENCH_SRC  := $(wildcard test/bench/*.c)
+BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl
+.PHONY: bench-tool
+bench-tool: $(BUILD)/chatbench
+$(BUILD)/chatbench: $(BENCH_SRC) $(wildcard test/bench/*.h)
+	$(call say,LINK,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -g $(SANFLAGS) $(CFLAGS) $(WARN) \
+	    $(shell pkg-config --cflags $(BENCH_PKGS)) -o $@ $(BENCH_SRC) \
+	    $(shell pkg-config --libs $(BENCH_PKGS))
+
+# The benchmark of issue 5 against the Node.js peer; appends to BENCHMARKS.md.
+# BENCH_ARGS="--quick" for a scaled-down run, "--scenarios 2 --servers chatd" etc.
+.PHONY: bench
+bench: deps
+	$(Q)./third_party/install-deps.sh bench
+	$(Q)$(MAKE) --no-print-directory -j2 chatd bench-tool
+	$(Q)cd test/bench/peer && npm ci --no-audit --no-fund --silent
+	$(PYTHON) test/bench/bench.py $(BENCH_ARGS)
+
 deps:
 	$(Q)./third_party/install-deps.sh
 
