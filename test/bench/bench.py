@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -160,10 +161,25 @@ class Cluster:
 def chatbench(args, cluster, timeout):
     """Runs chatbench; samples the cluster's RSS while it runs. Returns the
     JSON report plus rss_peak_kib."""
-    cmd = [CHATBENCH] + args
+    cmd = [CHATBENCH, "-v"] + args
     log(" ".join(cmd))
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     procs.append((p, "chatbench"))
+    at_start = {}
+
+    def watch_stderr():
+        # chatbench -v says when every client is connected and the measured
+        # phase begins: server CPU is counted from there, so handshakes do
+        # not blur the cost per delivery.
+        for line in p.stderr:
+            if "starting the run" in line and "cpu" not in at_start:
+                at_start["cpu"] = cluster.cpu_s()
+                at_start["redis_cpu"] = cluster.redis_cpu_s()
+            if "client " not in line:
+                sys.stderr.write(line)
+
+    t = threading.Thread(target=watch_stderr, daemon=True)
+    t.start()
     peak = 0
     deadline = time.monotonic() + timeout
     while p.poll() is None and time.monotonic() < deadline:
@@ -171,7 +187,9 @@ def chatbench(args, cluster, timeout):
         time.sleep(0.5)
     if p.poll() is None:
         p.kill()
-    out = p.communicate()[0]
+    out = p.stdout.read()
+    p.wait()
+    t.join(5)
     procs[:] = [(q, n) for q, n in procs if q is not p]
     sys.stderr.write(out)
     line = [l for l in out.splitlines() if l.startswith("{")]
@@ -179,6 +197,8 @@ def chatbench(args, cluster, timeout):
         raise RuntimeError("chatbench printed no JSON report")
     r = json.loads(line[-1])
     r["rss_peak_kib"] = peak
+    r["cpu_at_start"] = at_start.get("cpu", cluster.cpu_s())
+    r["redis_cpu_at_start"] = at_start.get("redis_cpu", cluster.redis_cpu_s())
     return r
 
 
@@ -210,13 +230,12 @@ def s2_fanout(kind, q, work, rates):
         c = Cluster(kind, 2, work)
         try:
             time.sleep(0.5)
-            cpu0, rcpu0 = c.cpu_s(), c.redis_cpu_s()
             dur = 5 if q else 10
             r = chatbench(["--mode", "broadcast", "--conns", str(2 * per), "--procs", "2",
                            "--ramp", "5000", "--senders", "10", "--rate", str(rate),
                            "--duration", str(dur), "--drain", "5"]
                           + sum([["--url", u] for u in c.urls(room="bench")], []), c, timeout=240)
-            cpu = c.cpu_s() - cpu0
+            cpu = c.cpu_s() - r["cpu_at_start"]
             lost = r["expected"] - r["delivered"]
             rows.append({"scenario": 2, "server": kind, "rate": rate, "clients": 2 * per,
                          "deliveries_per_s": round(r["deliveries_per_s"]),
@@ -224,7 +243,7 @@ def s2_fanout(kind, q, work, rates):
                          "expected": r["expected"], "delivered": r["delivered"], "lost": lost,
                          "dup": r["dup"], "reorder": r["reorder"],
                          "cpu_s_per_M": round(cpu / max(1, r["delivered"]) * 1e6, 2),
-                         "redis_cpu_s": round(c.redis_cpu_s() - rcpu0, 2)})
+                         "redis_cpu_s": round(c.redis_cpu_s() - r["redis_cpu_at_start"], 2)})
             log(rows[-1])
         finally:
             c.close()
