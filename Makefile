@@ -102,6 +102,66 @@ bench: deps
 	$(Q)cd test/bench/peer && npm ci --no-audit --no-fund --silent
 	$(PYTHON) test/bench/bench.py $(BENCH_ARGS)
 
+# The soak test of issue 6 (about 10 minutes; SOAK_SECONDS=90 for a short run):
+# two ASan+UBSan nodes, Redis, churn, slow readers, floods, bad input, Redis kills.
+.PHONY: soak
+soak: deps
+	$(Q)$(MAKE) --no-print-directory -j2 SAN=asan chatd
+	$(PYTHON) test/soak/soak.py
+
+# libFuzzer targets of issue 6 (test/fuzz/fuzz_<target>.c), built with clang
+# under ASan+UBSan as build/fuzz/fuzz_<target>. `make fuzz` runs each for
+# FUZZ_SECONDS on build/fuzz/corpus-<target>, a copy of its seeds in
+# test/fuzz/corpus/<target> (new inputs never go into the repository); a crash
+# fails the run and leaves its input in build/fuzz/artifacts-<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_DIR     := build/fuzz
+FUZZ_TARGETS := ws utf8 handshake config
+FUZZ_PKGS    := openssl $(shell pkg-config --exists jansson 2>/dev/null && echo jansson)
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -I$(LLHTTP_INCLUDE) \
+                $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
+FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
+# What each target links besides its own file.
+FUZZ_SRC_ws        := src/ws.c
+FUZZ_SRC_utf8      := src/ws.c
+FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c $(wildcard src/auth.c) \
+                      $(FUZZ_LLHTTP)
+FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
+FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
+FUZZ_LIBS_config    = $(FUZZ_LIBS_handshake)
+
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+
+$(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c $$(FUZZ_SRC_$$*) $(wildcard include/*.h)
+	$(call say,FUZZ,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -o $@ $(filter %.c %.o,$^) $(FUZZ_LIBS_$*)
+
+.SECONDARY: $(FUZZ_LLHTTP)
+$(FUZZ_DIR)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	$(call say,CC,$<)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -w -c -o $@ $<
+
+fuzz: deps
+	$(Q)$(MAKE) --no-print-directory -j2 fuzz-build
+	$(Q)rc=0; for t in $(FUZZ_TARGETS); do \
+	    c=$(FUZZ_DIR)/corpus-$$t; a=$(FUZZ_DIR)/artifacts-$$t; log=$(FUZZ_DIR)/fuzz_$$t.log; \
+	    mkdir -p $$c $$a && cp test/fuzz/corpus/$$t/* $$c/ || exit 1; \
+	    dict=; [ -f test/fuzz/$$t.dict ] && dict=-dict=test/fuzz/$$t.dict; \
+	    printf '  %-6s %-10s %ss ... ' FUZZ $$t $(FUZZ_SECONDS); \
+	    if $(FUZZ_DIR)/fuzz_$$t $$c $$dict -max_total_time=$(FUZZ_SECONDS) -timeout=5 \
+	        -rss_limit_mb=2048 -artifact_prefix=$$a/ -print_final_stats=1 >$$log 2>&1; then \
+	        awk '$$2 == "DONE" { sub("#", "", $$1); r = "ok: " $$1 " runs, " $$3 " " $$4 ", " \
+	            $$5 " " $$6 ", corpus " $$8 ", " $$11 " " $$12 } END { print r }' $$log; \
+	    else \
+	        rc=1; echo "FAILED (input in $$a/, log $$log)"; tail -n 40 $$log; \
+	    fi; \
+	done; exit $$rc
+
 deps:
 	$(Q)./third_party/install-deps.sh
 

@@ -62,6 +62,7 @@ if [ "${TEST_QUICK:-0}" != 1 ]; then
     step tsan-ring    build/tsan/unit/test_ring
     step tsan-chat    pytest_run build/tsan/chatd -m tsan
     step asan-chat    pytest_run build/asan/chatd
+    step fuzz         make -s fuzz FUZZ_SECONDS=20
 fi
 step integration  pytest_run build/chatd
 

@@ -1,0 +1,196 @@
+#!/usr/bin/python3
+"""Writes the seed corpora of the fuzz targets into test/fuzz/corpus/<target>/.
+
+The seeds are committed; run this again only to change them. Each seed is
+small and means one thing: a frame of each kind, a fragmented message, a bad
+byte of each class, a request of each verdict, a config file of each shape.
+Input layouts (see each fuzz_<target>.c):
+  ws         byte 0 max_message index, byte 1 split pattern, client bytes
+  utf8       byte 0 split pattern, text
+  handshake  bytes 0-1 head limit, byte 2 split pattern and config bits, request
+  config     the file's text
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+MASK = b"\x37\xfa\x21\x3d"
+
+# indices into `limits` in fuzz_ws.c
+MAX_0, MAX_1, MAX_125, MAX_65535, MAX_1M, MAX_64M = 0, 1, 5, 8, 11, 12
+
+
+def frame(opcode, payload=b"", fin=True, masked=True, rsv=0, ext=None):
+    """A client frame; ext forces a 16- or 64-bit length encoding."""
+    b0 = (0x80 if fin else 0) | rsv << 4 | opcode
+    n = len(payload)
+    mbit = 0x80 if masked else 0
+    if ext == 64 or (ext is None and n > 0xFFFF):
+        hdr = bytes([b0, mbit | 127]) + struct.pack(">Q", n)
+    elif ext == 16 or (ext is None and n >= 126):
+        hdr = bytes([b0, mbit | 126]) + struct.pack(">H", n)
+    else:
+        hdr = bytes([b0, mbit | n])
+    if not masked:
+        return hdr + payload
+    return hdr + MASK + bytes(c ^ MASK[i & 3] for i, c in enumerate(payload))
+
+
+def close(code=None, reason=b""):
+    return frame(0x8, b"" if code is None else struct.pack(">H", code) + reason)
+
+
+def ws_seeds():
+    t = lambda s, **k: frame(0x1, s, **k)
+    c = lambda s, **k: frame(0x0, s, **k)
+    return {
+        "text-hello": bytes([MAX_64M, 0]) + t(b"Hello!"),
+        "text-utf8": bytes([MAX_1M, 5]) + t("Jürgen says 😀 ok".encode()),
+        "text-16bit-len": bytes([MAX_65535, 2]) + t(b"x" * 300),
+        "text-64bit-len": bytes([MAX_1M, 3]) + t(b"y" * 20, ext=64),
+        "text-empty": bytes([MAX_0, 0]) + t(b""),
+        "fragmented": bytes([MAX_64M, 1])
+        + t(b"Hel", fin=False) + frame(0x9, b"ping") + c(b"l", fin=False) + c(b"o"),
+        "fragmented-utf8-split": bytes([MAX_1M, 6])
+        + t(b"price \xe2", fin=False) + c(b"\x82", fin=False) + c(b"\xac 5"),
+        "empty-fragments": bytes([MAX_125, 0]) + t(b"", fin=False) + c(b"", fin=False) + c(b"a"),
+        "ping-pong": bytes([MAX_64M, 7]) + frame(0x9, b"are you there") + frame(0xA, b"yes"),
+        "ping-125": bytes([MAX_64M, 2]) + frame(0x9, b"p" * 125),
+        "close-1000": bytes([MAX_64M, 0]) + close(1000, b"bye"),
+        "close-empty": bytes([MAX_64M, 0]) + close(),
+        "close-1-byte": bytes([MAX_64M, 0]) + frame(0x8, b"\x03"),
+        "close-1005": bytes([MAX_64M, 0]) + close(1005),
+        "close-bad-utf8": bytes([MAX_64M, 0]) + close(1001, b"\xc3\x28"),
+        "text-then-close": bytes([MAX_64M, 9]) + t(b"last words") + close(4000, "ciao ❤".encode()),
+        "bad-utf8-surrogate": bytes([MAX_64M, 0]) + t(b"ab\xed\xa0\x80cd"),
+        "bad-utf8-truncated": bytes([MAX_64M, 1]) + t(b"end \xf0\x9f\x98"),
+        "bad-utf8-overlong": bytes([MAX_64M, 2]) + t(b"\xc0\xaf"),
+        "unmasked": bytes([MAX_64M, 0]) + t(b"hi", masked=False),
+        "rsv": bytes([MAX_64M, 0]) + t(b"hi", rsv=4),
+        "binary": bytes([MAX_64M, 0]) + frame(0x2, b"\x00\x01"),
+        "opcode-3": bytes([MAX_64M, 0]) + frame(0x3, b""),
+        "ping-fragmented": bytes([MAX_64M, 0]) + frame(0x9, b"x", fin=False),
+        "ping-126": bytes([MAX_64M, 0]) + frame(0x9, b"p" * 126),
+        "cont-without-message": bytes([MAX_64M, 0]) + c(b"x"),
+        "text-inside-message": bytes([MAX_64M, 0]) + t(b"a", fin=False) + t(b"b"),
+        "too-big": bytes([MAX_1, 0]) + t(b"ab"),
+        "too-big-fragments": bytes([MAX_125, 4]) + t(b"a" * 100, fin=False) + c(b"b" * 30),
+        "len64-top-bit": bytes([MAX_64M, 0]) + b"\x81\xff\x80" + b"\x00" * 7 + MASK,
+    }
+
+
+def utf8_seeds():
+    return {
+        "ascii": b"\x00" + b"hello world, a plain line of ASCII text.",
+        "mixed": b"\x05" + "Grüße, Jürgen — 日本語 😀 ok".encode(),
+        "boundaries": b"\x02" + "\u007f\u0080\u07ff\u0800\ud7ff\ue000\uffff".encode("utf-8", "surrogatepass")
+        + "\U00010000\U0010ffff".encode(),
+        "overlong-2": b"\x01" + b"ab\xc0\x80",
+        "overlong-3": b"\x01" + b"\xe0\x80\x80",
+        "overlong-4": b"\x01" + b"\xf0\x80\x80\x80",
+        "surrogate": b"\x03" + b"x\xed\xa0\x80",
+        "above-10ffff": b"\x03" + b"\xf4\x90\x80\x80",
+        "f5": b"\x00" + b"\xf5\x80\x80\x80",
+        "stray-continuation": b"\x00" + b"abc\x80",
+        "truncated": b"\x02" + b"euro \xe2\x82",
+        "bad-at-13": b"\x07" + b"0123456789abc\xff" + b"z" * 20,
+    }
+
+
+def jwt(secret, claims):
+    enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = enc(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = enc(json.dumps(claims, separators=(",", ":")).encode())
+    sig = enc(hmac.new(secret, head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+def handshake_seeds():
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    std = ("Host: localhost:5000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n")
+
+    def req(target, headers=std, method="GET", version="HTTP/1.1", extra=""):
+        return f"{method} {target} {version}\r\n{headers}\r\n{extra}".encode()
+
+    head = lambda limit, bits: bytes([limit >> 8, limit & 0xFF, bits])
+    h8k, hsmall = 8191, 99
+    token = jwt(b"fuzz-secret", {"sub": "alice", "exp": 4102444800})
+    return {
+        "upgrade": head(h8k, 0) + req("/?username=Alice"),
+        "upgrade-room-utf8": head(h8k, 1) + req("/?username=J%C3%BCrgen&room=kitchen+2"),
+        "upgrade-then-frame": head(h8k, 2) + req("/?username=Bob") + frame(0x1, b"hi"),
+        "upgrade-origin-ok": head(h8k, 0x04) + req("/?username=a", std + "Origin: http://localhost:5000\r\n"),
+        "upgrade-origin-bad": head(h8k, 0x05) + req("/?username=a", std + "Origin: https://evil.example\r\n"),
+        "upgrade-token": head(h8k, 0x08) + req(f"/?token={token}"),
+        "upgrade-token-override": head(h8k, 0x08) + req(f"/?username=mallory&token={token}"),
+        "upgrade-protocols": head(h8k, 3)
+        + req("/?username=a", std + "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: x, y\r\n"),
+        "healthz": head(h8k, 0) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        "healthz-post": head(h8k, 1) + b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        "not-found": head(h8k, 0) + b"GET /chat HTTP/1.1\r\nHost: x\r\n\r\n",
+        "post": head(h8k, 2) + req("/?username=a", method="POST"),
+        "version-8": head(h8k, 0) + req("/?username=a", std.replace("Version: 13", "Version: 8")),
+        "bad-key": head(h8k, 0) + req("/?username=a", std.replace(key, "short")),
+        "no-username": head(h8k, 0x10) + req("/?room=r"),
+        "long-username": head(h8k, 0x10) + req("/?username=abcdef"),
+        "bad-escape": head(h8k, 0) + req("/?username=%zz"),
+        "http10": head(h8k, 0) + req("/?username=a", version="HTTP/1.0"),
+        "chunked": head(h8k, 1) + req("/?username=a", std + "Transfer-Encoding: chunked\r\n", extra="0\r\n\r\n"),
+        "content-length": head(h8k, 2) + req("/?username=a", std + "Content-Length: 3\r\n", extra="abc"),
+        "too-large": head(hsmall, 0) + req("/?username=a", std + "X-Pad: " + "p" * 120 + "\r\n"),
+        "garbage": head(h8k, 0) + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        "space-in-name": head(h8k, 0) + req("/?username=a", "Host : x\r\n" + std),
+    }
+
+
+def config_seeds():
+    with open(os.path.join(HERE, "..", "..", "conf", "chatd.conf"), "rb") as f:
+        chatd_conf = f.read()
+    return {
+        "chatd.conf": chatd_conf,
+        "empty": b"",
+        "minimal": b"listen = 127.0.0.1:5001\nworkers = 2\n",
+        "quoted": b'default_room = "the # room"  # a comment\nstream = "chat\\"d"\n',
+        "units": b"max_header_bytes = 16KB\nmax_message = 1m\nping_interval = 250ms\n"
+        b"handshake_timeout = 1h\nshutdown_timeout = 0\nmax_output_buffer = 2G\n",
+        "origins": b"allowed_origins = http://localhost:5000, https://chat.example.com null\n",
+        "tls": b"tls_listen = [::]:5443\ntls_cert = conf/cert.pem\ntls_key = conf/key.pem\n"
+        b"tls_min_version = 1.3\ntls_ciphers = ECDHE+AESGCM\n",
+        "redis": b"broker = redis\nredis_url = redis://user:p%40ss@10.0.0.1:6380/2\n"
+        b"stream_maxlen = 0\nring_size = 1024\npublish_queue = 10\n",
+        "limits": b"\xef\xbb\xbfmax_clients_per_ip = 10\nrate_limit = 20\nrate_burst = 40\n"
+        b"max_pending = 100\nauth_secret = s3cret\r\nlog_level = debug\n",
+        "bad-unknown": b"colour = blue\n",
+        "bad-value": b"workers = many\n",
+        "bad-pow2": b"ring_size = 1000\n",
+        "bad-quote": b'default_room = "open\n',
+        "bad-line": b"listen\n",
+        "bad-check": b"tls_listen = 0.0.0.0:5443\n",
+    }
+
+
+def main():
+    seeds = {"ws": ws_seeds(), "utf8": utf8_seeds(), "handshake": handshake_seeds(),
+             "config": config_seeds()}
+    total = 0
+    for target, files in seeds.items():
+        d = os.path.join(CORPUS, target)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        for name, data in files.items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+            total += len(data)
+    print(f"{sum(len(f) for f in seeds.values())} seeds, {total} bytes", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
