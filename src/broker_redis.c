@@ -81,6 +81,8 @@ typedef struct rbroker {
     /* broker thread only */
     redisContext *ctx;
     char last_id[64];            /* last delivered entry id, "" until fixed */
+    uint64_t pos;                /* entries-added count at last_id (gap check) */
+    int counted;                 /* Redis reports entries-added (7.0 and later) */
     seen *seen;
     size_t nseen;
 } rbroker;
@@ -137,14 +139,6 @@ static int parse_id(const char *s, uint64_t *ms, uint64_t *seq) {
     if (*e != '-') return -1;
     *seq = strtoull(e + 1, &e, 10);
     return *e ? -1 : 0;
-}
-
-/* -1, 0, 1 as a is before, equal to, after b */
-static int cmp_id(const char *a, const char *b) {
-    uint64_t am, as, bm, bs;
-    if (parse_id(a, &am, &as) < 0 || parse_id(b, &bm, &bs) < 0) return 0;
-    if (am != bm) return am < bm ? -1 : 1;
-    return as < bs ? -1 : as > bs;
 }
 
 /* ---- publishing (worker threads) ------------------------------------ */
@@ -357,6 +351,47 @@ static redisReply *cmd(rbroker *rb, const char *fmt, ...) {
     return r;
 }
 
+/* Gaps. Entries after last_id can vanish unread when XADD's MAXLEN trims
+ * them while the consumer is behind or away. Ids are not dense, so the
+ * consumer counts instead: `pos` is how many entries the stream had ever
+ * added up to last_id. XINFO STREAM reports entries-added (E) and length
+ * (L); trimming removes the oldest first, so the oldest entry left is number
+ * E - L + 1, and E - L > pos means entries pos+1 .. E-L are gone. The check
+ * and the read run in one MULTI, so nothing is trimmed between them. */
+
+static long long xinfo_int(redisReply *r, const char *key, int *found) {
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && strcmp(k->str, key) == 0 &&
+            v->type == REDIS_REPLY_INTEGER) {
+            *found = 1;
+            return v->integer;
+        }
+    }
+    *found = 0;
+    return 0;
+}
+
+static void check_gap(broker *b, redisReply *info) {
+    rbroker *rb = b->impl;
+    int has_added, has_len;
+    long long added = xinfo_int(info, "entries-added", &has_added);
+    long long len = xinfo_int(info, "length", &has_len);
+    if (!rb->counted || !has_added || !has_len) return; /* no stream, or Redis < 7 */
+    uint64_t gone = (uint64_t)(added - len);
+    if ((uint64_t)added < rb->pos) {
+        log_warn("redis: %s was recreated (%lld entries added, %" PRIu64 " delivered before); "
+                 "counting from its start", b->cfg->stream, added, rb->pos);
+        rb->pos = 0;
+    }
+    if (gone > rb->pos) {
+        log_warn("redis: gap: %s was trimmed past the last delivered id %s; %" PRIu64
+                 " messages after it were lost unread (stream_maxlen too small for the load?)",
+                 b->cfg->stream, rb->last_id, gone - rb->pos);
+        rb->pos = gone;
+    }
+}
+
 /* Connects, authenticates, and fixes or checks the start id. */
 static int consumer_connect(broker *b) {
     rbroker *rb = b->impl;
@@ -378,31 +413,27 @@ static int consumer_connect(broker *b) {
         freeReplyObject(r);
     }
     if (rb->last_id[0] == '\0') {
-        /* First contact: start after the newest entry; no replay. */
-        r = cmd(rb, "XREVRANGE %s + - COUNT 1", b->cfg->stream);
-        if (r == NULL || r->type != REDIS_REPLY_ARRAY) goto fail_reply;
-        if (r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
-            r->element[0]->elements >= 1 && r->element[0]->element[0]->type == REDIS_REPLY_STRING)
-            snprintf(rb->last_id, sizeof(rb->last_id), "%s", r->element[0]->element[0]->str);
-        else snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
+        /* First contact: start after the newest entry; no replay. One
+         * XINFO gives both that id and the count it closes. */
+        r = cmd(rb, "XINFO STREAM %s", b->cfg->stream);
+        if (r == NULL) goto fail;
+        if (r->type == REDIS_REPLY_ARRAY) {
+            for (size_t i = 0; i + 1 < r->elements; i += 2)
+                if (r->element[i]->type == REDIS_REPLY_STRING &&
+                    strcmp(r->element[i]->str, "last-generated-id") == 0 &&
+                    r->element[i + 1]->type == REDIS_REPLY_STRING)
+                    snprintf(rb->last_id, sizeof(rb->last_id), "%s", r->element[i + 1]->str);
+            long long added = xinfo_int(r, "entries-added", &rb->counted);
+            rb->pos = (uint64_t)added;
+        } else {
+            rb->counted = 1; /* no stream yet: counting starts at 0 */
+        }
         freeReplyObject(r);
+        if (rb->last_id[0] == '\0') snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
+        if (!rb->counted) log_warn("redis: server older than 7.0: trimmed gaps are not detected");
         log_info("redis: reading %s after %s", b->cfg->stream, rb->last_id);
         /* release: publishers may send now; entries they add come after */
         atomic_store_explicit(&rb->ready, 1, memory_order_release);
-    } else {
-        /* Resuming: was anything after last_id trimmed away meanwhile? */
-        r = cmd(rb, "XINFO STREAM %s", b->cfg->stream);
-        if (r && r->type == REDIS_REPLY_ARRAY) {
-            for (size_t i = 0; i + 1 < r->elements; i += 2) {
-                redisReply *k = r->element[i], *v = r->element[i + 1];
-                if (k->type == REDIS_REPLY_STRING && strcmp(k->str, "max-deleted-entry-id") == 0 &&
-                    v->type == REDIS_REPLY_STRING && cmp_id(v->str, rb->last_id) > 0)
-                    log_warn("redis: gap: the stream was trimmed past the last delivered id %s "
-                             "(deleted up to %s); messages in between are lost",
-                             rb->last_id, v->str);
-            }
-        }
-        if (r) freeReplyObject(r);
     }
     return 0;
 fail_reply:
@@ -494,8 +525,19 @@ static void *redis_run(void *arg) {
             down_logged = 0;
             backoff = BACKOFF_MIN_MS;
         }
-        redisReply *r = cmd(rb, "XREAD COUNT %d BLOCK %d STREAMS %s %s", REDIS_READ_COUNT,
-                            REDIS_BLOCK_MS, b->cfg->stream, rb->last_id);
+        /* The read: a gap check and the entries after last_id, atomically. */
+        redisReply *r = cmd(rb, "MULTI");
+        if (r) freeReplyObject(r);
+        redisAppendCommand(rb->ctx, "XINFO STREAM %s", b->cfg->stream);
+        redisAppendCommand(rb->ctx, "XREAD COUNT %d STREAMS %s %s", REDIS_READ_COUNT,
+                           b->cfg->stream, rb->last_id);
+        redisAppendCommand(rb->ctx, "EXEC");
+        r = NULL;
+        for (int i = 0; i < 3 && rb->ctx->err == 0; i++) {
+            if (r) freeReplyObject(r); /* QUEUED, QUEUED */
+            r = NULL;
+            if (redisGetReply(rb->ctx, (void **)&r) != REDIS_OK) r = NULL;
+        }
         if (r == NULL) {
             log_warn("redis: consumer lost its connection: %s", rb->ctx->errstr);
             down_logged = 1;
@@ -503,19 +545,30 @@ static void *redis_run(void *arg) {
             rb->ctx = NULL;
             continue;
         }
-        if (r->type == REDIS_REPLY_ARRAY) {
-            for (size_t s = 0; s < r->elements; s++) {
-                redisReply *stream = r->element[s];
+        size_t n = 0;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+            check_gap(b, r->element[0]);
+            redisReply *xr = r->element[1];
+            for (size_t s = 0; xr->type == REDIS_REPLY_ARRAY && s < xr->elements; s++) {
+                redisReply *stream = xr->element[s];
                 if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
                 redisReply *entries = stream->element[1];
                 for (size_t i = 0; i < entries->elements; i++) consume_entry(b, entries->element[i]);
+                n += entries->elements;
             }
+            rb->pos += n;
             broker_flush_wakes(b);
-        } else if (r->type == REDIS_REPLY_ERROR) {
-            log_error("redis: XREAD: %s", r->str);
+        } else {
+            log_error("redis: read failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
             sleep_ms(b, 1000);
         }
         freeReplyObject(r);
+        if (n > 0) continue;
+        /* Caught up: wait for the next entry. This reply is only a doorbell;
+         * the entries are read (and counted) by the MULTI above. */
+        r = cmd(rb, "XREAD COUNT 1 BLOCK %d STREAMS %s %s", REDIS_BLOCK_MS, b->cfg->stream,
+                rb->last_id);
+        if (r) freeReplyObject(r);
     }
     return NULL;
 }
