@@ -161,6 +161,14 @@ HANDSHAKE_ERRORS = [
     ("username-nul", _req("/?username=a%00b"), 400, "username"),
     ("room-too-long", _req("/?username=x&room=" + "r" * 65), 400, "room"),
     ("no-upgrade-header", _req(upgrade=False), 400, None),
+    ("upgrade-not-websocket", _req(upgrade=False, extra=["Upgrade: h2c", "Connection: Upgrade",
+                                                          f"Sec-WebSocket-Key: {WS_KEY}",
+                                                          "Sec-WebSocket-Version: 13"]), 400, None),
+    ("http-1.0", _req().replace(b"HTTP/1.1", b"HTTP/1.0", 1), 400, None),
+    ("no-host", b"GET /?username=x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: " + WS_KEY.encode() + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
+     400, None),
+    ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n", 400, None),
 ]
 
 
@@ -507,10 +515,10 @@ def test_broadcast_200_clients(chatd):
 
     async def main():
         clients = await asyncio.gather(*(ws_connect(srv.url(f"c{i}")) for i in range(n)))
-        # Three senders, a few messages each, all at once.
+        # Eight senders spread over the workers, ten messages each, all at once.
         msgs = []
-        for s in (0, 77, 199):
-            for k in range(5):
+        for k in range(10):
+            for s in (0, 1, 2, 3, 77, 101, 150, 199):
                 msgs.append((s, f"b{s}-{k}"))
 
         async def reader(ws):
@@ -523,6 +531,9 @@ def test_broadcast_200_clients(chatd):
         expect = sorted(f"c{s}: {t}" for s, t in msgs)
         for i, s in enumerate(seqs):
             assert sorted(s) == expect, f"client {i}"
+            for snd in (0, 1, 2, 3, 77, 101, 150, 199):
+                mine = [m for m in s if m.startswith(f"c{snd}: ")]
+                assert mine == [f"c{snd}: b{snd}-{k}" for k in range(10)], f"client {i}: order of c{snd}"
             assert s == seqs[0], f"client {i} saw another order"
         await asyncio.gather(*(ws.close() for ws in clients))
 
@@ -581,13 +592,15 @@ def test_abrupt_disconnects_do_not_disturb_others(chatd):
         await bob.close()
 
     arun(main(), 30)
-    assert srv.running
+    r = http_exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert r.status == 200, r
 
 
 # --------------------------------------------------------------------------
 # timers
 
 
+@pytest.mark.slow
 def test_idle_ping_and_answered_pings_keep_alive(chatd):
     srv = chatd(ping_interval="500ms", ping_timeout="500ms")
     with RawWs(srv.port) as w:
@@ -614,6 +627,7 @@ def test_idle_ping_and_answered_pings_keep_alive(chatd):
         assert w.recv_text() == "idle: alive"
 
 
+@pytest.mark.slow
 def test_unanswered_ping_drops_client(chatd):
     srv = chatd(ping_interval="500ms", ping_timeout="500ms")
     with RawWs(srv.port) as w:
@@ -686,6 +700,7 @@ def test_graceful_shutdown_1001(chatd, sig):
     arun(main(), 40)
 
 
+@pytest.mark.slow
 def test_shutdown_with_unresponsive_client_within_timeout(chatd):
     """A client that never answers the close does not hold the process past
     shutdown_timeout."""
@@ -779,3 +794,58 @@ def test_env_port_override(chatd):
         assert s.connect_ex((HOST, file_port)) != 0, "still listening on the file's port"
     finally:
         s.close()
+
+
+def test_upgrade_header_variants(chatd):
+    """What browsers send: token lists, odd case, headers one byte at a time."""
+    srv = chatd()
+    req = (f"GET /?username=fx HTTP/1.1\r\nhost: 127.0.0.1\r\nUPGRADE: WebSocket\r\n"
+           f"connection: keep-alive, Upgrade\r\nsec-websocket-key: {WS_KEY}\r\n"
+           f"Sec-WebSocket-Version: 13\r\nUser-Agent: test\r\n\r\n").encode()
+    with RawWs(srv.port) as w:
+        for i in range(len(req)):
+            w.send(req[i:i + 1])
+        r = w.read_http()
+        assert r.status == 101, r
+        w.send_frame(OP_TEXT, "ok")
+        assert w.recv_text() == "fx: ok"
+
+
+def test_large_message_64bit_length(chatd):
+    """65,536 bytes (max_message 64k) in one frame with a 64-bit length:
+    delivered whole, in a frame with a 64-bit length."""
+    srv = chatd(max_message="64k")
+    text = ("0123456789abcdef" * 4096)
+    assert len(text) == 65536
+    with RawWs(srv.port, timeout=10) as w:
+        w.handshake("/?username=L")
+        w.send(frame(OP_TEXT, text))
+        assert w.recv_text() == "L: " + text
+        w.send(frame(OP_TEXT, text + "!"))
+        expect_close(w, 1009)
+
+
+def test_messages_then_close_in_one_write(chatd):
+    """Frames before a close in the same write are delivered, then the close
+    is echoed; anything after the close is ignored."""
+    srv = chatd()
+    with RawWs(srv.port) as listener, RawWs(srv.port) as w:
+        listener.handshake("/?username=listener")
+        w.handshake("/?username=quick")
+        w.send(frame(OP_TEXT, "one") + frame(OP_TEXT, "two") + frame(OP_CLOSE, close_payload(1000, "done"))
+               + frame(OP_TEXT, "after close"))
+        # The sender's own copies may come before the echo or not at all (no
+        # data after the server's close frame, RFC 6455 5.5.1).
+        own = []
+        for _ in range(3):
+            op, p = w.recv_frame()
+            if op == OP_CLOSE:
+                break
+            own.append(p.decode())
+        assert op == OP_CLOSE and parse_close(p)[0] == 1000, (op, p)
+        assert own == ["quick: one", "quick: two"][:len(own)], own
+        w.expect_eof()
+        assert listener.recv_text() == "quick: one"
+        assert listener.recv_text() == "quick: two"
+        listener.send_frame(OP_TEXT, "mark")
+        assert listener.recv_text() == "listener: mark"  # "after close" never came

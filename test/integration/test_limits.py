@@ -27,7 +27,7 @@ ASAN = "asan" in os.environ.get("CHATD_BIN", "")
 def test_slow_reader_is_cut_with_1008_and_memory_stays_bounded(chatd):
     """A reader that stops reading during a 100 MB broadcast is closed with
     1008 once it passes max_output_buffer; the node's RSS stays within
-    64 MiB of where it started; the others receive everything."""
+    64 MiB of where it started (128 under ASan); the others receive everything."""
     node = chatd(max_output_buffer="1m", max_message="64k")
     total_mb = 40 if ASAN else 100
     size = 60 * 1024
@@ -90,7 +90,10 @@ def test_slow_reader_is_cut_with_1008_and_memory_stays_bounded(chatd):
     t.join(60)
     assert got == {"sender": count, "reader": count}
     grown_mib = (peak[0] - base) / 1024
-    assert grown_mib < 64, f"RSS grew by {grown_mib:.1f} MiB during the broadcast"
+    # ASan keeps freed blocks in its quarantine (256 MiB by default), so under
+    # ASan the bound is looser; the plain build is the one that holds to 64.
+    bound = 128 if ASAN else 64
+    assert grown_mib < bound, f"RSS grew by {grown_mib:.1f} MiB during the broadcast"
     assert result.get("code") == 1008, result
     slow.close()
 
