@@ -4,7 +4,7 @@
 CC      ?= cc
 PYTHON  := /usr/bin/python3
 SAN     ?=
-PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl
+PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl jansson
 LLHTTP_DIR     := /usr/share/llhttp
 LLHTTP_INCLUDE := /usr/share/include/llhttp
 
@@ -64,7 +64,8 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
 UNIT_DEPS_test_config    := config log
-UNIT_DEPS_test_handshake := handshake config log ws
+UNIT_DEPS_test_handshake := handshake auth config log ws
+UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 
 .SECONDEXPANSION:

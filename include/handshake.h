@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "config.h"
 
@@ -49,9 +50,16 @@ typedef struct hs_result {
  *   missing or wrong Upgrade/Connection/Sec-WebSocket-Key → 400;
  *   Sec-WebSocket-Version other than 13 → 426 with Sec-WebSocket-Version;
  *   Origin not in allowed_origins (when set) → 403;
- *   username missing, too long (max_username), not printable UTF-8, or
+ *   with auth_secret set: ?token= missing or refused by auth_verify at
+ *   time now → 401 with the reason in the body; the user name is the
+ *   token's sub and any ?username= is ignored;
+ *   without it: username missing, too long (max_username), not printable
+ *   UTF-8 → 400 with the reason in the body;
  *   room invalid (max_room) → 400 with the reason in the body;
  *   otherwise 101 with Sec-WebSocket-Accept. */
+void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result *out);
+
+/* hs_respond_at at time(NULL). */
 void hs_respond(const hs_request *r, const config *cfg, hs_result *out);
 
 /* Writes a complete error response (Connection: close, text body with the

@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <llhttp.h>
 #include <openssl/evp.h>
 
+#include "auth.h"
 #include "ws.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -334,6 +336,7 @@ static const char *status_text(int status) {
     case 101: return "Switching Protocols";
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
@@ -541,9 +544,29 @@ static const char *const room_why[4] = {
 
 static int clamp_max(int max) { return max < 0 ? 0 : max > HS_NAME_MAX ? HS_NAME_MAX : max; }
 
-/* Fills out->username and out->room from the query. Returns NULL or the
+/* With auth_secret set the name is the token's sub, and a username in the
+ * query is not even looked at: it cannot override the token. Returns NULL
+ * or the reason for a 401. */
+static const char *judge_token(const char *q, size_t qlen, const config *cfg, time_t now,
+                               hs_result *out) {
+    char token[AUTH_TOKEN_MAX + 1];
+    const char *why = NULL;
+    int rc = query_param(q, qlen, "token", token, sizeof token);
+    if (rc == 0)
+        return "token is required";
+    if (rc == -1)
+        return "token is not validly percent-encoded";
+    if (rc == -2)
+        return "token is too long";
+    if (auth_verify(cfg->auth_secret, strlen(cfg->auth_secret), token, strlen(token), now,
+                    out->username, (size_t)clamp_max(cfg->max_username) + 1, &why) < 0)
+        return why;
+    return NULL;
+}
+
+/* Without authentication the name is ?username=. Returns NULL or the
  * reason for a 400. */
-static const char *judge_query(const char *q, size_t qlen, const config *cfg, hs_result *out) {
+static const char *judge_username(const char *q, size_t qlen, const config *cfg, hs_result *out) {
     int rc = query_param(q, qlen, "username", out->username, sizeof out->username);
     if (rc == 0)
         return "username is required";
@@ -551,11 +574,26 @@ static const char *judge_query(const char *q, size_t qlen, const config *cfg, hs
         return "username is not validly percent-encoded";
     if (rc == -2)
         return user_why[1];
-    const char *why = name_problem(out->username, clamp_max(cfg->max_username), user_why);
+    return name_problem(out->username, clamp_max(cfg->max_username), user_why);
+}
+
+/* Fills out->username and out->room from the query. Returns NULL, or the
+ * reason with *status set to 401 (token refused) or 400. */
+static const char *judge_query(const char *q, size_t qlen, const config *cfg, time_t now,
+                               hs_result *out, int *status) {
+    const char *why;
+    if (cfg->auth_secret[0] != '\0') {
+        *status = 401;
+        why = judge_token(q, qlen, cfg, now, out);
+    } else {
+        *status = 400;
+        why = judge_username(q, qlen, cfg, out);
+    }
     if (why)
         return why;
 
-    rc = query_param(q, qlen, "room", out->room, sizeof out->room);
+    *status = 400;
+    int rc = query_param(q, qlen, "room", out->room, sizeof out->room);
     if (rc == 0) {
         snprintf(out->room, sizeof out->room, "%s", cfg->default_room);
         return NULL;
@@ -583,6 +621,10 @@ static void refuse(hs_result *out, int status, const char *reason) {
 }
 
 void hs_respond(const hs_request *r, const config *cfg, hs_result *out) {
+    hs_respond_at(r, cfg, time(NULL), out);
+}
+
+void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result *out) {
     memset(out, 0, sizeof *out);
     if (r->state != ST_DONE) {
         refuse(out, r->status ? r->status : 400, "incomplete request");
@@ -673,9 +715,10 @@ void hs_respond(const hs_request *r, const config *cfg, hs_result *out) {
         return;
     }
 
-    const char *why = judge_query(q, qlen, cfg, out);
+    int status;
+    const char *why = judge_query(q, qlen, cfg, now, out, &status);
     if (why) {
-        refuse(out, 400, why);
+        refuse(out, status, why);
         return;
     }
 

@@ -6,7 +6,7 @@
 set -eu
 
 PKGS="build-essential pkg-config libevent-dev libhiredis-dev libssl-dev node-llhttp
-      libcmocka-dev redis-server python3 python3-pytest python3-websockets openssl
+      libcmocka-dev libjansson-dev redis-server python3 python3-pytest python3-websockets openssl
       clang libclang-rt-14-dev"
 
 if [ "${1:-}" = bench ]; then

@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "config.h"
 #include "handshake.h"
 
@@ -770,6 +773,131 @@ static void test_error_response(void **state) {
     assert_non_null(strstr(res.response, "\r\nSec-WebSocket-Version: 13\r\n"));
 }
 
+/* ---- authentication --------------------------------------------------- */
+
+#define AUTH_NOW ((time_t)1700000000)
+
+static void b64url(const void *p, size_t n, char *out) {
+    unsigned char tmp[512];
+    assert_true(n < 300);
+    int len = EVP_EncodeBlock(tmp, p, (int)n);
+    int o = 0;
+    for (int i = 0; i < len && tmp[i] != '='; i++)
+        out[o++] = tmp[i] == '+' ? '-' : tmp[i] == '/' ? '_' : (char)tmp[i];
+    out[o] = '\0';
+}
+
+/* An HS256 token for payload, signed with secret. */
+static void make_token(const char *payload, const char *secret, char *out) {
+    static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mac_len = 0;
+    b64url(header, strlen(header), out);
+    strcat(out, ".");
+    b64url(payload, strlen(payload), out + strlen(out));
+    assert_non_null(HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)out,
+                         strlen(out), mac, &mac_len));
+    strcat(out, ".");
+    b64url(mac, mac_len, out + strlen(out));
+}
+
+/* Judges GET target with the standard headers at AUTH_NOW. */
+static void judge_auth(const char *target, hs_result *res) {
+    char req[2048];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\n" STD_HEADERS "\r\n", target);
+    hs_request *r = hs_request_new(MAX_HEAD);
+    assert_non_null(r);
+    size_t used;
+    assert_int_equal(hs_feed(r, (const uint8_t *)req, strlen(req), &used), HS_DONE);
+    hs_respond_at(r, &cfg, AUTH_NOW, res);
+    hs_request_free(r);
+}
+
+static void test_auth(void **state) {
+    (void)state;
+    char tok[512], target[700];
+    hs_result res;
+    snprintf(cfg.auth_secret, sizeof cfg.auth_secret, "s3cret");
+    make_token("{\"sub\":\"alice\",\"exp\":1700000060}", "s3cret", tok);
+
+    /* The name is the token's sub. */
+    snprintf(target, sizeof target, "/?token=%s", tok);
+    judge_auth(target, &res);
+    assert_upgrade(&res, "alice", "lobby");
+    snprintf(target, sizeof target, "/?room=r&token=%s", tok);
+    judge_auth(target, &res);
+    assert_upgrade(&res, "alice", "r");
+
+    /* A username in the query is ignored, valid or not, before or after. */
+    snprintf(target, sizeof target, "/?username=mallory&token=%s", tok);
+    judge_auth(target, &res);
+    assert_upgrade(&res, "alice", "lobby");
+    snprintf(target, sizeof target, "/?token=%s&username=mallory", tok);
+    judge_auth(target, &res);
+    assert_upgrade(&res, "alice", "lobby");
+    snprintf(target, sizeof target, "/?username=%%zz&token=%s", tok);
+    judge_auth(target, &res);
+    assert_upgrade(&res, "alice", "lobby");
+
+    /* No token, even with a username: 401. */
+    judge_auth("/?username=alice", &res);
+    assert_string_equal(assert_refusal(&res, 401), "token is required\n");
+    assert_memory_equal(res.response, "HTTP/1.1 401 Unauthorized\r\n", 27);
+    judge_auth("/", &res);
+    assert_refusal(&res, 401);
+    judge_auth("/?token=", &res);
+    assert_refusal(&res, 401);
+
+    /* Refused by auth_verify: 401 with its reason. */
+    char bad[512];
+    make_token("{\"sub\":\"alice\",\"exp\":1700000060}", "other", bad);
+    snprintf(target, sizeof target, "/?token=%s", bad);
+    judge_auth(target, &res);
+    assert_string_equal(assert_refusal(&res, 401), "token signature is wrong\n");
+    assert_string_equal(res.username, "");
+    make_token("{\"sub\":\"alice\",\"exp\":1700000000}", "s3cret", bad);
+    snprintf(target, sizeof target, "/?token=%s", bad);
+    judge_auth(target, &res);
+    assert_string_equal(assert_refusal(&res, 401), "token has expired\n");
+    judge_auth("/?token=a.b", &res);
+    assert_refusal(&res, 401);
+    judge_auth("/?token=%zz", &res);
+    assert_refusal(&res, 401);
+
+    /* sub longer than max_username (8 here) is refused like ?username=. */
+    make_token("{\"sub\":\"abcdefghi\",\"exp\":1700000060}", "s3cret", bad);
+    snprintf(target, sizeof target, "/?token=%s", bad);
+    judge_auth(target, &res);
+    assert_string_equal(assert_refusal(&res, 401), "token sub is not a valid username\n");
+
+    /* A bad room with a good token is still 400. */
+    snprintf(target, sizeof target, "/?room=abcdefg&token=%s", tok);
+    judge_auth(target, &res);
+    assert_refusal(&res, 400);
+
+    /* Percent-encoding of the token is decoded first. */
+    snprintf(target, sizeof target, "/?token=%%65%s", tok + 1);
+    assert_int_equal(tok[0], 'e');
+    judge_auth(target, &res);
+    assert_upgrade(&res, "alice", "lobby");
+
+    /* hs_respond uses the clock: a token valid until 2100 passes. */
+    make_token("{\"sub\":\"bob\",\"exp\":4102444800}", "s3cret", tok);
+    snprintf(target, sizeof target, "/?token=%s", tok);
+    char req[2048];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\n" STD_HEADERS "\r\n", target);
+    assert_int_equal(judge(req, &res), HS_DONE);
+    assert_upgrade(&res, "bob", "lobby");
+
+    /* Authentication off: a token is ignored, username needed. */
+    cfg.auth_secret[0] = '\0';
+    judge_auth(target, &res);
+    assert_refusal(&res, 400);
+    snprintf(target, sizeof target, "/?username=carol&token=%s", tok);
+    judge_auth(target, &res);
+    assert_upgrade(&res, "carol", "lobby");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_accept_key_rfc6455, setup),
@@ -790,6 +918,7 @@ int main(void) {
         cmocka_unit_test_setup(test_many_header_lines, setup),
         cmocka_unit_test_setup(test_check_order, setup),
         cmocka_unit_test_setup(test_error_response, setup),
+        cmocka_unit_test_setup(test_auth, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
