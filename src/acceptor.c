@@ -351,15 +351,23 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
         pending_respond(p);
         return;
     }
-    ssize_t n = pending_io(p, buf, sizeof(buf), 0);
-    if (pending_again(p, n)) return;
-    size_t used = 0;
-    int rc = hs_feed(p->req, buf, (size_t)n, &used);
-    if (rc == HS_MORE) {
-        pending_wait(p, EV_READ);
-        return;
+    /* Bounded: the parser gives up past max_header_bytes. */
+    for (;;) {
+        ssize_t n = pending_io(p, buf, sizeof(buf), 0);
+        if (pending_again(p, n)) return;
+        size_t used = 0;
+        int rc = hs_feed(p->req, buf, (size_t)n, &used);
+        if (rc != HS_MORE) {
+            pending_judge(p, rc, buf, (size_t)n, used);
+            return;
+        }
+        /* The rest of a TLS record read whole is in the session, not the
+         * socket: no readable event would come for it. */
+        if (p->ssl == NULL || SSL_pending(p->ssl) == 0) {
+            pending_wait(p, EV_READ);
+            return;
+        }
     }
-    pending_judge(p, rc, buf, (size_t)n, used);
 }
 
 static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {

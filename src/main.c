@@ -70,6 +70,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (test_only) {
+        /* The certificate and key are part of the configuration: check them. */
+        tls *tc = cfg.tls_port ? tls_new(&cfg, err, sizeof(err)) : NULL;
+        if (cfg.tls_port && tc == NULL) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 1;
+        }
+        tls_free(tc);
         printf("chatd: configuration %s is valid\n", path ? path : "(defaults)");
         return 0;
     }

@@ -63,7 +63,10 @@ static SSL_CTX *tls_load(const config *cfg, char *err, size_t errlen) {
         ssl_error(err, errlen, "TLS: bad certificate in tls_cert", cfg->tls_cert);
         goto fail;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1) {
+    /* A key not matching the certificate is refused here already: leave
+     * that to the check below, which says so plainly. */
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 &&
+        ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH) {
         ssl_error(err, errlen, "TLS: bad private key in tls_key", cfg->tls_key);
         goto fail;
     }
