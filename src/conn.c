@@ -188,6 +188,21 @@ static int conn_on_data(conn *c, const ws_event *ev) {
     return 0;
 }
 
+/* Queues the answer to a ping. When ctl is full of earlier pongs (one read
+ * can hold hundreds of pings), writes them out first: dropping this pong
+ * would leave the latest ping unanswered, and RFC 6455 5.5.3 only lets us
+ * skip earlier ones. It is dropped only when the peer is not reading.
+ * Returns -1 if c was freed. */
+static int conn_pong(conn *c, const ws_event *ev) {
+    uint8_t frame[WS_MAX_HEADER + WS_MAX_CONTROL];
+    size_t h = ws_write_header(frame, WS_OP_PONG, ev->len);
+    memcpy(frame + h, ev->data, ev->len);
+    if (conn_queue_ctl(c, frame, h + ev->len) == 0) return 0;
+    if (conn_flush(c) < 0) return -1;
+    conn_queue_ctl(c, frame, h + ev->len);
+    return 0;
+}
+
 /* Feeds bytes from the client through the parser. Returns -1 if c was
  * freed. */
 static int conn_feed(conn *c, uint8_t *buf, size_t len) {
@@ -202,12 +217,7 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
             conn_on_data(c, &ev);
             break;
         case WS_EV_PING:
-            if (c->state == CONN_OPEN) {
-                uint8_t frame[WS_MAX_HEADER + WS_MAX_CONTROL];
-                size_t h = ws_write_header(frame, WS_OP_PONG, ev.len);
-                memcpy(frame + h, ev.data, ev.len);
-                conn_queue_ctl(c, frame, h + ev.len);
-            }
+            if (c->state == CONN_OPEN && conn_pong(c, &ev) < 0) return -1;
             break;
         case WS_EV_PONG:
             break; /* any read already proved the peer alive */
