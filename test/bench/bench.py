@@ -7,10 +7,16 @@ server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5] [--servers chatd,node] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6] [--servers chatd,node] [--quick]
+
+Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
+node); 6 is the figure of issue 3: messages per second published on node A
+and delivered on node B through Redis, 1,000 clients in one room, latency
+from send on A to receipt on B.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
-holds) for a run that fits in a few minutes.
+holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
+in a few minutes.
 """
 import argparse
 import datetime
@@ -77,8 +83,40 @@ def stop(p, timeout=15):
 
 
 def stop_all(*_):
-    for p, _ in list(procs):
+    # Newest first: the load generator before the servers it talks to,
+    # the servers before their Redis.
+    for p, _ in reversed(list(procs)):
         stop(p, 10)
+
+
+def _resp(f):
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t == b"+":
+        return rest.decode()
+    if t == b"-":
+        raise RuntimeError(rest.decode())
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp(f) for _ in range(n)]
+    raise RuntimeError(f"bad RESP line {line!r}")
+
+
+def redis_cmd(port, *args):
+    """One command to the bench's own redis-server, RESP2, no client library."""
+    req = b"*%d\r\n" % len(args)
+    for a in args:
+        a = str(a).encode()
+        req += b"$%d\r\n%s\r\n" % (len(a), a)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(req)
+        with s.makefile("rb") as f:
+            return _resp(f)
 
 
 def rss_kib(pid):
@@ -148,6 +186,15 @@ class Cluster:
     def redis_cpu_s(self):
         return cpu_s(self.redis.pid)
 
+    def stream_entries_added(self, stream="chatd:messages"):
+        """Entries ever XADDed to the stream (survives MAXLEN trimming)."""
+        try:
+            info = redis_cmd(self.redis_port, "XINFO", "STREAM", stream)
+        except RuntimeError:  # no such key: nothing was published
+            return 0
+        d = dict(zip(info[::2], info[1::2]))
+        return int(d.get("entries-added", d.get("length", 0)))
+
     def urls(self, scheme="ws", room=None):
         q = "username=u{i}" + (f"&room={room}" if room else "")
         return [f"{scheme}://127.0.0.1:{p}/?{q}" for p in self.ports]
@@ -158,9 +205,10 @@ class Cluster:
         stop(self.redis)
 
 
-def chatbench(args, cluster, timeout):
+def chatbench(args, cluster, timeout, on_start=None):
     """Runs chatbench; samples the cluster's RSS while it runs. Returns the
-    JSON report plus rss_peak_kib."""
+    JSON report plus rss_peak_kib. on_start() is called (from a thread) when
+    every client is connected and the measured phase begins."""
     cmd = [CHATBENCH, "-v"] + args
     log(" ".join(cmd))
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -175,6 +223,8 @@ def chatbench(args, cluster, timeout):
             if "starting the run" in line and "cpu" not in at_start:
                 at_start["cpu"] = cluster.cpu_s()
                 at_start["redis_cpu"] = cluster.redis_cpu_s()
+                if on_start:
+                    on_start()
             if "client " not in line:
                 sys.stderr.write(line)
 
@@ -291,6 +341,105 @@ def s4_wss(kind, q, work):
         c.close()
 
 
+def s5_storm(kind, q, work, per=None):
+    """Scenario 1's clients, then SIGKILL of the node holding a quarter of
+    them: chatbench --reconnect sends each of its clients at once to another
+    node and measures until the last one is back. With 15,000 per node the
+    three survivors need 20,000 clients each: more than 20,000 open files
+    per process allow, so a few cannot come back (the table says how many)."""
+    nodes, per = 4, per or (1000 if q else 15000)
+    hold, kill_at = (20, 5) if q else (60, 10)
+    c = Cluster(kind, nodes, work)
+    victim = c.nodes[0]  # clients 0, 4, 8, ...: exactly `per` of them
+    state, timers = {}, []
+
+    def kill():
+        state["survivors_cpu"] = sum(cpu_s(p.pid) for p in c.nodes[1:])
+        log(f"SIGKILL {kind} node :{c.ports[0]} (pid {victim.pid}) holding {per} clients")
+        victim.kill()  # SIGKILL, by the pid we started
+        state["killed"] = True
+
+    def on_start():
+        t = threading.Timer(kill_at, kill)
+        t.daemon = True
+        timers.append(t)
+        t.start()
+
+    try:
+        time.sleep(1)
+        n = nodes * per
+        r = chatbench(["--mode", "idle", "--conns", str(n), "--ramp", "4000", "--procs", "4",
+                       "--src-ips", SRC_IPS, "--duration", str(hold), "--connect-timeout", "120",
+                       "--reconnect", "--reconnect-tries", "10", "--reconnect-timeout", "5",
+                       "--reconnect-backoff", "0.1"]
+                      + sum([["--url", u] for u in c.urls()], []), c, timeout=hold + 200,
+                      on_start=on_start)
+        if not state.get("killed"):
+            raise RuntimeError("scenario 5: the node was never killed (the run ended first)")
+        survivors_cpu = sum(cpu_s(p.pid) for p in c.nodes[1:]) - state["survivors_cpu"]
+        never = r["rc_never_back"]
+        return {"scenario": 5, "server": kind, "clients": n, "connected": r["connected"],
+                "killed_node_clients": per, "dropped": r["rc_drops"], "back": r["rc_back"],
+                "never_back": never,
+                "all_back_s": r["rc_back_s"] if never == 0 and r["rc_drops"] else "no",
+                "last_back_s": r["rc_back_s"], "down_p50_ms": r["rc_down_p50_ms"],
+                "down_p99_ms": r["rc_down_p99_ms"], "down_max_ms": r["rc_down_max_ms"],
+                "attempts": r["rc_attempts"], "retries": r["rc_attempts"] - r["rc_drops"],
+                "failed": r["rc_failed"], "refused": r["rc_refused"],
+                "http_failed": r["rc_http_failed"], "timeouts": r["rc_timeout"],
+                "other_failed": r["rc_other_failed"], "held_at_end": r["held"],
+                "survivors_cpu_s": round(survivors_cpu, 2)}
+    finally:
+        for t in timers:
+            t.cancel()
+        c.close()
+
+
+def s6_redis(kind, q, work, rates):
+    """Issue 3's figure: two nodes on one Redis, 1,000 clients in one room,
+    the 10 senders on node A, the 990 measured receivers on node B."""
+    n, senders = 1000, 10
+    dur = 5 if q else 10
+    rows = []
+    for i, rate in enumerate(rates):
+        c = Cluster(kind, 2, work)
+        cpu = {}
+        try:
+            time.sleep(0.5)
+            url_a, url_b = c.urls(room="r6")
+
+            def on_start():
+                cpu["a"], cpu["b"] = cpu_s(c.nodes[0].pid), cpu_s(c.nodes[1].pid)
+
+            r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2",
+                           "--ramp", "2000", "--senders", str(senders), "--rate", str(rate),
+                           "--duration", str(dur), "--drain", "5",
+                           "--sender-url", url_a, "--url", url_b], c, timeout=dur + 120,
+                          on_start=on_start)
+            published = c.stream_entries_added()
+            lost = r["expected"] - r["delivered"]
+            rows.append({"scenario": 6, "server": kind, "rate": rate, "clients": n,
+                         "sent": r["sent"], "published": published,
+                         "published_per_s": round(published / dur),
+                         "deliveries_per_s": round(r["deliveries_per_s"]),
+                         "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+                         "expected": r["expected"], "delivered": r["delivered"], "lost": lost,
+                         "dup": r["dup"], "reorder": r["reorder"],
+                         "cpu_a_s": round(cpu_s(c.nodes[0].pid) - cpu.get("a", 0), 2),
+                         "cpu_b_s": round(cpu_s(c.nodes[1].pid) - cpu.get("b", 0), 2),
+                         "redis_cpu_s": round(c.redis_cpu_s() - r["redis_cpu_at_start"], 2)})
+            log(rows[-1])
+        finally:
+            c.close()
+        # Far past saturation every further step only piles up backlog.
+        if (r["p99_ms"] > 5000 or lost > 0.05 * max(1, r["expected"])) and i + 1 < len(rates):
+            log(f"scenario 6: {kind} saturated at {rate} msg/s; skipping {rates[i + 1:]}")
+            rows.append({"scenario": 6, "server": kind, "rate": ", ".join(map(str, rates[i + 1:])),
+                         "sent": "skipped: saturated below"})
+            break
+    return rows
+
+
 # ---- report --------------------------------------------------------------
 
 def table(rows, cols):
@@ -326,9 +475,14 @@ def plot(rows, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scenarios", default="1,2,3,4")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6")
     ap.add_argument("--servers", default="chatd,node")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
+    ap.add_argument("--storm-per-node", type=int, default=None,
+                    help="scenario 5 clients per node (default 15000; --quick: 1000)")
+    ap.add_argument("--rates6", default=None,
+                    help="scenario 6 total send rates, msg/s (default 20,50,100,200,500,1000,"
+                         "2000,5000; --quick: 100,1000); stops after a saturated rate")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
     a = ap.parse_args()
@@ -337,8 +491,10 @@ def main():
     scen = {int(x) for x in a.scenarios.split(",")}
     servers = a.servers.split(",")
     rates = [float(x) if "." in x else int(x) for x in a.rates.split(",")]
+    rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
+    rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: []}
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: []}
     try:
         for kind in servers:
             if 1 in scen:
@@ -349,6 +505,10 @@ def main():
                 results[3].append(s3_big_room(kind, a.quick, work)); log(results[3][-1])
             if 4 in scen and kind == "chatd":
                 results[4].append(s4_wss(kind, a.quick, work)); log(results[4][-1])
+            if 5 in scen:
+                results[5].append(s5_storm(kind, a.quick, work, a.storm_per_node)); log(results[5][-1])
+            if 6 in scen:
+                results[6] += s6_redis(kind, a.quick, work, rates6)
     finally:
         stop_all()
 
@@ -390,6 +550,34 @@ def main():
         md += ["\n### 4. wss idle clients\n",
                table(results[4], ["server", "clients", "connected", "failed", "connect_s",
                                   "handshakes_per_s", "kib_per_conn", "server_cpu_s"])]
+    if results[5]:
+        r0 = results[5][0]
+        md += [f"\n### 5. Reconnect storm: SIGKILL of the node holding {r0['killed_node_clients']:,}"
+               f" of {r0['clients']:,} idle clients\n",
+               "Each dropped client reconnects at once to another node (chatbench --reconnect:"
+               " spread evenly over the survivors, next node on failure, at most 10 attempts"
+               " with 0.1-2 s backoff, 5 s per attempt). `all_back_s`: from the first drop"
+               " until the last dropped client is upgraded again; `down_*`: per client.\n",
+               table(results[5], ["server", "clients", "dropped", "back", "never_back",
+                                  "all_back_s", "last_back_s", "down_p50_ms", "down_p99_ms",
+                                  "down_max_ms", "attempts", "failed", "refused", "http_failed",
+                                  "timeouts", "other_failed", "held_at_end", "survivors_cpu_s"])]
+    if results[6]:
+        md += ["\n### 6. Through Redis: 1,000 clients in one room, 10 senders on node A, "
+               "990 receivers on node B\n",
+               "`published`: entries XADDed to the stream (Redis `entries-added`); latency from "
+               "send on A to receipt on B; deliveries count every client.\n",
+               table(results[6], ["server", "rate", "sent", "published_per_s", "deliveries_per_s",
+                                  "p50_ms", "p99_ms", "max_ms", "lost", "dup", "reorder",
+                                  "cpu_a_s", "cpu_b_s", "redis_cpu_s"])]
+        best = {}
+        for r in results[6]:
+            if "lost" in r and r["p99_ms"] < 1000 and r["lost"] == 0:
+                if r["published_per_s"] > best.get(r["server"], (0, 0))[0]:
+                    best[r["server"]] = (r["published_per_s"], r["deliveries_per_s"])
+        md.append("\nHighest rate with p99 < 1 s and nothing lost: " +
+                  (", ".join(f"{k} {v[0]:,} msg/s published ({v[1]:,} deliveries/s)"
+                             for k, v in best.items()) or "none"))
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:

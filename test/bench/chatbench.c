@@ -14,6 +14,14 @@
  * server delivers them as "NAME: b ...". Every receiver keeps, per sender, the
  * highest sequence number seen and a 64-bit window below it, which separates
  * duplicates from late (reordered) arrivals and counts the gaps left open.
+ *
+ * With --reconnect (idle mode) a client whose connection is closed or lost
+ * after the start of the run connects again at once, to another URL of the
+ * list, with a bounded number of attempts and a small capped backoff; the
+ * report says how long it took from the first drop until the last dropped
+ * client was back. With --sender-url the senders of broadcast mode connect to
+ * that URL and only the other clients sample latency, so two nodes of one
+ * cluster give the latency from send on one to receipt on the other.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -58,6 +66,8 @@
 #define WBUF_MAX (4u << 20)     /* output held per client before we give up */
 #define MAX_MSG 65536           /* --msg-size cap */
 #define ERRNO_SLOTS 160
+#define URL_SENDER 255          /* client.url: o.sender_url */
+#define BACKOFF_CAP_US 2000000  /* reconnect backoff ceiling */
 
 /* ------------------------------------------------------------------ options */
 
@@ -89,6 +99,12 @@ static struct {
     int insecure;
     const char *cafile;
     int verbose;
+    struct url sender_url; /* valid when has_sender_url */
+    int has_sender_url;
+    int reconnect;
+    long rc_tries;      /* attempts per drop */
+    double rc_timeout;  /* seconds per attempt */
+    double rc_backoff;  /* seconds: first backoff, doubled per failure */
 } o = {
     .mode = MODE_IDLE,
     .conns = 100,
@@ -100,6 +116,9 @@ static struct {
     .connect_timeout = 60,
     .senders = 10,
     .rate = 100,
+    .rc_tries = 10,
+    .rc_timeout = 5,
+    .rc_backoff = 0.1,
 };
 
 /* ------------------------------------------------------------------ results */
@@ -139,6 +158,12 @@ struct result {
     int64_t gaps;
     uint64_t last_delivery_us; /* from t0 */
     struct hist lat;
+    /* --reconnect: a drop starts a reconnect; attempts until back or given up */
+    uint64_t rc_drops, rc_back, rc_attempts, rc_failed, rc_refused, rc_gave_up, rc_down_at_end;
+    uint64_t rc_fail[F__N];
+    uint32_t rc_http[600];
+    uint64_t first_drop_at, last_back_at; /* CLOCK_MONOTONIC µs; 0 = none */
+    struct hist rc_down;                  /* per drop: µs until upgraded again */
 };
 
 static unsigned hist_index(uint64_t v)
@@ -220,6 +245,26 @@ static void result_add(struct result *a, const struct result *b)
     a->lat.count += b->lat.count;
     if (b->lat.max > a->lat.max)
         a->lat.max = b->lat.max;
+    a->rc_drops += b->rc_drops;
+    a->rc_back += b->rc_back;
+    a->rc_attempts += b->rc_attempts;
+    a->rc_failed += b->rc_failed;
+    a->rc_refused += b->rc_refused;
+    a->rc_gave_up += b->rc_gave_up;
+    a->rc_down_at_end += b->rc_down_at_end;
+    for (int i = 0; i < F__N; i++)
+        a->rc_fail[i] += b->rc_fail[i];
+    for (int i = 0; i < 600; i++)
+        a->rc_http[i] += b->rc_http[i];
+    if (b->first_drop_at && (!a->first_drop_at || b->first_drop_at < a->first_drop_at))
+        a->first_drop_at = b->first_drop_at;
+    if (b->last_back_at > a->last_back_at)
+        a->last_back_at = b->last_back_at;
+    for (unsigned i = 0; i < HIST_BUCKETS; i++)
+        a->rc_down.n[i] += b->rc_down.n[i];
+    a->rc_down.count += b->rc_down.count;
+    if (b->rc_down.max > a->rc_down.max)
+        a->rc_down.max = b->rc_down.max;
 }
 
 static uint64_t mono_us(void)
@@ -277,6 +322,7 @@ enum state {
     ST_HTTP,       /* upgrade request sent, reading the 101 */
     ST_OPEN,       /* upgraded: frames both ways */
     ST_DONE,       /* socket closed (failed, dropped or finished) */
+    ST_WAIT,       /* --reconnect: no socket, ev is the timer of the next attempt */
 };
 
 struct client {
@@ -286,12 +332,17 @@ struct client {
     uint8_t state;
     uint8_t in_frag;  /* inside a fragmented text message */
     uint8_t ssl_ww;   /* TLS asked to wait for writability */
+    uint8_t url;      /* index into o.urls, or URL_SENDER */
+    uint8_t no_lat;   /* a --sender-url sender: deliveries count, latency not */
+    uint8_t rc_on;    /* reconnecting since rc_drop */
+    uint8_t tries;    /* reconnect attempts for the current drop */
     short interest;   /* events ev is registered for; 0 = not added */
     SSL *ssl;
     uint8_t *rbuf; /* bytes of a partial frame or response head */
     uint32_t rlen;
     uint32_t wlen, woff;
     uint8_t *wbuf; /* bytes the kernel did not take yet */
+    uint64_t rc_drop, rc_try; /* --reconnect: when dropped, when the attempt began */
 };
 
 struct seqst {
@@ -319,7 +370,9 @@ static struct {
     uint64_t total_msgs, next_j, expected_local;
     int have_total;
     struct event *ramp_ev, *deadline_ev, *send_ev, *window_ev, *drain_ev, *ctl_ev, *hard_ev;
-    uint32_t mask_state;
+    struct event *sweep_ev;
+    uint64_t down; /* --reconnect: clients dropped and not back yet */
+    uint32_t mask_state, rng;
     uint8_t key_seed[12];
     struct result r;
 } g;
@@ -361,7 +414,7 @@ static void close_client(struct client *c)
 {
     if (c->state == ST_DONE)
         return;
-    if (c->interest)
+    if (c->interest || c->state == ST_WAIT)
         event_del(&c->ev);
     c->interest = 0;
     if (c->ssl) {
@@ -378,10 +431,21 @@ static void close_client(struct client *c)
 }
 
 static void connect_done(void);
+static void rc_failed(struct client *c, enum fail why, int err);
+static void rc_begin(struct client *c);
+
+static const struct url *curl(const struct client *c)
+{
+    return c->url == URL_SENDER ? &o.sender_url : &o.urls[c->url];
+}
 
 /* A client that never reached ST_OPEN. */
 static void fail_client(struct client *c, enum fail why, int err)
 {
+    if (c->rc_on) {
+        rc_failed(c, why, err);
+        return;
+    }
     int was_pending = c->state != ST_IDLE;
     close_client(c);
     g.r.failed++;
@@ -401,6 +465,8 @@ static void drop_client(struct client *c, enum drop why)
 {
     close_client(c);
     g.r.dropped[why]++;
+    if (o.reconnect && (g.phase == 1 || g.phase == 2))
+        rc_begin(c);
 }
 
 /* I/O that hides TLS. recv: >0 bytes, 0 end of stream, -1 would block,
@@ -572,7 +638,7 @@ static void expected_accept(uint32_t id, char out[29])
 
 static void send_request(struct client *c)
 {
-    const struct url *u = &o.urls[c->id % (uint32_t)o.nurls];
+    const struct url *u = curl(c);
     char path[4096], req[4600], key[25];
     size_t pl = 0;
     for (const char *p = u->path; *p && pl < sizeof path - 16; p++) {
@@ -608,8 +674,12 @@ static int check_response(struct client *c, const char *head, size_t len)
         return -1;
     }
     if (status != 101) {
-        if (status > 0 && status < 600)
-            g.r.http[status]++;
+        if (status > 0 && status < 600) {
+            if (c->rc_on)
+                g.r.rc_http[status]++;
+            else
+                g.r.http[status]++;
+        }
         fail_client(c, F_HTTP, 0);
         return -1;
     }
@@ -664,9 +734,10 @@ static void tls_step(struct client *c)
 
 static void start_client(struct client *c)
 {
-    const struct url *u = &o.urls[c->id % (uint32_t)o.nurls];
+    const struct url *u = curl(c);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    g.inflight++;
+    if (!c->rc_on)
+        g.inflight++;
     c->state = ST_CONNECTING;
     c->fd = fd;
     if (fd < 0) {
@@ -766,7 +837,8 @@ static void on_text(struct client *c, const uint8_t *p, size_t len)
         g.r.window_delivered++;
     if (g.now > g.t0 && g.now - g.t0 > g.r.last_delivery_us)
         g.r.last_delivery_us = g.now - g.t0;
-    hist_add(&g.r.lat, g.now > t ? g.now - t : 0);
+    if (!c->no_lat)
+        hist_add(&g.r.lat, g.now > t ? g.now - t : 0);
     if (g.have_total && g.r.delivered >= g.expected_local && g.phase == 3)
         finish();
 }
@@ -871,11 +943,17 @@ static void stash(struct client *c, const uint8_t *p, size_t len)
     c->rlen = (uint32_t)len;
 }
 
+static void rc_back(struct client *c);
+
 static void on_upgraded(struct client *c)
 {
     c->state = ST_OPEN;
-    g.inflight--;
     g.alive++;
+    if (c->rc_on) {
+        rc_back(c);
+        return;
+    }
+    g.inflight--;
     g.r.connected++;
     g.done_connecting++;
     g.r.connect_us = mono_us() - g.t_start;
@@ -1031,12 +1109,146 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* ------------------------------------------------------------ reconnect */
+
+static uint32_t rnd(void)
+{
+    uint32_t x = g.rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    g.rng = x;
+    return x;
+}
+
+static void rc_try_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct client *c = arg;
+    if (c->state != ST_WAIT)
+        return;
+    c->state = ST_IDLE;
+    c->tries++;
+    c->rc_try = mono_us();
+    g.r.rc_attempts++;
+    start_client(c);
+}
+
+/* The next attempt after delay_us; the client holds no socket meanwhile. */
+static void rc_schedule(struct client *c, uint64_t delay_us)
+{
+    c->state = ST_WAIT;
+    c->interest = 0;
+    event_assign(&c->ev, g.base, -1, 0, rc_try_cb, c);
+    struct timeval tv = tv_us((int64_t)delay_us);
+    event_add(&c->ev, &tv);
+}
+
+static void rc_progress(void)
+{
+    if (g.down == 0 && o.verbose)
+        fprintf(stderr,
+                "chatbench: reconnect: %" PRIu64 " of %" PRIu64 " drops back, %" PRIu64
+                " gave up, none pending, %.3f s after the first drop (pid %d)\n",
+                g.r.rc_back, g.r.rc_drops, g.r.rc_gave_up,
+                (double)(mono_us() - g.r.first_drop_at) / 1e6, (int)getpid());
+}
+
+/* A client lost after the start: connect again at once, elsewhere. The first
+ * attempt goes 1 + (i / U) mod (U - 1) places along the list of U URLs, so the
+ * clients of a lost node spread evenly over the others; every failed attempt
+ * moves on to the next URL. */
+static void rc_begin(struct client *c)
+{
+    uint64_t now = mono_us();
+    c->rc_on = 1;
+    c->tries = 0;
+    c->rc_drop = now;
+    g.down++;
+    g.r.rc_drops++;
+    if (!g.r.first_drop_at || now < g.r.first_drop_at)
+        g.r.first_drop_at = now;
+    if (o.nurls > 1 && c->url != URL_SENDER) {
+        uint32_t u = (uint32_t)o.nurls;
+        c->url = (uint8_t)((c->url + 1 + (c->id / u) % (u - 1)) % u);
+    }
+    rc_schedule(c, 0);
+}
+
+/* A reconnect attempt failed: next URL; refused connects go on at once until
+ * every URL was tried, anything else waits a doubling, jittered backoff. */
+static void rc_failed(struct client *c, enum fail why, int err)
+{
+    close_client(c);
+    g.r.rc_failed++;
+    g.r.rc_fail[why]++;
+    int refused = why == F_CONNECT && err == ECONNREFUSED;
+    if (refused)
+        g.r.rc_refused++;
+    if (o.verbose > 1)
+        fprintf(stderr, "client %u: reconnect attempt %u to %s failed: %s %s\n", c->id,
+                (unsigned)c->tries, curl(c)->text, fail_name[why], err ? strerror(err) : "");
+    if (o.nurls > 1 && c->url != URL_SENDER)
+        c->url = (uint8_t)((c->url + 1) % (uint32_t)o.nurls);
+    if (c->tries >= o.rc_tries) {
+        c->rc_on = 0; /* stays ST_DONE */
+        g.down--;
+        g.r.rc_gave_up++;
+        rc_progress();
+        return;
+    }
+    uint64_t d = 0;
+    if (!refused || c->tries >= o.nurls) {
+        unsigned k = c->tries > 20 ? 20 : c->tries - 1u;
+        double b = o.rc_backoff * 1e6 * (double)(1u << k);
+        uint64_t full = b > BACKOFF_CAP_US ? BACKOFF_CAP_US : (uint64_t)b;
+        d = full / 2 + (full / 2 ? rnd() % (full / 2 + 1) : 0);
+    }
+    rc_schedule(c, d);
+}
+
+static void rc_back(struct client *c)
+{
+    uint64_t now = mono_us();
+    c->rc_on = 0;
+    g.down--;
+    g.r.rc_back++;
+    hist_add(&g.r.rc_down, now - c->rc_drop);
+    if (now > g.r.last_back_at)
+        g.r.last_back_at = now;
+    rc_progress();
+}
+
+/* Attempts that hang (a SYN in a full backlog, a server that never answers)
+ * fail after --reconnect-timeout. */
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    if (g.down == 0)
+        return;
+    uint64_t now = mono_us(), lim = (uint64_t)(o.rc_timeout * 1e6);
+    for (long i = 0; i < g.n; i++) {
+        struct client *c = &g.c[i];
+        if (c->rc_on &&
+            (c->state == ST_CONNECTING || c->state == ST_TLS || c->state == ST_HTTP) &&
+            now - c->rc_try > lim)
+            fail_client(c, F_TIMEOUT, 0);
+    }
+}
+
 static uint64_t due_us(uint64_t j)
 {
     return g.t0 + (uint64_t)((double)j * 1e6 / o.rate);
 }
 
-/* Sender k is client k*N/K: spread evenly over the processes. */
+/* Sender k is client k*N/K: spread evenly over the processes. Is id one? */
+static int is_sender(long id)
+{
+    uint64_t K = (uint64_t)o.senders, N = (uint64_t)o.conns;
+    uint64_t k = ((uint64_t)id * K + N - 1) / N; /* least k with k*N/K >= id */
+    return k < K && k * N / K == (uint64_t)id;
+}
+
 static struct client *sender_client(uint64_t k)
 {
     long gid = (long)(k * (uint64_t)o.conns / (uint64_t)o.senders);
@@ -1138,6 +1350,7 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
 static void finish(void)
 {
     g.r.alive_at_end = g.alive;
+    g.r.rc_down_at_end = g.down;
     g.r.conns = (uint64_t)g.n;
     ctl_send(g.ctl_fd, CTL_RESULT, 0, 0);
     write_full(g.ctl_fd, &g.r, sizeof g.r);
@@ -1164,6 +1377,9 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
     g.ramp = o.ramp / o.procs;
     g.inflight_cap = (double)o.inflight / o.procs < 1 ? 1 : (double)o.inflight / o.procs;
     g.mask_state = (uint32_t)(getpid() * 2654435761u) | 1;
+    g.rng = g.mask_state ^ 0x9e3779b9u;
+    if (!g.rng)
+        g.rng = 1;
     uint64_t seed = mono_us() ^ ((uint64_t)getppid() << 32);
     memcpy(g.key_seed, &seed, 8);
     memcpy(g.key_seed + 8, &idx, 4);
@@ -1178,8 +1394,14 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
         _exit(1);
     }
     for (long i = 0; i < g.n; i++) {
-        g.c[i].fd = -1;
-        g.c[i].id = (uint32_t)(g.lo + i);
+        struct client *c = &g.c[i];
+        c->fd = -1;
+        c->id = (uint32_t)(g.lo + i);
+        c->url = (uint8_t)(c->id % (uint32_t)o.nurls);
+        if (o.has_sender_url && is_sender(g.lo + i)) {
+            c->url = URL_SENDER;
+            c->no_lat = 1;
+        }
     }
     if (o.mode == MODE_BROADCAST) {
         g.seq = calloc((size_t)(g.n ? g.n : 1) * (size_t)o.senders, sizeof *g.seq);
@@ -1193,6 +1415,8 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
     int need_tls = 0;
     for (int i = 0; i < o.nurls; i++)
         need_tls |= o.urls[i].tls;
+    if (o.has_sender_url)
+        need_tls |= o.sender_url.tls;
     if (need_tls) {
         g.ssl_ctx = SSL_CTX_new(TLS_client_method());
         if (!g.ssl_ctx) {
@@ -1223,6 +1447,11 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
     g.ctl_ev = event_new(g.base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, NULL);
     event_add(g.ramp_ev, &tick);
     event_add(g.ctl_ev, NULL);
+    if (o.reconnect) {
+        struct timeval st = {0, 100000};
+        g.sweep_ev = event_new(g.base, -1, EV_PERSIST, sweep_cb, NULL);
+        event_add(g.sweep_ev, &st);
+    }
     struct timeval dl = tv_us((int64_t)(o.connect_timeout * 1e6));
     evtimer_add(g.deadline_ev, &dl);
     /* Whatever happens, this process reports and ends by itself. */
@@ -1312,6 +1541,9 @@ static void print_report(const struct result *t, int nkids_lost)
     printf("chatbench: mode %s, %ld clients, %d process%s, %d url%s (%s%s)\n", mode, o.conns,
            o.procs, o.procs == 1 ? "" : "es", o.nurls, o.nurls == 1 ? "" : "s", o.urls[0].text,
            o.nurls > 1 ? ", ..." : "");
+    if (o.has_sender_url)
+        printf("senders    %ld on %s; latency sampled at the other clients only\n", o.senders,
+               o.sender_url.text);
     printf("connect    %" PRIu64 "/%" PRIu64 " upgraded in %.3f s (%.0f/s), %" PRIu64 " failed\n",
            t->connected, t->conns, connect_s,
            connect_s > 0 ? (double)t->connected / connect_s : 0.0, t->failed);
@@ -1363,20 +1595,81 @@ static void print_report(const struct result *t, int nkids_lost)
                ms(hist_pct(&t->lat, 0.99)), ms(hist_pct(&t->lat, 0.999)), ms(t->lat.max),
                t->lat.count);
     }
+    uint64_t never = t->rc_gave_up + t->rc_down_at_end;
+    double back_s = t->first_drop_at && t->last_back_at > t->first_drop_at
+                        ? (double)(t->last_back_at - t->first_drop_at) / 1e6
+                        : 0.0;
+    if (o.reconnect) {
+        printf("reconnect  %" PRIu64 " drops, %" PRIu64 " back, %" PRIu64 " gave up, %" PRIu64
+               " still trying at the end; ",
+               t->rc_drops, t->rc_back, t->rc_gave_up, t->rc_down_at_end);
+        if (!t->rc_drops)
+            printf("nothing to measure\n");
+        else if (never)
+            printf("NOT all back (last one back %.3f s after the first drop)\n", back_s);
+        else
+            printf("all back %.3f s after the first drop\n", back_s);
+        printf("attempts   %" PRIu64 " (%" PRIu64 " retries), %" PRIu64 " failed:", t->rc_attempts,
+               t->rc_attempts > t->rc_drops ? t->rc_attempts - t->rc_drops : 0, t->rc_failed);
+        if (t->rc_refused)
+            printf(" [refused %" PRIu64 "]", t->rc_refused);
+        for (int i = 0; i < F__N; i++) {
+            uint64_t n = t->rc_fail[i] - (i == F_CONNECT ? t->rc_refused : 0);
+            if (n)
+                printf(" [%s %" PRIu64 "]", fail_name[i], n);
+        }
+        for (int i = 0; i < 600; i++)
+            if (t->rc_http[i])
+                printf(" [http %d: %u]", i, t->rc_http[i]);
+        printf("\ndown time  per drop p50 %.3f ms  p99 %.3f ms  max %.3f ms\n",
+               ms(hist_pct(&t->rc_down, 0.50)), ms(hist_pct(&t->rc_down, 0.99)),
+               ms(t->rc_down.max));
+    }
     printf("{\"mode\":\"%s\",\"conns\":%ld,\"connected\":%" PRIu64 ",\"failed\":%" PRIu64
            ",\"connect_s\":%.3f,\"sent\":%" PRIu64 ",\"expected\":%" PRIu64
            ",\"delivered\":%" PRIu64 ",\"dup\":%" PRIu64 ",\"reorder\":%" PRIu64
            ",\"lost\":%" PRIu64 ",\"deliveries_per_s\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
            "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"gaps\":%" PRId64
            ",\"dropped\":%" PRIu64 ",\"held\":%" PRIu64 ",\"pings\":%" PRIu64
-           ",\"procs\":%d,\"senders\":%ld,\"rate\":%.1f,\"duration_s\":%.1f}\n",
+           ",\"procs\":%d,\"senders\":%ld,\"rate\":%.1f,\"duration_s\":%.1f,\"lat_samples\":%" PRIu64,
            mode, o.conns, t->connected, t->failed, connect_s, t->sent, expected, t->delivered,
            t->dup, t->reorder, lost, dps, ms(hist_pct(&t->lat, 0.50)),
            ms(hist_pct(&t->lat, 0.90)), ms(hist_pct(&t->lat, 0.99)),
            ms(hist_pct(&t->lat, 0.999)), ms(t->lat.max), t->gaps, dropped, t->alive_at_end,
            t->pings, o.procs, o.mode == MODE_BROADCAST ? o.senders : 0L,
-           o.mode == MODE_BROADCAST ? o.rate : 0.0, o.duration);
+           o.mode == MODE_BROADCAST ? o.rate : 0.0, o.duration, t->lat.count);
+    if (o.reconnect)
+        printf(",\"rc_drops\":%" PRIu64 ",\"rc_back\":%" PRIu64 ",\"rc_gave_up\":%" PRIu64
+               ",\"rc_down_at_end\":%" PRIu64 ",\"rc_never_back\":%" PRIu64
+               ",\"rc_attempts\":%" PRIu64 ",\"rc_failed\":%" PRIu64 ",\"rc_refused\":%" PRIu64
+               ",\"rc_timeout\":%" PRIu64 ",\"rc_http_failed\":%" PRIu64
+               ",\"rc_other_failed\":%" PRIu64 ",\"rc_back_s\":%.3f,\"rc_down_p50_ms\":%.3f"
+               ",\"rc_down_p99_ms\":%.3f,\"rc_down_max_ms\":%.3f",
+               t->rc_drops, t->rc_back, t->rc_gave_up, t->rc_down_at_end, never, t->rc_attempts,
+               t->rc_failed, t->rc_refused, t->rc_fail[F_TIMEOUT], t->rc_fail[F_HTTP],
+               t->rc_failed - t->rc_refused - t->rc_fail[F_TIMEOUT] - t->rc_fail[F_HTTP], back_s,
+               ms(hist_pct(&t->rc_down, 0.50)), ms(hist_pct(&t->rc_down, 0.99)),
+               ms(t->rc_down.max));
+    printf("}\n");
     fflush(stdout);
+}
+
+/* The children we forked, for the signal handler: SIGTERM or SIGINT to the
+ * parent ends them too (by pid) instead of leaving them to notice the closed
+ * control socket. */
+static volatile pid_t kid_pids[MAX_PROCS];
+
+static void kill_kids(void)
+{
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (kid_pids[i] > 0)
+            kill(kid_pids[i], SIGKILL);
+}
+
+static void on_stop_signal(int sig)
+{
+    kill_kids();
+    _exit(128 + sig);
 }
 
 static int parent_main(void)
@@ -1385,24 +1678,39 @@ static int parent_main(void)
     uint64_t t_start = mono_us();
     fflush(stdout);
     fflush(stderr);
+    sigset_t stop_sigs, old_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGTERM);
+    sigaddset(&stop_sigs, SIGINT);
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     for (int i = 0; i < o.procs; i++) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
             perror("chatbench: socketpair");
             return 1;
         }
+        sigprocmask(SIG_BLOCK, &stop_sigs, &old_mask);
         pid_t pid = fork();
         if (pid < 0) {
             perror("chatbench: fork");
+            kill_kids();
             return 1;
         }
         if (pid == 0) {
+            signal(SIGTERM, SIG_DFL);
+            signal(SIGINT, SIG_DFL);
+            sigprocmask(SIG_SETMASK, &old_mask, NULL);
             close(sv[0]);
             for (int j = 0; j < i; j++)
                 close(kids[j].fd);
             child_main(i, sv[1], t_start);
             _exit(0);
         }
+        kid_pids[i] = pid;
+        sigprocmask(SIG_SETMASK, &old_mask, NULL);
         close(sv[1]);
         kids[i] = (struct kid){.pid = pid, .fd = sv[0], .alive = 1};
     }
@@ -1458,6 +1766,10 @@ static int parent_main(void)
             lost++;
         }
     }
+    /* Every child reported or was killed: forget the pids before they are
+     * reaped and could be reused. */
+    for (int i = 0; i < o.procs; i++)
+        kid_pids[i] = 0;
     for (int i = 0; i < o.procs; i++) {
         close(kids[i].fd);
         waitpid(kids[i].pid, NULL, 0);
@@ -1494,6 +1806,20 @@ static void usage(FILE *f)
             "  --drain S             broadcast: wait this long for deliveries after the send\n"
             "                        window; ends earlier once all arrived (default 5)\n"
             "  --msg-size B          broadcast: pad the message text to B bytes\n"
+            "  --sender-url URL      broadcast: the senders connect to URL, the others use the\n"
+            "                        --url list; latency is sampled at the others only (e.g.\n"
+            "                        send on node A, measure receipt on node B)\n"
+            "  --reconnect           idle: a client closed or lost after the connect phase\n"
+            "                        connects again at once to another --url (1 + (i/U) mod\n"
+            "                        (U-1) places on in the list of U, so a lost node's\n"
+            "                        clients spread over the rest; each failed attempt moves\n"
+            "                        to the next URL). Reports drops, attempts, failures and\n"
+            "                        the time from the first drop until the last is back\n"
+            "  --reconnect-tries N   attempts per drop before giving up (default 10)\n"
+            "  --reconnect-timeout S one attempt fails after S seconds (default 5)\n"
+            "  --reconnect-backoff S wait after a failed attempt, doubled per failure, capped at\n"
+            "                        2 s, jittered; a refused connect tries the next URL at\n"
+            "                        once until all were tried (default 0.1)\n"
             "  --insecure            wss: do not verify the server certificate\n"
             "  --cafile FILE         wss: trust the CA certificates in FILE\n"
             "  -v, --verbose         progress on stderr (twice: every failure)\n"
@@ -1574,7 +1900,7 @@ static void parse_url(const char *text, struct url *u)
     u->addr.sin_port = htons((uint16_t)port);
     if (loopback(ip, &u->addr.sin_addr) < 0)
         die_usage("only loopback IPv4 hosts (127.0.0.0/8, localhost) are allowed: %s", text);
-    snprintf(u->ip, sizeof u->ip, "%s", ip);
+    snprintf(u->ip, sizeof u->ip, "%.15s", ip); /* inet_pton took it: at most 15 */
 }
 
 static void parse_src_ips(const char *s)
@@ -1600,6 +1926,7 @@ int main(int argc, char **argv)
     enum {
         O_URL = 256, O_CONNS, O_RAMP, O_INFLIGHT, O_CTIMEOUT, O_PROCS, O_SRC, O_MODE,
         O_DURATION, O_SENDERS, O_RATE, O_DRAIN, O_SIZE, O_INSECURE, O_CAFILE,
+        O_SENDER_URL, O_RECONNECT, O_RC_TRIES, O_RC_TIMEOUT, O_RC_BACKOFF,
     };
     static const struct option lo[] = {
         {"url", required_argument, NULL, O_URL},
@@ -1617,6 +1944,11 @@ int main(int argc, char **argv)
         {"msg-size", required_argument, NULL, O_SIZE},
         {"insecure", no_argument, NULL, O_INSECURE},
         {"cafile", required_argument, NULL, O_CAFILE},
+        {"sender-url", required_argument, NULL, O_SENDER_URL},
+        {"reconnect", no_argument, NULL, O_RECONNECT},
+        {"reconnect-tries", required_argument, NULL, O_RC_TRIES},
+        {"reconnect-timeout", required_argument, NULL, O_RC_TIMEOUT},
+        {"reconnect-backoff", required_argument, NULL, O_RC_BACKOFF},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1650,6 +1982,14 @@ int main(int argc, char **argv)
         case O_SIZE: o.msg_size = (long)num(optarg, "--msg-size", 0, MAX_MSG); break;
         case O_INSECURE: o.insecure = 1; break;
         case O_CAFILE: o.cafile = optarg; break;
+        case O_SENDER_URL:
+            parse_url(optarg, &o.sender_url);
+            o.has_sender_url = 1;
+            break;
+        case O_RECONNECT: o.reconnect = 1; break;
+        case O_RC_TRIES: o.rc_tries = (long)num(optarg, "--reconnect-tries", 1, 255); break;
+        case O_RC_TIMEOUT: o.rc_timeout = num(optarg, "--reconnect-timeout", 0.01, 600); break;
+        case O_RC_BACKOFF: o.rc_backoff = num(optarg, "--reconnect-backoff", 0, 60); break;
         case 'v': o.verbose++; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -1661,6 +2001,10 @@ int main(int argc, char **argv)
         die_usage("%s", "--url is required");
     if (o.procs > o.conns)
         o.procs = (int)o.conns;
+    if (o.reconnect && o.mode != MODE_IDLE)
+        die_usage("%s", "--reconnect is for --mode idle");
+    if (o.has_sender_url && o.mode != MODE_BROADCAST)
+        die_usage("%s", "--sender-url is for --mode broadcast");
     if (o.mode == MODE_BROADCAST) {
         if (o.senders > o.conns)
             die_usage("%s", "--senders cannot exceed --conns");
