@@ -9,6 +9,8 @@ Input layouts (see each fuzz_<target>.c):
   utf8       byte 0 split pattern, text
   handshake  bytes 0-1 head limit, byte 2 split pattern and config bits, request
   config     the file's text
+  auth       byte 0 mode (bit 0) and name buffer size, a token (mode 0) or
+             header JSON, NUL, payload JSON to be signed (mode 1)
 """
 import base64
 import hashlib
@@ -177,9 +179,31 @@ def config_seeds():
     }
 
 
+def auth_seeds():
+    tok, signed = b"\x40", b"\x41"  # name buffer of 33 bytes
+    enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    return {
+        "token-valid": tok + jwt(b"fuzz-secret", {"sub": "alice", "exp": 4102444800}).encode(),
+        "token-wrong-secret": tok + jwt(b"other", {"sub": "alice", "exp": 4102444800}).encode(),
+        "token-alg-none": tok + enc(b'{"alg":"none"}') + b"." + enc(b'{"sub":"a","exp":4102444800}') + b".",
+        "token-two-parts": tok + b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0",
+        "signed-valid": signed + b'{"sub":"alice","exp":4102444800}',
+        "signed-expired": signed + b'{"sub":"alice","exp":1600000000}',
+        "signed-nbf": signed + b'{"sub":"b\\u00e9a","exp":4102444800,"nbf":1800000000}',
+        "signed-escapes": signed + b'{"sub":"\\u0000x","exp":4102444800}',
+        "signed-long-sub": b"\x07" + b'{"sub":"abcdefghij","exp":4102444800}',
+        "signed-dup": signed + b'{"sub":"a","sub":"b","exp":4102444800}',
+        "signed-header-crit": signed + b'{"alg":"HS256","crit":["x"]}\x00{"sub":"a","exp":4102444800}',
+        "signed-header-hs512": signed + b'{"alg":"HS512"}\x00{"sub":"a","exp":4102444800}',
+        "signed-not-object": signed + b'["sub","a"]',
+        "signed-exp-string": signed + b'{"sub":"a","exp":"4102444800"}',
+        "signed-header-array": signed + b'[1]\x00{"sub":"a","exp":4102444800}',
+    }
+
+
 def main():
     seeds = {"ws": ws_seeds(), "utf8": utf8_seeds(), "handshake": handshake_seeds(),
-             "config": config_seeds()}
+             "config": config_seeds(), "auth": auth_seeds()}
     total = 0
     for target, files in seeds.items():
         d = os.path.join(CORPUS, target)
