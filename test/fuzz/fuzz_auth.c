@@ -22,14 +22,7 @@
 
 #include "auth.h"
 #include "ws.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            __builtin_trap(); \
-    } while (0)
+#include "fuzz.h"
 
 #define SECRET "fuzz-secret"
 #define NOW ((time_t)1700000000)

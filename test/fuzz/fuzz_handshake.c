@@ -14,14 +14,7 @@
 #include "config.h"
 #include "handshake.h"
 #include "ws.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            __builtin_trap(); \
-    } while (0)
+#include "fuzz.h"
 
 static int known_status(int s)
 {

@@ -16,14 +16,7 @@
 #include <string.h>
 
 #include "ws.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            __builtin_trap(); \
-    } while (0)
+#include "fuzz.h"
 
 /* Bit sets over byte strings of length 1..3 (as big-endian integers), and
  * the sorted 4-byte encodings. */

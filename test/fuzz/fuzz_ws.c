@@ -11,14 +11,7 @@
 #include <string.h>
 
 #include "ws.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c) \
-    do { \
-        if (!(c)) \
-            __builtin_trap(); \
-    } while (0)
+#include "fuzz.h"
 
 static const uint64_t limits[] = {
     0, 1, 2, 3, 7, 125, 126, 127, 65535, 65536, 65537, 1u << 20, 64u << 20, UINT64_MAX,

@@ -462,6 +462,15 @@ def redis(tmp_path):
 # raw sockets: HTTP and WebSocket frames by hand
 
 
+def mask_bytes(data, key):
+    """XORs data with the 4-byte key, fast enough for MiB payloads."""
+    n = len(data)
+    if n == 0:
+        return b""
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
+
+
 def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, mask_key=b"\x37\xfa\x21\x3d", length=None):
     """One WebSocket frame as bytes. rsv is the 3-bit RSV1..3 field (4 = RSV1);
     length overrides the encoded payload length (for malformed frames)."""
@@ -478,8 +487,7 @@ def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, mask_key=b"\x37\xfa\x
         head = struct.pack("!BBQ", b0, mbit | 127, n)
     if not mask:
         return head + payload
-    masked = bytes(b ^ mask_key[i % 4] for i, b in enumerate(payload))
-    return head + mask_key + masked
+    return head + mask_key + mask_bytes(payload, mask_key)
 
 
 def close_payload(code, reason=b""):

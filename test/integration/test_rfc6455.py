@@ -43,7 +43,7 @@ import pytest
 
 from conftest import (
     CHATD_URL, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Chatd, RawWs, arun,
-    close_payload, parse_close, recv_text, sanitizer_report, ws_connect,
+    close_payload, frame, mask_bytes, parse_close, recv_text, sanitizer_report, ws_connect,
 )
 
 LIMIT = 1 << 20            # the node's max_message
@@ -101,33 +101,11 @@ def need_limit(node):
 # frames and clients
 
 
-def mask_bytes(data, key):
-    """XORs data with the 4-byte key, fast enough for MiB payloads."""
-    n = len(data)
-    if n == 0:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
-
-
 def mframe(opcode, payload=b"", fin=True, rsv=0, mask=True, length=None):
     """A client frame as conftest.frame builds it, but with a fresh random
     mask key each time (so unmasking is tested at every key offset)."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0xF)
-    m = 0x80 if mask else 0
-    if n < 126:
-        head = struct.pack("!BB", b0, m | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, m | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, m | 127, n)
-    if not mask:
-        return head + payload
     key = bytes(_rng.getrandbits(8) for _ in range(4))
-    return head + key + mask_bytes(payload, key)
+    return frame(opcode, payload, fin=fin, mask=mask, rsv=rsv, mask_key=key, length=length)
 
 
 def text(p, fin=True, rsv=0):
