@@ -212,6 +212,29 @@ def test_origin_allow_list(chatd):
         w.handshake("/?username=o", extra=["Origin: https://also.example:8443"])
 
 
+def test_cross_site_page_cannot_join(chatd):
+    """A page on another site opens a WebSocket to the chat: the browser
+    sends that page's Origin, which is not on the list, so it gets 403 and
+    never sees the room; the page of the chat itself gets in."""
+    import websockets
+    srv = chatd(allowed_origins="https://chat.example")
+    foreign = ["https://evil.example", "https://chat.example.evil.example",
+               "http://chat.example", "https://chat.example:8443", "null",
+               "https://evil.example/https://chat.example"]
+
+    async def main():
+        alice = await ws_connect(srv.url("Alice"), origin="https://chat.example")
+        for o in foreign:
+            with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
+                await ws_connect(srv.url("Mallory"), origin=o)
+            assert e.value.status_code == 403, o
+        await alice.send("private")
+        assert await recv_text(alice) == "Alice: private"
+        await alice.close()
+
+    arun(main(), 30)
+
+
 def test_healthz(chatd):
     srv = chatd()
     r = http_exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
