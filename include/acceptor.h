@@ -14,10 +14,11 @@
 typedef struct acceptor acceptor;
 
 /* Main thread: binds the ws listener, and the wss one when t is not NULL.
- * max_clients is the effective cap on upgraded connections. NULL with err
- * filled on failure. */
-acceptor *acceptor_new(const config *cfg, tls *t, worker **workers, int nworkers,
-                       int64_t max_clients, char *err, size_t errlen);
+ * max_clients is the effective cap on upgraded connections. The acceptor
+ * answers GET /metrics from its own counters, the workers' and b's. NULL
+ * with err filled on failure. */
+acceptor *acceptor_new(const config *cfg, tls *t, struct broker *b, worker **workers,
+                       int nworkers, int64_t max_clients, char *err, size_t errlen);
 /* Main thread: starts the acceptor thread. */
 int acceptor_start(acceptor *a);
 /* Main thread: stops accepting, closes pending handshakes, joins. */

@@ -28,6 +28,15 @@ void broker_free(broker *b);
 /* "local" or "redis" */
 const char *broker_name(const broker *b);
 
+typedef struct broker_stats {
+    uint64_t delivered;  /* messages given their place and fanned out */
+    uint64_t reconnects; /* times the Redis consumer came back after a loss */
+    uint64_t lost;       /* entries stream_maxlen trimmed before they were read */
+} broker_stats;
+
+/* Any thread: the broker's counters so far. */
+void broker_get_stats(broker *b, broker_stats *out);
+
 /* Worker thread wid, once at its start: sets up the worker's publishing
  * side on its event loop. Returns 0 or -1. */
 int broker_attach(broker *b, int wid, struct event_base *base);

@@ -35,6 +35,11 @@ struct broker {
     int started;
     _Atomic int stop;            /* main → broker thread: finish */
     uint8_t *wake;               /* broker thread: worker i needs its bell */
+    /* Counters the broker thread bumps and /metrics reads (relaxed: each is
+     * a lone number, ordered with nothing). */
+    _Atomic uint64_t delivered;  /* messages fanned out to the workers */
+    _Atomic uint64_t reconnects; /* redis: consumer connected again */
+    _Atomic uint64_t lost;       /* redis: entries trimmed before being read */
     const broker_ops *ops;
     void *impl;
 };

@@ -43,10 +43,14 @@ typedef struct hs_result {
     char response[HS_RESPONSE_MAX]; /* the whole HTTP response */
     size_t response_len;
     const char *reason; /* static: why a request was refused */
+    int metrics;        /* 1: GET /metrics; the caller writes the answer */
 } hs_result;
 
 /* Judges a complete request against the config and writes the response:
- *   GET /healthz → 200; another path → 404; method other than GET → 405;
+ *   GET /healthz → 200; GET /metrics → 200 with metrics set (response is
+ *   only the status line and headers of an empty answer: the caller, which
+ *   has the counters, writes its own); another path → 404; method other
+ *   than GET → 405;
  *   missing or wrong Upgrade/Connection/Sec-WebSocket-Key → 400;
  *   Sec-WebSocket-Version other than 13 → 426 with Sec-WebSocket-Version;
  *   Origin not in allowed_origins (when set) → 403;

@@ -62,6 +62,7 @@ typedef struct worker {
     _Atomic uint64_t frames_out; /* frames written to clients */
     _Atomic uint64_t slow_closes; /* clients closed for passing max_output_buffer */
     _Atomic uint64_t rate_closes; /* clients closed for passing rate_limit */
+    _Atomic uint64_t busy_closes; /* clients closed with 1013: publish queue full */
 } worker;
 
 /* Main thread, before any thread starts. NULL with err filled on failure. */

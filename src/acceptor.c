@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "broker.h"
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
@@ -46,6 +48,8 @@ typedef struct pending {
     int64_t deadline_ms;
     hs_request *req;
     hs_result *res;              /* set once the request is judged */
+    char *out;                   /* malloc'd response replacing res's (metrics) */
+    size_t out_len;
     size_t res_off;              /* response bytes written */
     uint8_t *extra;              /* bytes behind the request */
     size_t extra_len;
@@ -54,6 +58,10 @@ typedef struct pending {
     struct pending *next, *prev;
     char peer[64];
 } pending;
+
+/* The statuses /metrics counts one by one; anything else is "other". */
+static const int counted_status[] = {101, 200, 400, 401, 403, 404, 405, 426, 429, 431, 503};
+#define NSTATUS (sizeof counted_status / sizeof counted_status[0])
 
 typedef struct listener {
     struct acceptor *a;
@@ -80,6 +88,12 @@ struct acceptor {
     int npending;
     uint64_t next_id;
     ipcount *per_ip;             /* NULL unless max_clients_per_ip */
+    broker *broker;              /* for its counters */
+    /* Counters: bumped and read (by /metrics) on the acceptor thread only. */
+    uint64_t n_status[NSTATUS + 1]; /* answers by status; the last: other */
+    uint64_t n_timeouts;         /* handshake_timeout passed */
+    uint64_t n_tls_failed;       /* TLS handshake failed */
+    uint64_t n_evicted;          /* closed to stay within max_pending */
 };
 
 /* Clients per IP address: an insert-only table the acceptor fills and
@@ -134,6 +148,7 @@ static void pending_free(pending *p) {
     if (p->fd >= 0) close(p->fd);
     hs_request_free(p->req);
     free(p->res);
+    free(p->out);
     free(p->extra);
     if (p->prev) p->prev->next = p->next;
     else a->pendings = p->next;
@@ -250,9 +265,10 @@ static int pending_again(pending *p, ssize_t n) {
 /* Writes the response; then hands the connection over, or drains it. */
 static void pending_respond(pending *p) {
     hs_result *res = p->res;
-    while (p->res_off < res->response_len) {
-        ssize_t n = pending_io(p, (uint8_t *)res->response + p->res_off,
-                               res->response_len - p->res_off, 1);
+    char *out = p->out ? p->out : res->response;
+    size_t out_len = p->out ? p->out_len : res->response_len;
+    while (p->res_off < out_len) {
+        ssize_t n = pending_io(p, (uint8_t *)out + p->res_off, out_len - p->res_off, 1);
         if (pending_again(p, n)) return;
         p->res_off += (size_t)n;
     }
@@ -270,6 +286,116 @@ static void pending_respond(pending *p) {
     p->draining = 1;
     p->deadline_ms = acc_now(p->a) + DRAIN_MS;
     pending_wait(p, EV_READ);
+}
+
+/* Appends to a fixed buffer; *len stays within cap - 1 however much is
+ * asked (the caller sizes cap for the whole text). */
+static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + *len, cap - *len, fmt, ap);
+    va_end(ap);
+    if (n > 0) *len = *len + (size_t)n >= cap ? cap - 1 : *len + (size_t)n;
+}
+
+#define METRICS_MAX 8192
+
+/* The answer to GET /metrics, in Prometheus' text format, or NULL when out
+ * of memory. Counters of other threads are relaxed loads: each number is
+ * exact for some recent moment, and the set is not a snapshot. */
+static char *acc_metrics(acceptor *a, size_t *out_len) {
+    char *body = malloc(METRICS_MAX), *out = malloc(METRICS_MAX + 256);
+    if (body == NULL || out == NULL) {
+        free(body);
+        free(out);
+        return NULL;
+    }
+    size_t n = 0, cap = METRICS_MAX;
+    uint64_t in = 0, frames = 0, slow = 0, rate = 0, busy = 0;
+    for (int i = 0; i < a->nworkers; i++) {
+        worker *w = a->workers[i];
+        in += atomic_load_explicit(&w->msgs_in, memory_order_relaxed);
+        frames += atomic_load_explicit(&w->frames_out, memory_order_relaxed);
+        slow += atomic_load_explicit(&w->slow_closes, memory_order_relaxed);
+        rate += atomic_load_explicit(&w->rate_closes, memory_order_relaxed);
+        busy += atomic_load_explicit(&w->busy_closes, memory_order_relaxed);
+    }
+    broker_stats bs;
+    broker_get_stats(a->broker, &bs);
+
+    put(body, cap, &n, "# HELP chatd_clients WebSocket clients connected to this node.\n"
+                       "# TYPE chatd_clients gauge\nchatd_clients %lld\n",
+        (long long)atomic_load_explicit(&chatd_clients, memory_order_relaxed));
+    put(body, cap, &n, "# HELP chatd_max_clients Clients this node takes (max_clients and open files).\n"
+                       "# TYPE chatd_max_clients gauge\nchatd_max_clients %lld\n",
+        (long long)a->max_clients);
+    put(body, cap, &n, "# HELP chatd_worker_clients WebSocket clients per worker thread.\n"
+                       "# TYPE chatd_worker_clients gauge\n");
+    for (int i = 0; i < a->nworkers; i++)
+        put(body, cap, &n, "chatd_worker_clients{worker=\"%d\"} %u\n", a->workers[i]->id,
+            (unsigned)atomic_load_explicit(&a->workers[i]->nconns, memory_order_relaxed));
+    put(body, cap, &n, "# HELP chatd_pending_handshakes Connections not upgraded yet.\n"
+                       "# TYPE chatd_pending_handshakes gauge\nchatd_pending_handshakes %d\n",
+        a->npending);
+    put(body, cap, &n, "# HELP chatd_http_responses_total HTTP answers by status (101: upgraded).\n"
+                       "# TYPE chatd_http_responses_total counter\n");
+    for (size_t i = 0; i <= NSTATUS; i++) {
+        char code[8] = "other";
+        if (i < NSTATUS) snprintf(code, sizeof code, "%d", counted_status[i]);
+        put(body, cap, &n, "chatd_http_responses_total{status=\"%s\"} %llu\n", code,
+            (unsigned long long)a->n_status[i]);
+    }
+    put(body, cap, &n, "# HELP chatd_handshake_failures_total Connections closed before an answer.\n"
+                       "# TYPE chatd_handshake_failures_total counter\n"
+                       "chatd_handshake_failures_total{reason=\"timeout\"} %llu\n"
+                       "chatd_handshake_failures_total{reason=\"tls\"} %llu\n"
+                       "chatd_handshake_failures_total{reason=\"max_pending\"} %llu\n",
+        (unsigned long long)a->n_timeouts, (unsigned long long)a->n_tls_failed,
+        (unsigned long long)a->n_evicted);
+    put(body, cap, &n, "# HELP chatd_messages_received_total Text messages received from clients.\n"
+                       "# TYPE chatd_messages_received_total counter\n"
+                       "chatd_messages_received_total %llu\n",
+        (unsigned long long)in);
+    put(body, cap, &n, "# HELP chatd_messages_delivered_total Messages in the shared order fanned out on this node.\n"
+                       "# TYPE chatd_messages_delivered_total counter\n"
+                       "chatd_messages_delivered_total %llu\n",
+        (unsigned long long)bs.delivered);
+    put(body, cap, &n, "# HELP chatd_frames_sent_total Message frames written to clients.\n"
+                       "# TYPE chatd_frames_sent_total counter\nchatd_frames_sent_total %llu\n",
+        (unsigned long long)frames);
+    put(body, cap, &n, "# HELP chatd_clients_closed_total Clients closed by a limit.\n"
+                       "# TYPE chatd_clients_closed_total counter\n"
+                       "chatd_clients_closed_total{reason=\"max_output_buffer\"} %llu\n"
+                       "chatd_clients_closed_total{reason=\"rate_limit\"} %llu\n"
+                       "chatd_clients_closed_total{reason=\"publish_queue\"} %llu\n",
+        (unsigned long long)slow, (unsigned long long)rate, (unsigned long long)busy);
+    put(body, cap, &n, "# HELP chatd_redis_reconnects_total Times the Redis consumer came back after a loss.\n"
+                       "# TYPE chatd_redis_reconnects_total counter\n"
+                       "chatd_redis_reconnects_total %llu\n",
+        (unsigned long long)bs.reconnects);
+    put(body, cap, &n, "# HELP chatd_messages_lost_total Stream entries trimmed before this node read them.\n"
+                       "# TYPE chatd_messages_lost_total counter\nchatd_messages_lost_total %llu\n",
+        (unsigned long long)bs.lost);
+
+    int h = snprintf(out, 256,
+                     "HTTP/1.1 200 OK\r\n"
+                     "Content-Type: text/plain; version=0.0.4\r\n"
+                     "Connection: close\r\n"
+                     "Content-Length: %zu\r\n"
+                     "\r\n",
+                     n);
+    memcpy(out + h, body, n);
+    free(body);
+    *out_len = (size_t)h + n;
+    return out;
+}
+
+static void count_status(acceptor *a, int status) {
+    size_t i = 0;
+    while (i < NSTATUS && counted_status[i] != status) i++;
+    a->n_status[i]++;
 }
 
 static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
@@ -305,9 +431,14 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
         }
         memcpy(p->extra, buf + used, p->extra_len);
     }
+    if (p->res->metrics && (p->out = acc_metrics(a, &p->out_len)) == NULL) {
+        pending_free(p);
+        return;
+    }
+    count_status(a, p->res->status);
     hs_request_free(p->req);
     p->req = NULL;
-    if (!p->res->upgrade)
+    if (!p->res->upgrade && p->res->status != 200)
         log_info("conn %llu: %s refused with %d: %s", (unsigned long long)p->id, p->peer,
                  p->res->status, p->res->reason ? p->res->reason : "");
     pending_respond(p);
@@ -317,8 +448,10 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
     pending *p = arg;
     uint8_t buf[4096];
     if (what & EV_TIMEOUT) {
-        if (!p->draining)
+        if (!p->draining) {
             log_info("conn %llu: %s handshake timeout", (unsigned long long)p->id, p->peer);
+            p->a->n_timeouts++;
+        }
         pending_free(p);
         return;
     }
@@ -342,6 +475,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
             ERR_clear_error();
             log_info("conn %llu: %s TLS handshake failed: %s", (unsigned long long)p->id,
                      p->peer, why);
+            p->a->n_tls_failed++;
             pending_free(p);
             return;
         }
@@ -423,6 +557,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
             log_info("conn %llu: %s closed: %d handshakes pending", (unsigned long long)a->oldest->id,
                      a->oldest->peer, a->npending);
             pending_free(a->oldest);
+            a->n_evicted++;
         }
         p->next = a->pendings;
         if (a->pendings) a->pendings->prev = p;
@@ -441,7 +576,7 @@ static void acc_on_resume(evutil_socket_t fd, short what, void *arg) {
     for (int k = 0; k < a->nls; k++) event_add(a->ls[k].ev, NULL);
 }
 
-acceptor *acceptor_new(const config *cfg, tls *t, worker **workers, int nworkers,
+acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, int nworkers,
                        int64_t max_clients, char *err, size_t errlen) {
     acceptor *a = calloc(1, sizeof(*a));
     if (a == NULL) {
@@ -449,6 +584,7 @@ acceptor *acceptor_new(const config *cfg, tls *t, worker **workers, int nworkers
         return NULL;
     }
     a->cfg = cfg;
+    a->broker = b;
     a->workers = workers;
     a->nworkers = nworkers;
     a->max_clients = max_clients;

@@ -52,6 +52,12 @@ void broker_free(broker *b) {
 
 const char *broker_name(const broker *b) { return b->ops->name; }
 
+void broker_get_stats(broker *b, broker_stats *out) {
+    out->delivered = atomic_load_explicit(&b->delivered, memory_order_relaxed); /* a counter */
+    out->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
+    out->lost = atomic_load_explicit(&b->lost, memory_order_relaxed);
+}
+
 int broker_attach(broker *b, int wid, struct event_base *base) {
     return b->ops->attach(b, wid, base);
 }
@@ -89,5 +95,6 @@ int broker_fanout(broker *b, msg *m) {
         }
         if (rc == 1) b->wake[i] = 1;
     }
+    atomic_fetch_add_explicit(&b->delivered, 1, memory_order_relaxed); /* a counter */
     return 0;
 }

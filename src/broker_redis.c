@@ -388,6 +388,7 @@ static void check_gap(broker *b, redisReply *info) {
         log_warn("redis: gap: %s was trimmed past the last delivered id %s; %" PRIu64
                  " messages after it were lost unread (stream_maxlen too small for the load?)",
                  b->cfg->stream, rb->last_id, gone - rb->pos);
+        atomic_fetch_add_explicit(&b->lost, gone - rb->pos, memory_order_relaxed); /* a counter */
         rb->pos = gone;
     }
 }
@@ -521,7 +522,10 @@ static void *redis_run(void *arg) {
                 backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
                 continue;
             }
-            if (down_logged) log_info("redis: connected again, resuming after %s", rb->last_id);
+            if (down_logged) {
+                log_info("redis: connected again, resuming after %s", rb->last_id);
+                atomic_fetch_add_explicit(&b->reconnects, 1, memory_order_relaxed); /* a counter */
+            }
             down_logged = 0;
             backoff = BACKOFF_MIN_MS;
         }

@@ -159,6 +159,7 @@ static int conn_publish(conn *c, const uint8_t *text, size_t len) {
     }
     if (broker_publish(w->broker, w->id, r->name, strlen(r->name), c->user, c->user_len,
                        (const char *)text, len) < 0) {
+        atomic_fetch_add_explicit(&w->busy_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
         conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");
     }
@@ -253,16 +254,19 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
 
 /* Accounts for `left` bytes written, in the order conn_flush queued them:
  * the rest of a partly written entry, control frames, further entries. */
-static void conn_advance(conn *c, size_t left) {
+/* Moves c past `left` bytes written. Returns the message frames finished. */
+static size_t conn_advance(conn *c, size_t left) {
     room *r = c->room;
+    size_t done = 0;
     if (c->off > 0) {
         const msg *m = c->tail ? c->tail : room_entry_at(r, c->cursor)->m;
         size_t rest = m->frame_len - c->off;
         if (left < rest) {
             c->off += (uint32_t)left;
-            return;
+            return 0;
         }
         left -= rest;
+        done++;
         if (c->tail) {
             msg_unref(c->tail);
             c->tail = NULL;
@@ -281,11 +285,13 @@ static void conn_advance(conn *c, size_t left) {
         size_t rest = room_entry_at(r, c->cursor)->m->frame_len - c->off;
         if (left < rest) {
             c->off += (uint32_t)left;
-            return;
+            return done;
         }
         left -= rest;
+        done++;
         room_advance(r, c);
     }
+    return done;
 }
 
 /* Writes one TLS record's worth of what iov holds (or, after a refused
@@ -338,7 +344,7 @@ int conn_flush(conn *c) {
     while (!c->want_write && turn < CONN_WRITE_CAP) {
         struct iovec iov[CONN_IOV];
         int n = 0;
-        size_t total = 0, frames = 0;
+        size_t total = 0;
         room *r = c->room;
         uint64_t s = c->cursor;
         if (c->off > 0) { /* finish the frame in progress first */
@@ -353,7 +359,7 @@ int conn_flush(conn *c) {
             total += iov[n++].iov_len;
         }
         if (r && c->state == CONN_OPEN) {
-            for (; s < r->head && n < CONN_IOV && total < CONN_WRITE_CAP; s++, frames++) {
+            for (; s < r->head && n < CONN_IOV && total < CONN_WRITE_CAP; s++) {
                 room_entry *e = room_entry_at(r, s);
                 iov[n].iov_base = e->m->frame;
                 iov[n].iov_len = e->m->frame_len;
@@ -372,7 +378,7 @@ int conn_flush(conn *c) {
             conn_free(c);
             return -1;
         }
-        conn_advance(c, (size_t)wr);
+        size_t frames = conn_advance(c, (size_t)wr);
         atomic_fetch_add_explicit(&w->frames_out, frames, memory_order_relaxed); /* a counter */
         turn += (size_t)wr;
         if ((size_t)wr < total) conn_want_write(c, 1); /* the kernel is full */

@@ -660,6 +660,16 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
         out->reason = "health check";
         return;
     }
+    if (plen == 8 && memcmp(url, "/metrics", 8) == 0) {
+        if (!is_get) {
+            refuse(out, 405, "method not allowed");
+            return;
+        }
+        text_response(out, 200, "", "");
+        out->reason = "metrics";
+        out->metrics = 1;
+        return;
+    }
     if (plen != 1 || url[0] != '/') {
         refuse(out, 404, "not found");
         return;

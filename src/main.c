@@ -118,7 +118,7 @@ int main(int argc, char **argv) {
         if ((workers[i] = worker_new(i + 1, &cfg, err, sizeof(err))) == NULL) goto fatal;
     if ((b = broker_new(&cfg, workers, nworkers, err, sizeof(err))) == NULL) goto fatal;
     if (cfg.tls_port && (t = tls_new(&cfg, err, sizeof(err))) == NULL) goto fatal;
-    if ((a = acceptor_new(&cfg, t, workers, nworkers, max_clients, err, sizeof(err))) == NULL)
+    if ((a = acceptor_new(&cfg, t, b, workers, nworkers, max_clients, err, sizeof(err))) == NULL)
         goto fatal;
     if (broker_start(b) < 0) goto fatal_thread;
     for (; started < nworkers; started++)

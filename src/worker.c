@@ -113,11 +113,12 @@ static void *worker_main(void *arg) {
     while (w->conns) conn_free(w->conns);
     broker_detach(w->broker, w->id);
     log_info("worker %d: %llu messages in, %llu frames out, %llu slow clients closed, "
-             "%llu over rate_limit",
+             "%llu over rate_limit, %llu refused with 1013",
              w->id, (unsigned long long)atomic_load(&w->msgs_in),
              (unsigned long long)atomic_load(&w->frames_out),
              (unsigned long long)atomic_load(&w->slow_closes),
-             (unsigned long long)atomic_load(&w->rate_closes));
+             (unsigned long long)atomic_load(&w->rate_closes),
+             (unsigned long long)atomic_load(&w->busy_closes));
     return NULL;
 }
 

@@ -745,6 +745,19 @@ def http_exchange(port, data, timeout=5.0):
         return w.read_http()
 
 
+def metrics(port):
+    """GET /metrics, parsed: {'name': value, 'name{label="v"}': value}."""
+    r = http_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert r.status == 200, r
+    assert r.header("content-type").startswith("text/plain; version=0.0.4"), r
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = int(value)
+    return out
+
+
 # --------------------------------------------------------------------------
 # asyncio and websockets
 

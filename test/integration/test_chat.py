@@ -13,7 +13,7 @@ import pytest
 from conftest import (
     CHATD_BIN, HOST, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WS_KEY,
     RawWs, arun, close_payload, expect_close, expect_silence, free_port, frame,
-    http_exchange, http_request_bytes, parse_close, recv_text, run_chatd_cmd,
+    http_exchange, http_request_bytes, metrics, parse_close, recv_text, run_chatd_cmd,
     sanitizer_report, wait_until, write_config, ws_connect,
 )
 
@@ -239,6 +239,44 @@ def test_healthz(chatd):
     srv = chatd()
     r = http_exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert r.status == 200, r
+
+
+def test_metrics(chatd):
+    """GET /metrics counts what the node did: clients now, answers by
+    status, messages in, messages fanned out, frames written."""
+    srv = chatd(workers=2)
+    m = metrics(srv.port)
+    assert m["chatd_clients"] == 0
+    assert m["chatd_messages_received_total"] == 0
+    assert http_exchange(srv.port, _req(key=None)).status == 400
+    assert http_exchange(srv.port, _req("/nowhere?username=x")).status == 404
+    r = http_exchange(srv.port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert r.status == 405
+
+    async def main():
+        a = await ws_connect(srv.url("a"))
+        b = await ws_connect(srv.url("b"))
+        for i in range(3):
+            await a.send(f"m{i}")
+        for i in range(3):
+            assert await recv_text(a) == f"a: m{i}"
+            assert await recv_text(b) == f"a: m{i}"
+        m = await asyncio.to_thread(metrics, srv.port)
+        assert m["chatd_clients"] == 2
+        assert sum(v for k, v in m.items() if k.startswith("chatd_worker_clients{")) == 2
+        assert m["chatd_messages_received_total"] == 3
+        assert m["chatd_messages_delivered_total"] == 3
+        assert m["chatd_frames_sent_total"] == 6
+        assert m['chatd_http_responses_total{status="101"}'] == 2
+        assert m['chatd_http_responses_total{status="400"}'] == 1
+        assert m['chatd_http_responses_total{status="404"}'] == 1
+        assert m['chatd_http_responses_total{status="405"}'] == 1
+        assert m['chatd_http_responses_total{status="200"}'] == 1  # the first GET /metrics
+        await a.close()
+        await b.close()
+
+    arun(main(), 30)
+    wait_until(lambda: metrics(srv.port)["chatd_clients"] == 0, 5)
 
 
 def test_header_too_large_431(chatd):

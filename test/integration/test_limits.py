@@ -10,7 +10,9 @@ import time
 import pytest
 import websockets
 
-from conftest import HOST, OP_CLOSE, OP_TEXT, RawWs, arun, expect_close, parse_close, wait_until
+from conftest import (
+    HOST, OP_CLOSE, OP_TEXT, RawWs, arun, expect_close, metrics, parse_close, wait_until,
+)
 
 
 def rss_kib(pid):
@@ -96,6 +98,9 @@ def test_slow_reader_is_cut_with_1008_and_memory_stays_bounded(chatd):
     assert grown_mib < bound, f"RSS grew by {grown_mib:.1f} MiB during the broadcast"
     assert result.get("code") == 1008, result
     slow.close()
+    m = metrics(node.port)
+    assert m['chatd_clients_closed_total{reason="max_output_buffer"}'] == 1, m
+    assert m['chatd_clients_closed_total{reason="rate_limit"}'] == 0, m
 
 
 def test_flood_past_rate_limit_closed_1008_client_at_limit_kept(chatd):
@@ -128,6 +133,9 @@ def test_flood_past_rate_limit_closed_1008_client_at_limit_kept(chatd):
 
     arun(main(), timeout=60)
     node.wait_log(r"over rate_limit, closing with 1008")
+    m = metrics(node.port)
+    assert m['chatd_clients_closed_total{reason="rate_limit"}'] == 1, m
+    assert m['chatd_clients_closed_total{reason="max_output_buffer"}'] == 0, m
 
 
 @pytest.mark.parametrize("max_pending", [None, 500])

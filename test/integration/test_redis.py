@@ -8,7 +8,7 @@ import time
 import pytest
 import websockets
 
-from conftest import CHATD_URL, arun, free_port, recv_text, ws_connect
+from conftest import CHATD_URL, arun, free_port, metrics, recv_text, ws_connect
 
 pytestmark = [
     pytest.mark.redis,
@@ -281,8 +281,9 @@ def test_client_kill_mid_stream(redis, chatd):
     ref, refused = arun(_traffic_with_fault(nodes, fault), 90)
     assert kills and kills[0] >= 2 * 3, f"CLIENT KILL killed {kills} connections"
     assert len(ref) >= 100
-    for n in nodes:  # the disconnect is logged
+    for n in nodes:  # the disconnect is logged, and counted once it is over
         assert re.search(r"(?i)redis.*(lost|disconnect|closed)", n.log()), n.log()
+        assert metrics(n.port)["chatd_redis_reconnects_total"] >= 1
 
 
 @pytest.mark.slow
@@ -398,6 +399,8 @@ def test_publish_queue_full_closes_1013(redis, chatd):
         assert bob.got[0] == "alice: before"
         assert 1 <= len(queued) <= 8, f"publish_queue 8 but {len(queued)} delivered: {queued}"
         assert queued == sent_during[:len(queued)], f"not a prefix of what was sent: {queued}"
+        m = await asyncio.to_thread(metrics, a.port)
+        assert m['chatd_clients_closed_total{reason="publish_queue"}'] == 1, m
         await bob.close()
 
     arun(main(), 60)
@@ -477,4 +480,5 @@ def test_trimmed_burst_is_never_silent(redis, chatd):
         # The node counts what it lost: the gaps it logs add up to exactly the missing messages.
         logged = sum(int(x) for x in re.findall(r"gap: .*?; (\d+) messages after it were lost", a.log()))
         assert logged == len(missing), f"gaps logged {logged}, missing {len(missing)}"
+    assert metrics(a.port)["chatd_messages_lost_total"] == n - len(got)
     print(f"trimmed burst: {n - len(got)} of {n} lost, gaps logged: {a.log().count('gap:')}")

@@ -296,6 +296,31 @@ static void test_healthz(void **state) {
     /* Only GET. */
     assert_int_equal(judge(REQ("POST", "/healthz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
     assert_refusal(&res, 405);
+    assert_int_equal(res.metrics, 0);
+}
+
+/* /metrics is marked for the acceptor, which has the counters; only GET,
+ * and only that exact path. */
+static void test_metrics(void **state) {
+    (void)state;
+    hs_result res;
+    assert_int_equal(judge(REQ("GET", "/metrics", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_int_equal(res.status, 200);
+    assert_int_equal(res.upgrade, 0);
+    assert_int_equal(res.metrics, 1);
+    assert_response_text(&res);
+    assert_int_equal(judge(REQ("GET", "/metrics?x=1", "HTTP/1.1", "Host: x\r\n"), &res),
+                     HS_DONE);
+    assert_int_equal(res.metrics, 1);
+
+    assert_int_equal(judge(REQ("POST", "/metrics", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_refusal(&res, 405);
+    assert_int_equal(res.metrics, 0);
+    assert_int_equal(judge(REQ("GET", "/metricsz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_refusal(&res, 404);
+    assert_int_equal(res.metrics, 0);
+    assert_int_equal(judge(GOOD, &res), HS_DONE);
+    assert_int_equal(res.metrics, 0);
 }
 
 /* ---- refusals --------------------------------------------------------- */
@@ -907,6 +932,7 @@ int main(void) {
         cmocka_unit_test_setup(test_upgrade_split_everywhere, setup),
         cmocka_unit_test_setup(test_bytes_behind_request_preserved, setup),
         cmocka_unit_test_setup(test_healthz, setup),
+        cmocka_unit_test_setup(test_metrics, setup),
         cmocka_unit_test_setup(test_refusals, setup),
         cmocka_unit_test_setup(test_refusal_reasons, setup),
         cmocka_unit_test_setup(test_origin, setup),
