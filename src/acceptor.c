@@ -400,7 +400,7 @@ static void count_status(acceptor *a, int status) {
 
 static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
     acceptor *a = p->a;
-    p->res = malloc(sizeof(*p->res));
+    p->res = calloc(1, sizeof(*p->res));
     if (p->res == NULL) {
         pending_free(p);
         return;

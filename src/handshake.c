@@ -372,6 +372,7 @@ static void text_response(hs_result *out, int status, const char *extra, const c
         out->response_len = sizeof out->response - 1;
     out->status = status;
     out->upgrade = 0;
+    out->metrics = 0;
 }
 
 void hs_error_response(hs_result *out, int status, const char *reason) {

@@ -786,6 +786,14 @@ static void test_error_response(void **state) {
     hs_error_response(&res, 503, "server full");
     assert_refusal(&res, 503);
 
+    /* It sets every field a caller acts on: the acceptor fills a result
+     * it has not cleared when the request is malformed. */
+    memset(&res, 0xA5, sizeof res);
+    hs_error_response(&res, 400, "malformed request");
+    assert_refusal(&res, 400);
+    assert_int_equal(res.upgrade, 0);
+    assert_int_equal(res.metrics, 0);
+
     /* A reason too long for the buffer is cut, and the length still
      * matches. */
     static char longreason[2000];
