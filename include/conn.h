@@ -52,8 +52,10 @@ typedef struct conn {
     void *ssl;                 /* SSL * for wss, else NULL */
     uint8_t *tls_out;          /* bytes of a TLS write the kernel refused,
                                   offered again as they were (OpenSSL wants
-                                  the same bytes on retry) */
+                                  the same bytes on retry); already counted
+                                  as written, so they go before anything */
     uint32_t tls_out_len;
+    uint32_t tls_out_off;      /* of which written since */
     _Atomic int *ip_count;     /* per-address count to lower at close */
     int64_t rate_ms;           /* last token bucket refill */
     int32_t tokens;            /* rate_limit bucket, in 1/1000 messages */

@@ -300,19 +300,21 @@ static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
     if (n > 0) *len = *len + (size_t)n >= cap ? cap - 1 : *len + (size_t)n;
 }
 
-#define METRICS_MAX 8192
+/* Bytes of /metrics: a fixed part and a line per worker. */
+#define METRICS_FIXED 6144
+#define METRICS_PER_WORKER 64
 
 /* The answer to GET /metrics, in Prometheus' text format, or NULL when out
  * of memory. Counters of other threads are relaxed loads: each number is
  * exact for some recent moment, and the set is not a snapshot. */
 static char *acc_metrics(acceptor *a, size_t *out_len) {
-    char *body = malloc(METRICS_MAX), *out = malloc(METRICS_MAX + 256);
+    size_t n = 0, cap = METRICS_FIXED + METRICS_PER_WORKER * (size_t)a->nworkers;
+    char *body = malloc(cap), *out = malloc(cap + 256);
     if (body == NULL || out == NULL) {
         free(body);
         free(out);
         return NULL;
     }
-    size_t n = 0, cap = METRICS_MAX;
     uint64_t in = 0, frames = 0, slow = 0, rate = 0, busy = 0;
     for (int i = 0; i < a->nworkers; i++) {
         worker *w = a->workers[i];

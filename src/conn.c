@@ -54,20 +54,26 @@ static void conn_want_write(conn *c, int on) {
     c->want_write = (uint8_t)on;
 }
 
-/* Queues control frame bytes; -1 if they do not fit (a pong may be
- * skipped: RFC 6455 5.5.3 lets us answer only the latest ping). */
-static int conn_queue_ctl(conn *c, const uint8_t *p, size_t len) {
+/* Room a ping or pong must leave in ctl, so that the close frame always
+ * fits behind whatever is queued (dropping queued bytes could cut a frame
+ * that is partly written). */
+#define CONN_CTL_CLOSE_ROOM (2 + WS_MAX_CONTROL)
+
+/* Queues control frame bytes, keeping `reserve` bytes free; -1 if they do
+ * not fit (a pong may be skipped: RFC 6455 5.5.3 lets us answer only the
+ * latest ping). */
+static int conn_queue_ctl(conn *c, const uint8_t *p, size_t len, size_t reserve) {
     if (c->ctl == NULL) {
         c->ctl = malloc(CONN_CTL_MAX);
         if (c->ctl == NULL) return -1;
         c->ctl_len = c->ctl_off = 0;
     }
-    if (c->ctl_off > 0 && c->ctl_len + len > CONN_CTL_MAX) {
+    if (c->ctl_off > 0 && c->ctl_len + len + reserve > CONN_CTL_MAX) {
         memmove(c->ctl, c->ctl + c->ctl_off, c->ctl_len - c->ctl_off);
         c->ctl_len = (uint16_t)(c->ctl_len - c->ctl_off);
         c->ctl_off = 0;
     }
-    if (c->ctl_len + len > CONN_CTL_MAX) return -1;
+    if (c->ctl_len + len + reserve > CONN_CTL_MAX) return -1;
     memcpy(c->ctl + c->ctl_len, p, len);
     c->ctl_len = (uint16_t)(c->ctl_len + len);
     return 0;
@@ -117,11 +123,9 @@ void conn_close(conn *c, unsigned code, const char *why) {
     if (c->state != CONN_OPEN) return;
     uint8_t frame[2 + WS_MAX_CONTROL];
     size_t n = ws_write_close(frame, code, why ? why : "");
-    /* The close frame must always fit: drop queued pongs if needed. */
-    if (conn_queue_ctl(c, frame, n) < 0) {
-        c->ctl_len = c->ctl_off = 0;
-        conn_queue_ctl(c, frame, n);
-    }
+    /* It fits: pings and pongs leave room for it. Only malloc can fail,
+     * and then the close deadline ends the connection. */
+    conn_queue_ctl(c, frame, n, 0);
     c->close_queued = 1;
     c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
     conn_set_state(c, CONN_CLOSING);
@@ -198,9 +202,9 @@ static int conn_pong(conn *c, const ws_event *ev) {
     uint8_t frame[WS_MAX_HEADER + WS_MAX_CONTROL];
     size_t h = ws_write_header(frame, WS_OP_PONG, ev->len);
     memcpy(frame + h, ev->data, ev->len);
-    if (conn_queue_ctl(c, frame, h + ev->len) == 0) return 0;
+    if (conn_queue_ctl(c, frame, h + ev->len, CONN_CTL_CLOSE_ROOM) == 0) return 0;
     if (conn_flush(c) < 0) return -1;
-    conn_queue_ctl(c, frame, h + ev->len);
+    conn_queue_ctl(c, frame, h + ev->len, CONN_CTL_CLOSE_ROOM);
     return 0;
 }
 
@@ -224,6 +228,10 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
             break; /* any read already proved the peer alive */
         case WS_EV_CLOSE:
             if (c->state == CONN_CLOSING) { /* the answer to our close */
+                if (c->ctl || c->tls_out) { /* ours is not out yet: it goes first */
+                    c->close_after_flush = 1;
+                    return conn_flush(c);
+                }
                 conn_free(c);
                 return -1;
             }
@@ -231,7 +239,10 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
              * once it is written, as a server should (7.1.1). */
             if (ev.code == WS_CLOSE_NO_STATUS) {
                 static const uint8_t empty_close[2] = {0x88, 0x00};
-                conn_queue_ctl(c, empty_close, sizeof(empty_close));
+                if (conn_queue_ctl(c, empty_close, sizeof(empty_close), 0) < 0) {
+                    conn_free(c);
+                    return -1;
+                }
                 c->close_queued = 1;
                 c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
                 conn_set_state(c, CONN_CLOSING);
@@ -294,47 +305,57 @@ static size_t conn_advance(conn *c, size_t left) {
     return done;
 }
 
-/* Writes one TLS record's worth of what iov holds (or, after a refused
- * write, exactly the bytes refused, as OpenSSL requires). Returns bytes
- * written, or -1 with errno EAGAIN (wait for writable) or another error.
- * *total becomes the number of bytes offered. */
+#define CONN_TLS_KEPT -2
+
+/* wss: writes one TLS record's worth of what iov holds. Returns the bytes
+ * written; or CONN_TLS_KEPT when OpenSSL could not write them now: they are
+ * copied to tls_out (a refused write must be offered again with the same
+ * bytes) and *total says how many, which the caller counts as written;
+ * or -1 with errno set on error. */
 static ssize_t conn_write_tls(conn *c, const struct iovec *iov, int n, size_t *total) {
-    uint8_t *buf = c->tls_out;
-    size_t len = c->tls_out_len;
-    if (buf == NULL) {
-        buf = c->w->tlsbuf;
-        len = 0;
-        for (int i = 0; i < n && len < WORKER_TLS_RECORD; i++) {
-            size_t k = iov[i].iov_len;
-            if (k > WORKER_TLS_RECORD - len) k = WORKER_TLS_RECORD - len;
-            memcpy(buf + len, iov[i].iov_base, k);
-            len += k;
-        }
+    uint8_t *buf = c->w->tlsbuf;
+    size_t len = 0;
+    for (int i = 0; i < n && len < WORKER_TLS_RECORD; i++) {
+        size_t k = iov[i].iov_len;
+        if (k > WORKER_TLS_RECORD - len) k = WORKER_TLS_RECORD - len;
+        memcpy(buf + len, iov[i].iov_base, k);
+        len += k;
     }
     *total = len;
     int wr = SSL_write(c->ssl, buf, (int)len);
+    if (wr > 0) return wr;
+    int e = SSL_get_error(c->ssl, wr);
+    ERR_clear_error();
+    if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ) {
+        errno = EPIPE;
+        return -1;
+    }
+    if ((c->tls_out = malloc(len)) == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(c->tls_out, buf, len);
+    c->tls_out_len = (uint32_t)len;
+    c->tls_out_off = 0;
+    return CONN_TLS_KEPT;
+}
+
+/* wss: offers tls_out again. Returns bytes written, or -1 with errno
+ * EAGAIN (not yet) or another error. */
+static ssize_t conn_retry_tls(conn *c) {
+    int wr = SSL_write(c->ssl, c->tls_out + c->tls_out_off, (int)(c->tls_out_len - c->tls_out_off));
     if (wr > 0) {
-        free(c->tls_out);
-        c->tls_out = NULL;
-        c->tls_out_len = 0;
+        c->tls_out_off += (uint32_t)wr;
+        if (c->tls_out_off == c->tls_out_len) {
+            free(c->tls_out);
+            c->tls_out = NULL;
+            c->tls_out_len = c->tls_out_off = 0;
+        }
         return wr;
     }
     int e = SSL_get_error(c->ssl, wr);
     ERR_clear_error();
-    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
-        if (c->tls_out == NULL) { /* keep the refused bytes for the retry */
-            c->tls_out = malloc(len);
-            if (c->tls_out == NULL) {
-                errno = ENOMEM;
-                return -1;
-            }
-            memcpy(c->tls_out, buf, len);
-            c->tls_out_len = (uint32_t)len;
-        }
-        errno = EAGAIN;
-        return -1;
-    }
-    errno = EPIPE;
+    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
     return -1;
 }
 
@@ -342,6 +363,12 @@ int conn_flush(conn *c) {
     worker *w = c->w;
     size_t turn = 0;
     while (!c->want_write && turn < CONN_WRITE_CAP) {
+        ssize_t wr;
+        if (c->tls_out) { /* counted already: only the bytes are owed */
+            if ((wr = conn_retry_tls(c)) < 0) goto write_failed;
+            turn += (size_t)wr;
+            continue;
+        }
         struct iovec iov[CONN_IOV];
         int n = 0;
         size_t total = 0;
@@ -367,21 +394,23 @@ int conn_flush(conn *c) {
             }
         }
         if (n == 0) break;
-        ssize_t wr = c->ssl ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
-        if (wr < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                conn_want_write(c, 1);
-                break;
-            }
-            log_debug("conn %llu: write: %s", (unsigned long long)c->id, strerror(errno));
-            conn_free(c);
-            return -1;
-        }
+        wr = c->ssl ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
+        if (wr == CONN_TLS_KEPT) wr = (ssize_t)total; /* owed, in tls_out */
+        else if (wr < 0) goto write_failed;
         size_t frames = conn_advance(c, (size_t)wr);
         atomic_fetch_add_explicit(&w->frames_out, frames, memory_order_relaxed); /* a counter */
         turn += (size_t)wr;
-        if ((size_t)wr < total) conn_want_write(c, 1); /* the kernel is full */
+        if ((size_t)wr < total || c->tls_out) conn_want_write(c, 1); /* the kernel is full */
+        continue;
+    write_failed:
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            conn_want_write(c, 1);
+            break;
+        }
+        log_debug("conn %llu: write: %s", (unsigned long long)c->id, strerror(errno));
+        conn_free(c);
+        return -1;
     }
     /* More than one turn's worth: come back when the loop has served others. */
     if (turn >= CONN_WRITE_CAP) conn_want_write(c, 1);
@@ -390,18 +419,19 @@ int conn_flush(conn *c) {
         free(c->ctl);
         c->ctl = NULL;
         c->ctl_len = c->ctl_off = 0;
-        if (c->close_queued && !c->shut_wr) {
-            if (c->close_after_flush) {
-                conn_free(c);
-                return -1;
-            }
-            if (c->ssl) {
-                SSL_shutdown(c->ssl); /* close_notify, best effort */
-                ERR_clear_error();
-            }
-            shutdown(c->fd, SHUT_WR);
-            c->shut_wr = 1;
+    }
+    /* Our close frame is out (not only counted: tls_out is empty too). */
+    if (c->close_queued && c->ctl == NULL && c->tls_out == NULL && !c->shut_wr) {
+        if (c->close_after_flush) {
+            conn_free(c);
+            return -1;
         }
+        if (c->ssl) {
+            SSL_shutdown(c->ssl); /* close_notify, best effort */
+            ERR_clear_error();
+        }
+        shutdown(c->fd, SHUT_WR);
+        c->shut_wr = 1;
     }
     return 0;
 }
@@ -486,7 +516,7 @@ int conn_tick(conn *c, int64_t now) {
     }
     if (now - c->last_read_ms >= cfg->ping_interval_ms) {
         static const uint8_t ping[2] = {0x89, 0x00};
-        if (conn_queue_ctl(c, ping, sizeof(ping)) == 0) {
+        if (conn_queue_ctl(c, ping, sizeof(ping), CONN_CTL_CLOSE_ROOM) == 0) {
             c->ping_outstanding = 1;
             c->deadline_ms = now + cfg->ping_timeout_ms;
         }

@@ -279,6 +279,15 @@ def test_metrics(chatd):
     wait_until(lambda: metrics(srv.port)["chatd_clients"] == 0, 5)
 
 
+def test_metrics_with_many_workers(chatd):
+    """A line per worker: with the most workers allowed the answer is still
+    whole (every metric there, Content-Length right)."""
+    srv = chatd(workers=256)
+    m = metrics(srv.port)
+    assert len([k for k in m if k.startswith("chatd_worker_clients{")]) == 256
+    assert "chatd_messages_lost_total" in m
+
+
 def test_header_too_large_431(chatd):
     srv = chatd(max_header_bytes="1k")
     big = _req(extra=["X-Padding: " + "p" * 2000])

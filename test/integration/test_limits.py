@@ -4,6 +4,7 @@ per-address caps. Real chatd, real sockets; every wait bounded."""
 import asyncio
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 import websockets
 
 from conftest import (
-    HOST, OP_CLOSE, OP_TEXT, RawWs, arun, expect_close, metrics, parse_close, wait_until,
+    HOST, OP_CLOSE, OP_TEXT, RawWs, arun, expect_close, frame, metrics, parse_close, wait_until,
 )
 
 
@@ -136,6 +137,23 @@ def test_flood_past_rate_limit_closed_1008_client_at_limit_kept(chatd):
     m = metrics(node.port)
     assert m['chatd_clients_closed_total{reason="rate_limit"}'] == 1, m
     assert m['chatd_clients_closed_total{reason="max_output_buffer"}'] == 0, m
+
+
+def test_close_frame_sent_when_peer_close_comes_in_the_same_read(chatd):
+    """The node closes a flooder with 1008 while the flooder's own close is
+    already in the same read: the node's close frame still goes out before
+    TCP closes (RFC 6455 5.5.1), it is not dropped with the connection."""
+    node = chatd(rate_limit=1, rate_burst=1)
+    with RawWs(node.port) as w:
+        w.handshake("/?username=flooder")
+        w.send(frame(OP_TEXT, b"one") + frame(OP_TEXT, b"two")
+               + frame(OP_CLOSE, struct.pack("!H", 1000) + b"bye"))
+        op, p = w.recv_frame(timeout=5)
+        if op == OP_TEXT:  # its own first message may come first
+            assert p == b"flooder: one"
+            op, p = w.recv_frame(timeout=5)
+        assert op == OP_CLOSE and parse_close(p)[0] == 1008, (op, p)
+        w.expect_eof(5)
 
 
 @pytest.mark.parametrize("max_pending", [None, 500])

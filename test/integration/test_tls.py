@@ -21,8 +21,9 @@ import warnings
 import pytest
 
 from conftest import (
-    CHATD_URL, HOST, OP_TEXT, RawWs, arun, expect_close, frame, free_port,
-    http_request_bytes, recv_text, run_chatd_cmd, sanitizer_report, write_config, ws_connect,
+    CHATD_URL, HOST, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWs, arun, expect_close, frame,
+    free_port, http_request_bytes, parse_close, recv_text, run_chatd_cmd, sanitizer_report,
+    write_config, ws_connect,
 )
 from test_redis import wait_nodes_ready
 
@@ -475,6 +476,57 @@ def test_tls_reader_that_falls_behind(chatd, pki):
         for k in range(n):
             t = slow.recv_text(timeout=20)
             assert t == f"fast: {k:05d}" + "m" * (size - 5), f"message {k}: {t[:40]!r}..."
+
+
+@pytest.mark.parametrize("then", ["ping", "invalid-utf8"])
+def test_control_frame_while_a_tls_write_waits(chatd, pki, then):
+    """A wss client's socket is full, so the server holds a refused TLS
+    write to offer again; then the client pings (the pong is queued) or
+    sends bad UTF-8 (the close 1007 is queued). Every frame must still
+    arrive intact and in order, the pong or the close frame included: the
+    held bytes are owed before anything queued after them."""
+    srv = tls_node(chatd, pki["a"], max_output_buffer="64m", workers=1)
+    n, size = 8000, 1000
+    body = lambda k: f"{k:05d}" + "x" * (size - 5)
+    with TlsWs(srv.tls_port, rcvbuf=4096, timeout=30) as slow:
+        slow.handshake("/?username=slow")
+
+        async def send_all():
+            ws = await ws_connect(srv.url("pub"))
+            for k in range(n):
+                await ws.send(body(k))
+            for _ in range(n):  # its own copies: the server has them all
+                await recv_text(ws, 20)
+            await ws.close()
+
+        arun(send_all(), 120)
+        time.sleep(0.3)  # the server's writes to slow are refused by now
+        if then == "ping":
+            slow.send_frame(OP_PING, b"are you there")
+        else:
+            slow.send_frame(OP_TEXT, b"\xff\xfe")
+        # Now read at full speed: a 4 KiB window can crawl on loopback, and
+        # the node gives a client it is closing 3 s to take the close frame.
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        got, pong, close = 0, None, None
+        for _ in range(n + 2):
+            op, p = slow.recv_frame(timeout=20)
+            if op == OP_TEXT:
+                assert p.decode() == "pub: " + body(got), f"frame {got}: {p[:40]!r}..."
+                got += 1
+            elif op == OP_PONG:
+                pong = p
+            elif op == OP_CLOSE:
+                close = parse_close(p)
+                break
+            else:
+                raise AssertionError(f"unexpected opcode {op}")
+            if then == "ping" and got == n and pong is not None:
+                break
+        if then == "ping":
+            assert (got, pong) == (n, b"are you there")
+        else:
+            assert close is not None and close[0] == 1007, close
 
 
 def test_shutdown_with_tls_clients(chatd, pki):
