@@ -60,6 +60,8 @@ typedef struct publisher {
     redisAsyncContext *ac;
     int connected;
     int was_down;                /* a disconnect was logged */
+    int refused;                 /* we dropped the connection: Redis refused an XADD */
+    int refusing;                /* that refusal was logged; no XADD stored since */
     pub_item *head, *tail;       /* unacknowledged, oldest first */
     pub_item *unsent;            /* first item not sent on this connection */
     int queued;
@@ -71,6 +73,7 @@ typedef struct publisher {
 typedef struct seen {
     char pub[48];
     uint64_t seq;
+    uint64_t used;               /* rbroker.clock when last seen */
 } seen;
 
 typedef struct rbroker {
@@ -85,6 +88,7 @@ typedef struct rbroker {
     int counted;                 /* Redis reports entries-added (7.0 and later) */
     seen *seen;
     size_t nseen;
+    uint64_t clock;              /* entries looked up, for `used` */
 } rbroker;
 
 /* ---- addresses ------------------------------------------------------ */
@@ -157,9 +161,24 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
     if (reply == NULL) return; /* connection gone: the item stays queued */
     pub_item *it = p->head;
     if (it == NULL) return;
-    if (reply->type == REDIS_REPLY_ERROR)
-        log_warn("redis: XADD of a message from %.*s refused: %s; dropped", (int)it->user_len,
-                 it->data + it->room_len, reply->str);
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* Loading, out of memory, a read-only replica, wrong credentials:
+         * not the client's fault, and mostly passing. Keep this message and
+         * all after it, drop the connection (their replies come back NULL)
+         * and send them again after a backoff; their mids make a repeat of
+         * one Redis did store harmless. If it never passes, the queue fills
+         * and senders get 1013: refused visibly, never dropped. */
+        if (!p->refusing)
+            log_warn("redis: worker %d: XADD refused: %s; keeping %d messages, retrying",
+                     p->wid, reply->str, p->queued);
+        p->refusing = 1;
+        p->refused = 1;
+        redisAsyncFree(ac); /* deferred by hiredis until this callback returns */
+        return;
+    }
+    p->backoff_ms = BACKOFF_MIN_MS; /* stored: Redis is well */
+    if (p->refusing) log_info("redis: worker %d: XADD accepted again", p->wid);
+    p->refusing = 0;
     p->head = it->next;
     if (p->head == NULL) p->tail = NULL;
     if (p->unsent == it) p->unsent = it->next;
@@ -232,7 +251,6 @@ static void pub_on_connect(const redisAsyncContext *ac, int status) {
     if (p->was_down) log_info("redis: worker %d connected again", p->wid);
     p->was_down = 0;
     p->connected = 1;
-    p->backoff_ms = BACKOFF_MIN_MS;
     p->unsent = p->head; /* everything unacknowledged goes again, in order */
     pub_flush(p);
 }
@@ -241,10 +259,15 @@ static void pub_on_disconnect(const redisAsyncContext *ac, int status) {
     publisher *p = ac->data;
     p->ac = NULL; /* hiredis frees it */
     p->connected = 0;
-    if (status == REDIS_OK) return; /* we asked for it */
-    if (!p->was_down) log_warn("redis: worker %d lost its connection: %s", p->wid, ac->errstr);
-    p->was_down = 1;
+    if (p->refused) { /* we dropped it: try again after a while */
+        p->refused = 0;
+    } else {
+        if (status == REDIS_OK) return; /* we asked for it: stopping */
+        if (!p->was_down) log_warn("redis: worker %d lost its connection: %s", p->wid, ac->errstr);
+        p->was_down = 1;
+    }
     pub_schedule(p, p->backoff_ms);
+    p->backoff_ms = p->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff_ms * 2;
 }
 
 static void pub_on_retry(evutil_socket_t fd, short what, void *arg) {
@@ -426,8 +449,14 @@ static int consumer_connect(broker *b) {
                     snprintf(rb->last_id, sizeof(rb->last_id), "%s", r->element[i + 1]->str);
             long long added = xinfo_int(r, "entries-added", &rb->counted);
             rb->pos = (uint64_t)added;
-        } else {
+        } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
             rb->counted = 1; /* no stream yet: counting starts at 0 */
+        } else {
+            /* LOADING, NOPERM, WRONGTYPE, ...: where the stream ends is not
+             * known, and 0-0 would replay all of it. Try again later. */
+            if (r->type == REDIS_REPLY_ERROR) goto fail_reply;
+            freeReplyObject(r);
+            goto fail;
         }
         freeReplyObject(r);
         if (rb->last_id[0] == '\0') snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
@@ -459,13 +488,21 @@ static int seen_before(rbroker *rb, const char *mid, size_t len) {
     for (size_t i = 0; i < rb->nseen; i++) {
         seen *s = &rb->seen[i];
         if (strncmp(s->pub, mid, plen) == 0 && s->pub[plen] == '\0') {
+            s->used = ++rb->clock;
             if (seq <= s->seq) return 1;
             s->seq = seq;
             return 0;
         }
     }
-    if (rb->nseen == SEEN_MAX) rb->nseen = 0; /* forget all; rare */
-    seen *s = &rb->seen[rb->nseen++];
+    seen *s = &rb->seen[rb->nseen];
+    if (rb->nseen == SEEN_MAX) { /* full (many restarts): forget the stalest */
+        s = &rb->seen[0];
+        for (size_t i = 1; i < rb->nseen; i++)
+            if (rb->seen[i].used < s->used) s = &rb->seen[i];
+    } else {
+        rb->nseen++;
+    }
+    s->used = ++rb->clock;
     memcpy(s->pub, mid, plen);
     s->pub[plen] = '\0';
     s->seq = seq;
@@ -509,7 +546,7 @@ static void consume_entry(broker *b, redisReply *e) {
 static void *redis_run(void *arg) {
     broker *b = arg;
     rbroker *rb = b->impl;
-    int backoff = BACKOFF_MIN_MS, down_logged = 0;
+    int backoff = BACKOFF_MIN_MS, down_logged = 0, read_failing = 0;
     log_thread("broker");
     while (!atomic_load_explicit(&b->stop, memory_order_acquire)) { /* see broker_stop */
         if (rb->ctx == NULL) {
@@ -562,8 +599,13 @@ static void *redis_run(void *arg) {
             }
             rb->pos += n;
             broker_flush_wakes(b);
+            if (read_failing) log_info("redis: reading %s again", b->cfg->stream);
+            read_failing = 0;
         } else {
-            log_error("redis: read failed: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            if (!read_failing) /* once per streak: LOADING lasts, WRONGTYPE stays */
+                log_error("redis: read failed: %s; retrying every second",
+                          r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            read_failing = 1;
             sleep_ms(b, 1000);
         }
         freeReplyObject(r);

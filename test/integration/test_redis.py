@@ -8,7 +8,7 @@ import time
 import pytest
 import websockets
 
-from conftest import CHATD_URL, arun, free_port, metrics, recv_text, ws_connect
+from conftest import CHATD_URL, arun, free_port, metrics, recv_text, wait_until, ws_connect
 
 pytestmark = [
     pytest.mark.redis,
@@ -458,14 +458,24 @@ def test_trimmed_burst_is_never_silent(redis, chatd):
     consumer read them may be lost, but never silently -- the node logs the
     gap (DESIGN: a message is never silently dropped)."""
     r = redis()
-    a = redis_node(chatd, r, "a", stream_maxlen=100)
     n = 2000
+    # publish_queue holds the whole burst: a 1013 here would be a refusal,
+    # not the trimming this test is about.
+    a = redis_node(chatd, r, "a", stream_maxlen=100, publish_queue=2 * n)
 
     async def main():
         await wait_nodes_ready([a])
         pa = await Peer.connect(a, "pa")
         for k in range(n):
             await pa.send(str(k))
+
+        def last_stored():
+            e = r.cli("XREVRANGE", STREAM, "+", "-", "COUNT", "1")
+            return e and dict(zip(e[0][1][0::2], e[0][1][1::2])).get(b"text") == str(n - 1).encode()
+
+        # All published first (a slow moment must not pass for a lost message),
+        # then whatever the node still delivers.
+        await asyncio.to_thread(wait_until, last_stored, 30, 0.05, "the last XADD")
         await wait_quiet(pa, n, 30)
         got = [int(m.split(": ", 1)[1]) for m in pa.got]
         await pa.close()
@@ -482,3 +492,65 @@ def test_trimmed_burst_is_never_silent(redis, chatd):
         assert logged == len(missing), f"gaps logged {logged}, missing {len(missing)}"
     assert metrics(a.port)["chatd_messages_lost_total"] == n - len(got)
     print(f"trimmed burst: {n - len(got)} of {n} lost, gaps logged: {a.log().count('gap:')}")
+
+
+def test_xadd_refused_by_redis_is_kept_and_sent_again(redis, chatd):
+    """Redis answers XADD with an error (here OOM: maxmemory far below what
+    it uses; also what LOADING, READONLY or NOAUTH look like): the message
+    is kept and sent again once Redis takes writes, never dropped; order
+    holds; the refusal is logged once."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        await wait_nodes_ready([a])
+        alice = await Peer.connect(a, "alice")
+        bob = await Peer.connect(a, "bob")
+        await alice.send("before")
+        await wait_for(lambda: len(bob.got) >= 1, 10, "the first message")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        for k in range(3):
+            assert await alice.send(f"while refused {k}")
+        await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
+        await asyncio.sleep(0.5)
+        assert bob.got == ["alice: before"]  # nothing stored: nothing delivered
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        await wait_for(lambda: len(bob.got) >= 4, 15, "the kept messages once Redis takes writes")
+        await alice.send("after")
+        await wait_for(lambda: len(bob.got) >= 5, 10, "a message after the refusals")
+        await asyncio.sleep(0.3)
+        assert bob.got == ["alice: before"] + [f"alice: while refused {k}" for k in range(3)] + \
+            ["alice: after"]
+        assert alice.got == bob.got
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 60)
+    assert a.log().count("XADD refused") == 1, a.log()
+    assert "XADD accepted again" in a.log()
+
+
+def test_start_while_redis_refuses_xinfo_does_not_replay(redis, chatd):
+    """At its first contact the consumer asks XINFO where the stream ends.
+    If Redis refuses (here an ACL without XINFO; in life LOADING after a
+    restart), the node must wait and ask again, not start from 0-0 and
+    replay the whole history to its clients."""
+    r = redis()
+    for k in range(3):
+        r.cli("XADD", STREAM, "*", "room", "lobby", "user", "old", "text", f"history{k}")
+    r.cli("ACL", "SETUSER", "default", "-xinfo")
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        alice = await Peer.connect(a, "alice")
+        await asyncio.to_thread(a.wait_log, r"NOPERM|read failed", 10)
+        await asyncio.to_thread(r.cli, "ACL", "SETUSER", "default", "+xinfo")
+        await asyncio.to_thread(a.wait_log, r"reading chatd:messages after", 15)
+        await alice.send("new")
+        await wait_for(lambda: len(alice.got) >= 1, 15, "the new message")
+        await asyncio.sleep(0.3)
+        assert alice.got == ["alice: new"], alice.got
+        await alice.close()
+
+    arun(main(), 60)
