@@ -146,6 +146,8 @@ static void pending_free(pending *p) {
     event_del(&p->ev);
     if (p->ssl) SSL_free(p->ssl);
     if (p->fd >= 0) close(p->fd);
+    if (p->ip_slot && p->res && p->res->upgrade) /* counted, never handed over */
+        atomic_fetch_sub_explicit(&p->ip_slot->n, 1, memory_order_relaxed); /* a count */
     hs_request_free(p->req);
     free(p->res);
     free(p->out);
@@ -205,9 +207,9 @@ static void pending_handoff(pending *p) {
     h->id = p->id;
     h->extra = p->extra;
     h->extra_len = p->extra_len;
-    if (p->ip_slot) {
+    if (p->ip_slot && p->res->upgrade) { /* counted at the judgement: h owns it now */
         h->ip_count = &p->ip_slot->n;
-        atomic_fetch_add_explicit(h->ip_count, 1, memory_order_relaxed); /* a counter */
+        p->ip_slot = NULL;
     }
     worker *w = acc_pick_worker(a);
     atomic_fetch_add_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
@@ -422,6 +424,8 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
             if (p->ip_slot && atomic_load_explicit(&p->ip_slot->n, memory_order_relaxed) >=
                                   a->cfg->max_clients_per_ip)
                 hs_error_response(p->res, 429, "too many connections from your address");
+            else if (p->ip_slot) /* counted now, so no other address takes the slot */
+                atomic_fetch_add_explicit(&p->ip_slot->n, 1, memory_order_relaxed); /* count */
         }
     }
     if (p->res->upgrade && used < len) {
