@@ -98,6 +98,17 @@ async def wait_nodes_ready(nodes, timeout=20):
         await p.close()
 
 
+async def alice_and_bob(node):
+    """Once node delivers through Redis: alice and bob on it, and alice's
+    "before" seen by bob."""
+    await wait_nodes_ready([node])
+    alice = await Peer.connect(node, "alice")
+    bob = await Peer.connect(node, "bob")
+    await alice.send("before")
+    await wait_for(lambda: len(bob.got) >= 1, 10, "the first message")
+    return alice, bob
+
+
 def check_delivery(peers, senders, refused_ok):
     """Every message exactly once, one order for all, each sender's in its
     send order. A sender closed with 1013 may have a suffix of its messages
@@ -378,11 +389,7 @@ def test_publish_queue_full_closes_1013(redis, chatd):
     a = redis_node(chatd, r, "a", workers=1, publish_queue=8)
 
     async def main():
-        await wait_nodes_ready([a])
-        alice = await Peer.connect(a, "alice")
-        bob = await Peer.connect(a, "bob")
-        await alice.send("before")
-        await wait_for(lambda: len(bob.got) >= 1, 10, "the first message")
+        alice, bob = await alice_and_bob(a)
         await asyncio.to_thread(r.stop)
         await asyncio.sleep(0.2)  # chatd notices the closed connections
         for k in range(40):
@@ -503,11 +510,7 @@ def test_xadd_refused_by_redis_is_kept_and_sent_again(redis, chatd):
     a = redis_node(chatd, r, "a", workers=1)
 
     async def main():
-        await wait_nodes_ready([a])
-        alice = await Peer.connect(a, "alice")
-        bob = await Peer.connect(a, "bob")
-        await alice.send("before")
-        await wait_for(lambda: len(bob.got) >= 1, 10, "the first message")
+        alice, bob = await alice_and_bob(a)
         await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
         await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
         for k in range(3):
