@@ -31,8 +31,10 @@ typedef struct handoff {
     void *ssl;             /* TLS session, or NULL for plain ws */
     size_t extra_len;      /* bytes read past the HTTP request */
     uint8_t *extra;        /* malloc'd, or NULL */
-    char *room;            /* malloc'd, with user: one block */
+    char *room;            /* malloc'd, with user and reply: one block */
     char *user;
+    char *reply;           /* the 101 response, for the worker to write */
+    size_t reply_len;
     _Atomic int *ip_count; /* clients from this address, or NULL */
 } handoff;
 

@@ -190,7 +190,7 @@ static void pending_handoff(pending *p) {
     hs_result *res = p->res;
     size_t ulen = strlen(res->username), rlen = strlen(res->room);
     handoff *h = calloc(1, sizeof(*h));
-    char *names = malloc(ulen + rlen + 2);
+    char *names = malloc(ulen + rlen + 2 + res->response_len);
     if (h == NULL || names == NULL) {
         free(h);
         free(names);
@@ -201,6 +201,9 @@ static void pending_handoff(pending *p) {
     memcpy(names + rlen + 1, res->username, ulen + 1);
     h->room = names;
     h->user = names + rlen + 1;
+    h->reply = names + rlen + ulen + 2;
+    memcpy(h->reply, res->response, res->response_len);
+    h->reply_len = res->response_len;
     h->fd = p->fd;
     h->ssl = p->ssl;
     p->ssl = NULL;
@@ -264,19 +267,22 @@ static int pending_again(pending *p, ssize_t n) {
     return 1;
 }
 
-/* Writes the response; then hands the connection over, or drains it. */
+/* Hands an upgrade over; writes any other response, then drains. The 101
+ * is the worker's to write, after the connection has joined its room: a
+ * client that has its 101 is in the room, so nothing sent after that can
+ * miss it (written here, it raced the handoff). */
 static void pending_respond(pending *p) {
     hs_result *res = p->res;
+    if (res->upgrade) {
+        pending_handoff(p);
+        return;
+    }
     char *out = p->out ? p->out : res->response;
     size_t out_len = p->out ? p->out_len : res->response_len;
     while (p->res_off < out_len) {
         ssize_t n = pending_io(p, (uint8_t *)out + p->res_off, out_len - p->res_off, 1);
         if (pending_again(p, n)) return;
         p->res_off += (size_t)n;
-    }
-    if (res->upgrade) {
-        pending_handoff(p);
-        return;
     }
     /* Refused or answered: half-close and let the client read the answer
      * before the socket goes (closing with unread input would reset it). */

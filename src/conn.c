@@ -560,10 +560,14 @@ conn *conn_new(worker *w, handoff *h) {
     c->last_read_ms = conn_now(c);
     log_debug("conn %llu: %s joined %s on worker %d", (unsigned long long)c->id, c->user,
               h->room, w->id);
-    if (h->extra_len > 0) {
-        if (conn_feed(c, h->extra, h->extra_len) < 0) return NULL;
-        if (conn_flush(c) < 0) return NULL;
+    /* The 101 goes first, before any frame: the room is joined, so the
+     * client hears every message sent after it has its answer. */
+    if (conn_queue_ctl(c, (const uint8_t *)h->reply, h->reply_len, 0) < 0) {
+        conn_free(c);
+        return NULL;
     }
+    if (h->extra_len > 0 && conn_feed(c, h->extra, h->extra_len) < 0) return NULL;
+    if (conn_flush(c) < 0) return NULL;
     /* TLS: the session may hold decrypted bytes the socket will not
      * announce again. */
     if (c->ssl) event_active(&c->ev, EV_READ, 1);
