@@ -38,7 +38,8 @@ typedef struct conn {
     uint8_t shut_wr;           /* our close frame is out: SHUT_WR done */
     uint16_t ctl_len;          /* control frame bytes queued in ctl */
     uint16_t ctl_off;          /* of which already written */
-    uint8_t *ctl;              /* pong/ping/close bytes (malloc'd on need) */
+    uint8_t *ctl;              /* the 101, then pong/ping/close bytes
+                                  (malloc'd on need) */
     uint8_t *msgbuf;           /* fragments of the message being received */
     size_t msg_len;
     size_t msg_cap;

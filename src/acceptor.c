@@ -54,7 +54,7 @@ typedef struct pending {
     uint8_t *extra;              /* bytes behind the request */
     size_t extra_len;
     uint8_t ip[16];              /* the peer's address, for per_ip */
-    ipcount *ip_slot;
+    ipcount *ip_slot;            /* set once counted there; the handoff takes it */
     struct pending *next, *prev;
     char peer[64];
 } pending;
@@ -146,7 +146,7 @@ static void pending_free(pending *p) {
     event_del(&p->ev);
     if (p->ssl) SSL_free(p->ssl);
     if (p->fd >= 0) close(p->fd);
-    if (p->ip_slot && p->res && p->res->upgrade) /* counted, never handed over */
+    if (p->ip_slot) /* counted, never handed over */
         atomic_fetch_sub_explicit(&p->ip_slot->n, 1, memory_order_relaxed); /* a count */
     hs_request_free(p->req);
     free(p->res);
@@ -210,7 +210,7 @@ static void pending_handoff(pending *p) {
     h->id = p->id;
     h->extra = p->extra;
     h->extra_len = p->extra_len;
-    if (p->ip_slot && p->res->upgrade) { /* counted at the judgement: h owns it now */
+    if (p->ip_slot) { /* counted at the judgement: h owns the count now */
         h->ip_count = &p->ip_slot->n;
         p->ip_slot = NULL;
     }
@@ -335,20 +335,19 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
     broker_stats bs;
     broker_get_stats(a->broker, &bs);
 
-    put(body, cap, &n, "# HELP chatd_clients WebSocket clients connected to this node.\n"
-                       "# TYPE chatd_clients gauge\nchatd_clients %lld\n",
-        (long long)atomic_load_explicit(&chatd_clients, memory_order_relaxed));
-    put(body, cap, &n, "# HELP chatd_max_clients Clients this node takes (max_clients and open files).\n"
-                       "# TYPE chatd_max_clients gauge\nchatd_max_clients %lld\n",
-        (long long)a->max_clients);
+#define ONE(name, type, help, v) \
+    put(body, cap, &n, "# HELP " name " " help "\n# TYPE " name " " type "\n" name " %llu\n", \
+        (unsigned long long)(v))
+    ONE("chatd_clients", "gauge", "WebSocket clients connected to this node.",
+        atomic_load_explicit(&chatd_clients, memory_order_relaxed));
+    ONE("chatd_max_clients", "gauge", "Clients this node takes (max_clients and open files).",
+        a->max_clients);
     put(body, cap, &n, "# HELP chatd_worker_clients WebSocket clients per worker thread.\n"
                        "# TYPE chatd_worker_clients gauge\n");
     for (int i = 0; i < a->nworkers; i++)
         put(body, cap, &n, "chatd_worker_clients{worker=\"%d\"} %u\n", a->workers[i]->id,
             (unsigned)atomic_load_explicit(&a->workers[i]->nconns, memory_order_relaxed));
-    put(body, cap, &n, "# HELP chatd_pending_handshakes Connections not upgraded yet.\n"
-                       "# TYPE chatd_pending_handshakes gauge\nchatd_pending_handshakes %d\n",
-        a->npending);
+    ONE("chatd_pending_handshakes", "gauge", "Connections not upgraded yet.", a->npending);
     put(body, cap, &n, "# HELP chatd_http_responses_total HTTP answers by status (101: upgraded).\n"
                        "# TYPE chatd_http_responses_total counter\n");
     for (size_t i = 0; i <= NSTATUS; i++) {
@@ -364,30 +363,21 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
                        "chatd_handshake_failures_total{reason=\"max_pending\"} %llu\n",
         (unsigned long long)a->n_timeouts, (unsigned long long)a->n_tls_failed,
         (unsigned long long)a->n_evicted);
-    put(body, cap, &n, "# HELP chatd_messages_received_total Text messages received from clients.\n"
-                       "# TYPE chatd_messages_received_total counter\n"
-                       "chatd_messages_received_total %llu\n",
-        (unsigned long long)in);
-    put(body, cap, &n, "# HELP chatd_messages_delivered_total Messages in the shared order fanned out on this node.\n"
-                       "# TYPE chatd_messages_delivered_total counter\n"
-                       "chatd_messages_delivered_total %llu\n",
-        (unsigned long long)bs.delivered);
-    put(body, cap, &n, "# HELP chatd_frames_sent_total Message frames written to clients.\n"
-                       "# TYPE chatd_frames_sent_total counter\nchatd_frames_sent_total %llu\n",
-        (unsigned long long)frames);
+    ONE("chatd_messages_received_total", "counter", "Text messages received from clients.", in);
+    ONE("chatd_messages_delivered_total", "counter",
+        "Messages in the shared order fanned out on this node.", bs.delivered);
+    ONE("chatd_frames_sent_total", "counter", "Message frames written to clients.", frames);
     put(body, cap, &n, "# HELP chatd_clients_closed_total Clients closed by a limit.\n"
                        "# TYPE chatd_clients_closed_total counter\n"
                        "chatd_clients_closed_total{reason=\"max_output_buffer\"} %llu\n"
                        "chatd_clients_closed_total{reason=\"rate_limit\"} %llu\n"
                        "chatd_clients_closed_total{reason=\"publish_queue\"} %llu\n",
         (unsigned long long)slow, (unsigned long long)rate, (unsigned long long)busy);
-    put(body, cap, &n, "# HELP chatd_redis_reconnects_total Times the Redis consumer came back after a loss.\n"
-                       "# TYPE chatd_redis_reconnects_total counter\n"
-                       "chatd_redis_reconnects_total %llu\n",
-        (unsigned long long)bs.reconnects);
-    put(body, cap, &n, "# HELP chatd_messages_lost_total Stream entries trimmed before this node read them.\n"
-                       "# TYPE chatd_messages_lost_total counter\nchatd_messages_lost_total %llu\n",
-        (unsigned long long)bs.lost);
+    ONE("chatd_redis_reconnects_total", "counter",
+        "Times the Redis consumer came back after a loss.", bs.reconnects);
+    ONE("chatd_messages_lost_total", "counter",
+        "Stream entries trimmed before this node read them.", bs.lost);
+#undef ONE
 
     int h = snprintf(out, 256,
                      "HTTP/1.1 200 OK\r\n"
@@ -425,13 +415,14 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
             atomic_load_explicit(&chatd_clients, memory_order_relaxed) >= a->max_clients)
             hs_error_response(p->res, 503, "server full");
         if (p->res->upgrade && a->per_ip) {
-            p->ip_slot = ip_slot(a->per_ip, p->ip);
+            ipcount *s = ip_slot(a->per_ip, p->ip);
             /* relaxed: workers only ever lower it; a stale value errs safe */
-            if (p->ip_slot && atomic_load_explicit(&p->ip_slot->n, memory_order_relaxed) >=
-                                  a->cfg->max_clients_per_ip)
+            if (s && atomic_load_explicit(&s->n, memory_order_relaxed) >= a->cfg->max_clients_per_ip) {
                 hs_error_response(p->res, 429, "too many connections from your address");
-            else if (p->ip_slot) /* counted now, so no other address takes the slot */
-                atomic_fetch_add_explicit(&p->ip_slot->n, 1, memory_order_relaxed); /* count */
+            } else if (s) { /* counted now, so no other address takes the slot */
+                atomic_fetch_add_explicit(&s->n, 1, memory_order_relaxed); /* a count */
+                p->ip_slot = s;
+            }
         }
     }
     if (p->res->upgrade && used < len) {
