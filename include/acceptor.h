@@ -21,6 +21,9 @@ acceptor *acceptor_new(const config *cfg, tls *t, struct broker *b, worker **wor
                        int nworkers, int64_t max_clients, char *err, size_t errlen);
 /* Main thread: starts the acceptor thread. */
 int acceptor_start(acceptor *a);
+/* Main thread, on SIGTERM: from now on /readyz answers 503 and upgrades
+ * are refused with 503, while the node drains its clients. */
+void acceptor_drain(acceptor *a);
 /* Main thread: stops accepting, closes pending handshakes, joins. */
 void acceptor_stop(acceptor *a);
 void acceptor_free(acceptor *a);

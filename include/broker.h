@@ -32,10 +32,22 @@ typedef struct broker_stats {
     uint64_t delivered;  /* messages given their place and fanned out */
     uint64_t reconnects; /* times the Redis consumer came back after a loss */
     uint64_t lost;       /* entries stream_maxlen trimmed before they were read */
+    uint64_t oversize;   /* entries larger than max_message, refused */
+    uint64_t resets;     /* times the stream came back empty or went backwards */
+    int up;              /* 1 while messages can be stored and read */
+    int64_t since_ms;    /* wall-clock ms when `up` last changed */
+    uint64_t queued;     /* messages accepted, not yet stored (all workers) */
+    int64_t oldest_ms;   /* age of the oldest unacknowledged publish; 0: none */
+    uint64_t read_lag;   /* entries in the stream this node has not read yet */
 } broker_stats;
 
 /* Any thread: the broker's counters so far. */
 void broker_get_stats(broker *b, broker_stats *out);
+
+/* Any thread: 1 when the node can take clients (the consumer knows where it
+ * reads from, messages can be stored); else 0 with the reason in why. A
+ * lasting configuration error (WRONGTYPE, NOAUTH, NOPERM) is named there. */
+int broker_ready(broker *b, char *why, size_t whylen);
 
 /* Worker thread wid, once at its start: sets up the worker's publishing
  * side on its event loop. Returns 0 or -1. */

@@ -23,6 +23,10 @@ typedef struct broker_ops {
     void (*detach)(broker *b, int wid);
     int (*publish)(broker *b, int wid, const char *rname, size_t room_len, const char *user,
                    size_t user_len, const char *text, size_t text_len);
+    /* any thread: see broker_ready */
+    int (*ready)(broker *b, char *why, size_t whylen);
+    /* any thread: fills the backend's part of out (queued, oldest_ms, ...) */
+    void (*stats)(broker *b, broker_stats *out);
     /* main thread, after the threads have stopped */
     void (*free)(broker *b);
 } broker_ops;
@@ -40,6 +44,8 @@ struct broker {
     _Atomic uint64_t delivered;  /* messages fanned out to the workers */
     _Atomic uint64_t reconnects; /* redis: consumer connected again */
     _Atomic uint64_t lost;       /* redis: entries trimmed before being read */
+    _Atomic uint64_t oversize;   /* redis: entries over max_message, refused */
+    _Atomic uint64_t resets;     /* redis: the stream came back empty */
     const broker_ops *ops;
     void *impl;
 };

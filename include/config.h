@@ -19,6 +19,7 @@ typedef struct config {
     /* network */
     char bind[64];              /* address of the ws listener */
     int port;                   /* port of the ws listener */
+    int listen_backlog;         /* listen(2) backlog; 0: somaxconn */
     int workers;                /* 0 in the file means auto: one per core */
     int max_clients;            /* 0: as many as open files allow */
     int max_header_bytes;       /* request head limit (→ 431) */
@@ -56,11 +57,13 @@ typedef struct config {
     char stream[128];
     int64_t stream_maxlen;
     int publish_queue;          /* per worker, messages not yet stored */
+    int redis_timeout_ms;       /* unanswered command → connection dead */
     int ring_size;              /* entries in each inter-thread ring */
 
     /* process */
     int log_level;              /* LOG_DEBUG .. LOG_ERROR, see log.h */
-    int shutdown_timeout_ms;
+    int shutdown_timeout_ms;    /* to store what was accepted, then to close */
+    int drain_time_ms;          /* clients closed in batches over this */
 } config;
 
 /* Fills cfg with every directive's default. */

@@ -83,6 +83,7 @@ struct acceptor {
     struct event *resume_ev;     /* re-enables accept after EMFILE */
     pthread_t thread;
     int started;
+    _Atomic int draining;        /* main → acceptor: refuse new clients */
     pending *pendings;           /* newest first */
     pending *oldest;             /* the list's tail */
     int npending;
@@ -634,6 +635,11 @@ int acceptor_start(acceptor *a) {
     if (pthread_create(&a->thread, NULL, acc_main, a) != 0) return -1;
     a->started = 1;
     return 0;
+}
+
+void acceptor_drain(acceptor *a) {
+    /* relaxed: a lone flag; the next request judged sees it soon enough */
+    atomic_store_explicit(&a->draining, 1, memory_order_relaxed);
 }
 
 void acceptor_stop(acceptor *a) {

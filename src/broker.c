@@ -56,6 +56,19 @@ void broker_get_stats(broker *b, broker_stats *out) {
     out->delivered = atomic_load_explicit(&b->delivered, memory_order_relaxed); /* a counter */
     out->reconnects = atomic_load_explicit(&b->reconnects, memory_order_relaxed);
     out->lost = atomic_load_explicit(&b->lost, memory_order_relaxed);
+    out->oversize = atomic_load_explicit(&b->oversize, memory_order_relaxed);
+    out->resets = atomic_load_explicit(&b->resets, memory_order_relaxed);
+    out->up = 1;
+    out->since_ms = 0;
+    out->queued = 0;
+    out->oldest_ms = 0;
+    out->read_lag = 0;
+    if (b->ops->stats) b->ops->stats(b, out);
+}
+
+int broker_ready(broker *b, char *why, size_t whylen) {
+    if (whylen) why[0] = '\0';
+    return b->ops->ready ? b->ops->ready(b, why, whylen) : 1;
 }
 
 int broker_attach(broker *b, int wid, struct event_base *base) {

@@ -644,6 +644,13 @@ oom:
 
 static void redis_interrupt(broker *b) { (void)b; /* XREAD BLOCK returns within 0.5 s */ }
 
+static int redis_ready(broker *b, char *why, size_t whylen) {
+    rbroker *rb = b->impl;
+    if (atomic_load_explicit(&rb->ready, memory_order_acquire)) return 1; /* see consumer */
+    snprintf(why, whylen, "Redis not reached yet");
+    return 0;
+}
+
 static void redis_free(broker *b) {
     rbroker *rb = b->impl;
     if (rb == NULL) return;
@@ -662,5 +669,6 @@ const broker_ops broker_redis_ops = {
     .attach = redis_attach,
     .detach = redis_detach,
     .publish = redis_publish,
+    .ready = redis_ready,
     .free = redis_free,
 };

@@ -62,6 +62,8 @@ static const directive directives[] = {
     /* network */
     {"listen", T_LISTEN, 0, 1, 65535, "0.0.0.0:5000", FIELD(bind),
      "address:port of the WebSocket listener ([::]:5000 for IPv6)"},
+    {"listen_backlog", T_INT, 0, 0, 1000000, "0", FIELD(listen_backlog),
+     "connections the kernel queues while chatd is at max_pending; 0 = somaxconn"},
     {"workers", T_INT, F_AUTO, 0, 256, "auto", FIELD(workers),
      "worker threads; auto = one per core"},
     {"max_clients", T_INT, 0, 0, 10000000, "0", FIELD(max_clients),
@@ -120,13 +122,17 @@ static const directive directives[] = {
      "approximate entries kept in the stream; 0 = no trimming"},
     {"publish_queue", T_INT, 0, 1, 1000000, "1024", FIELD(publish_queue),
      "messages per worker waiting to be stored"},
+    {"redis_timeout", T_DURATION, 0, 100, 10 * MIN, "5s", FIELD(redis_timeout_ms),
+     "a Redis command unanswered this long means the connection is dead"},
     {"ring_size", T_INT, F_POW2, 64, 16777216, "65536", FIELD(ring_size),
      "entries in each inter-thread ring, a power of two"},
 
     /* process */
     {"log_level", T_LOGLEVEL, 0, 0, 0, "info", FIELD(log_level), "debug, info, warn or error"},
     {"shutdown_timeout", T_DURATION, 0, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
-     "time given to clients to close on shutdown"},
+     "on shutdown: time to store accepted messages, then for clients to close"},
+    {"drain_time", T_DURATION, 0, 0, 10 * MIN, "0", FIELD(drain_time_ms),
+     "on shutdown: close clients in batches spread over this; 0 = all at once"},
 };
 
 #define N_DIRECTIVES (sizeof directives / sizeof directives[0])
