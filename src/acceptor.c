@@ -26,6 +26,7 @@
 #include <openssl/ssl.h>
 
 #include "broker.h"
+#include "clock.h"
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
@@ -136,10 +137,10 @@ static ipcount *ip_slot(ipcount *t, const uint8_t key[16]) {
     return free_slot;
 }
 
+/* Monotonic: handshake deadlines must not move with the wall clock. */
 static int64_t acc_now(acceptor *a) {
-    struct timeval tv;
-    event_base_gettimeofday_cached(a->base, &tv);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    (void)a;
+    return clock_ms();
 }
 
 static void pending_free(pending *p) {

@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include "broker.h"
+#include "clock.h"
 #include "conn.h"
 #include "log.h"
 
@@ -233,9 +234,7 @@ static void worker_on_tick(evutil_socket_t fd, short what, void *arg) {
     worker *w = arg;
     (void)fd;
     (void)what;
-    struct timeval tv;
-    event_base_gettimeofday_cached(w->base, &tv);
-    int64_t now = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    int64_t now = clock_ms(); /* the clock conn.c keeps its deadlines in */
     conn *c = w->conns, *next;
     for (; c; c = next) {
         next = c->next;
