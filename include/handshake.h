@@ -44,13 +44,17 @@ typedef struct hs_result {
     size_t response_len;
     const char *reason; /* static: why a request was refused */
     int metrics;        /* 1: GET /metrics; the caller writes the answer */
+    int health_check;   /* 1: GET /healthz; the caller may add the broker's state */
+    int ready_check;    /* 1: GET /readyz; the caller decides 200 or 503 */
 } hs_result;
 
 /* Judges a complete request against the config and writes the response:
- *   GET /healthz → 200; GET /metrics → 200 with metrics set (response is
- *   only the status line and headers of an empty answer: the caller, which
- *   has the counters, writes its own); another path → 404; method other
- *   than GET → 405;
+ *   GET /healthz → 200 "ok" with health_check set; GET /readyz → 200
+ *   "ready" with ready_check set (the caller, which knows the broker and
+ *   whether the node drains, may answer 503 instead); GET /metrics → 200
+ *   with metrics set (response is only the status line and headers of an
+ *   empty answer: the caller, which has the counters, writes its own);
+ *   another path → 404; method other than GET → 405;
  *   missing or wrong Upgrade/Connection/Sec-WebSocket-Key → 400;
  *   Sec-WebSocket-Version other than 13 → 426 with Sec-WebSocket-Version;
  *   Origin not in allowed_origins (when set) → 403;
@@ -69,6 +73,10 @@ void hs_respond(const hs_request *r, const config *cfg, hs_result *out);
 /* Writes a complete error response (Connection: close, text body with the
  * reason) for status into out. */
 void hs_error_response(hs_result *out, int status, const char *reason);
+
+/* Writes a complete text/plain response with body (cut to fit) into out;
+ * out's route flags (metrics, health_check, ready_check) are cleared. */
+void hs_text_response(hs_result *out, int status, const char *body);
 
 /* Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)).
  * out must hold 29 bytes (28 characters and a NUL). */

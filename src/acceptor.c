@@ -35,6 +35,11 @@
 #define ACCEPT_BURST 64          /* accepts per wake-up */
 #define DRAIN_MS 1000            /* after a refusal: wait for the peer's EOF */
 #define EMFILE_PAUSE_MS 100
+/* At max_pending a handshake that has moved no bytes for this long may be
+ * closed to make room: long enough for a healthy client on a slow link to
+ * send its next flight, short enough that a flood of silent connections
+ * cycles through quickly while the kernel's listen queue holds the rest. */
+#define IDLE_GRACE_MS 1000
 
 typedef struct ipcount ipcount;
 
@@ -47,6 +52,7 @@ typedef struct pending {
     uint8_t draining;            /* refusal sent: read until EOF, then close */
     uint64_t id;
     int64_t deadline_ms;
+    int64_t last_ms;             /* accepted, or last moved bytes */
     hs_request *req;
     hs_result *res;              /* set once the request is judged */
     char *out;                   /* malloc'd response replacing res's (metrics) */
@@ -82,11 +88,15 @@ struct acceptor {
     listener ls[2];              /* ws, and wss when configured */
     int nls;
     struct event *resume_ev;     /* re-enables accept after EMFILE */
+    struct event *cap_ev;        /* at max_pending: when the least active
+                                    handshake passes IDLE_GRACE_MS */
+    int listening;               /* the listeners' events are added */
+    int at_cap;                  /* accepting paused at max_pending */
     pthread_t thread;
     int started;
     _Atomic int draining;        /* main → acceptor: refuse new clients */
-    pending *pendings;           /* newest first */
-    pending *oldest;             /* the list's tail */
+    pending *pendings;           /* most recently active first */
+    pending *oldest;             /* the list's tail: the longest idle */
     int npending;
     uint64_t next_id;
     ipcount *per_ip;             /* NULL unless max_clients_per_ip */
@@ -96,6 +106,9 @@ struct acceptor {
     uint64_t n_timeouts;         /* handshake_timeout passed */
     uint64_t n_tls_failed;       /* TLS handshake failed */
     uint64_t n_evicted;          /* closed to stay within max_pending */
+    uint64_t n_cap_pauses;       /* times accepting paused at max_pending */
+    char why[160];               /* scratch: the broker's reason, for the
+                                    answer being judged (reason points here) */
 };
 
 /* Clients per IP address: an insert-only table the acceptor fills and
@@ -143,6 +156,36 @@ static int64_t acc_now(acceptor *a) {
     return clock_ms();
 }
 
+/* Adds or removes the listeners' events. */
+static void acc_listen(acceptor *a, int on) {
+    if (a->listening == on) return;
+    for (int k = 0; k < a->nls; k++) {
+        if (on) event_add(a->ls[k].ev, NULL);
+        else event_del(a->ls[k].ev);
+    }
+    a->listening = on;
+}
+
+static void acc_resume_at_cap(acceptor *a) {
+    a->at_cap = 0;
+    evtimer_del(a->cap_ev);
+    acc_listen(a, 1);
+}
+
+/* Moves p to the front of the list: it just moved bytes. */
+static void pending_touch(pending *p) {
+    acceptor *a = p->a;
+    p->last_ms = acc_now(a);
+    if (a->pendings == p) return;
+    p->prev->next = p->next; /* p is not the head, so it has a prev */
+    if (p->next) p->next->prev = p->prev;
+    else a->oldest = p->prev;
+    p->prev = NULL;
+    p->next = a->pendings;
+    a->pendings->prev = p;
+    a->pendings = p;
+}
+
 static void pending_free(pending *p) {
     acceptor *a = p->a;
     event_del(&p->ev);
@@ -160,6 +203,8 @@ static void pending_free(pending *p) {
     else a->oldest = p->prev;
     a->npending--;
     free(p);
+    /* A slot is free: take the next connection from the kernel's queue. */
+    if (a->at_cap && a->npending < a->cfg->max_pending) acc_resume_at_cap(a);
 }
 
 static void pending_on_event(evutil_socket_t fd, short what, void *arg);
@@ -311,7 +356,7 @@ static void put(char *buf, size_t cap, size_t *len, const char *fmt, ...) {
 }
 
 /* Bytes of /metrics: a fixed part and a line per worker. */
-#define METRICS_FIXED 6144
+#define METRICS_FIXED 9216
 #define METRICS_PER_WORKER 64
 
 /* The answer to GET /metrics, in Prometheus' text format, or NULL when out
@@ -350,6 +395,15 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
         put(body, cap, &n, "chatd_worker_clients{worker=\"%d\"} %u\n", a->workers[i]->id,
             (unsigned)atomic_load_explicit(&a->workers[i]->nconns, memory_order_relaxed));
     ONE("chatd_pending_handshakes", "gauge", "Connections not upgraded yet.", a->npending);
+    put(body, cap, &n, "# HELP chatd_listen_backlog Connections waiting in the kernel's accept "
+                       "queue.\n# TYPE chatd_listen_backlog gauge\n");
+    for (int k = 0; k < a->nls; k++) {
+        long q = net_accept_queue(a->ls[k].fd);
+        put(body, cap, &n, "chatd_listen_backlog{listener=\"%s\"} %ld\n",
+            a->ls[k].tls ? "wss" : "ws", q < 0 ? 0 : q);
+    }
+    ONE("chatd_accept_pauses_total", "counter",
+        "Times accepting paused with max_pending handshakes in progress.", a->n_cap_pauses);
     put(body, cap, &n, "# HELP chatd_http_responses_total HTTP answers by status (101: upgraded).\n"
                        "# TYPE chatd_http_responses_total counter\n");
     for (size_t i = 0; i <= NSTATUS; i++) {
@@ -379,6 +433,24 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
         "Times the Redis consumer came back after a loss.", bs.reconnects);
     ONE("chatd_messages_lost_total", "counter",
         "Stream entries trimmed before this node read them.", bs.lost);
+    ONE("chatd_messages_oversize_total", "counter",
+        "Stream entries larger than max_message, refused.", bs.oversize);
+    ONE("chatd_stream_resets_total", "counter",
+        "Times the stream came back empty or its ids went backwards.", bs.resets);
+    ONE("chatd_broker_up", "gauge", "1 while messages can be stored and read.", bs.up ? 1 : 0);
+    ONE("chatd_broker_up_since_seconds", "gauge",
+        "Unix time when chatd_broker_up last changed.", bs.since_ms > 0 ? bs.since_ms / 1000 : 0);
+    ONE("chatd_publish_queue", "gauge", "Messages accepted from clients, not stored yet.",
+        bs.queued);
+    put(body, cap, &n, "# HELP chatd_publish_oldest_seconds Age of the oldest publish not "
+                       "acknowledged yet (0: none).\n# TYPE chatd_publish_oldest_seconds gauge\n");
+    /* A plain 0 when idle, so simple scrapers that read integers still can. */
+    if (bs.oldest_ms > 0)
+        put(body, cap, &n, "chatd_publish_oldest_seconds %.3f\n", (double)bs.oldest_ms / 1000.0);
+    else
+        put(body, cap, &n, "chatd_publish_oldest_seconds 0\n");
+    ONE("chatd_stream_read_lag", "gauge", "Stream entries this node has not read yet.",
+        bs.read_lag);
 #undef ONE
 
     int h = snprintf(out, 256,
@@ -400,8 +472,36 @@ static void count_status(acceptor *a, int status) {
     a->n_status[i]++;
 }
 
+/* Readiness: a client must not have its 101 before the broker knows where
+ * it reads the stream from (else messages sent after the 101 can miss it),
+ * nor while the node drains. /readyz says the same to an orchestrator;
+ * /healthz stays 200 (the process serves) and names a broker problem. */
+static void acc_judge_readiness(acceptor *a, hs_result *res) {
+    /* relaxed: a lone flag; a request judged just before it shows is
+     * refused by the worker's drain instead */
+    int draining = atomic_load_explicit(&a->draining, memory_order_relaxed);
+    char bwhy[128];
+    int ready = broker_ready(a->broker, bwhy, sizeof bwhy);
+    if (!ready && bwhy[0] == '\0') snprintf(bwhy, sizeof bwhy, "broker not ready");
+    if (res->health_check) {
+        if (!ready) {
+            snprintf(a->why, sizeof a->why, "ok\nbroker: %s\n", bwhy);
+            hs_text_response(res, 200, a->why);
+            res->reason = "health check";
+        }
+        return;
+    }
+    if (draining) {
+        hs_error_response(res, 503, "draining");
+    } else if (!ready) {
+        snprintf(a->why, sizeof a->why, res->upgrade ? "not ready: %s" : "%s", bwhy);
+        hs_error_response(res, 503, a->why);
+    }
+}
+
 static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
     acceptor *a = p->a;
+    int probe = 0;
     p->res = calloc(1, sizeof(*p->res));
     if (p->res == NULL) {
         pending_free(p);
@@ -413,6 +513,9 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
                           status == 431 ? "request head too large" : "malformed request");
     } else {
         hs_respond(p->req, a->cfg, p->res);
+        probe = p->res->ready_check;
+        if (p->res->upgrade || p->res->ready_check || p->res->health_check)
+            acc_judge_readiness(a, p->res);
         if (p->res->upgrade &&
             atomic_load_explicit(&chatd_clients, memory_order_relaxed) >= a->max_clients)
             hs_error_response(p->res, 503, "server full");
@@ -443,7 +546,8 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
     count_status(a, p->res->status);
     hs_request_free(p->req);
     p->req = NULL;
-    if (!p->res->upgrade && p->res->status != 200)
+    /* A readiness probe polls: its 503 is the answer, not an event to log. */
+    if (!p->res->upgrade && p->res->status != 200 && !probe)
         log_info("conn %llu: %s refused with %d: %s", (unsigned long long)p->id, p->peer,
                  p->res->status, p->res->reason ? p->res->reason : "");
     pending_respond(p);
@@ -460,6 +564,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
         pending_free(p);
         return;
     }
+    pending_touch(p); /* readable or writable: the peer moved bytes */
     if (p->draining) { /* raw bytes, TLS or not: they are thrown away */
         ssize_t n = read(fd, buf, sizeof(buf));
         if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) pending_wait(p, EV_READ);
@@ -509,11 +614,40 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+/* At max_pending, before taking another connection: closes the longest
+ * idle handshake if it has been idle past IDLE_GRACE_MS and returns 0;
+ * otherwise pauses accepting until a slot frees or that handshake passes
+ * the grace, and returns -1. A burst of healthy clients thus waits in the
+ * kernel's listen queue instead of pushing each other out, and a flood of
+ * silent connections still cannot keep honest clients out for long. */
+static int acc_make_room(acceptor *a) {
+    pending *p = a->oldest;
+    int64_t idle = acc_now(a) - p->last_ms;
+    if (idle >= IDLE_GRACE_MS) {
+        log_info("conn %llu: %s closed: idle for %lld ms with %d handshakes pending",
+                 (unsigned long long)p->id, p->peer, (long long)idle, a->npending);
+        pending_free(p);
+        a->n_evicted++;
+        return 0;
+    }
+    if (!a->at_cap) {
+        log_debug("%d handshakes pending: accepting paused", a->npending);
+        a->n_cap_pauses++;
+    }
+    a->at_cap = 1;
+    acc_listen(a, 0);
+    int64_t left = IDLE_GRACE_MS - idle;
+    struct timeval tv = {left / 1000, (left % 1000) * 1000};
+    evtimer_add(a->cap_ev, &tv);
+    return -1;
+}
+
 static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
     listener *l = arg;
     acceptor *a = l->a;
     (void)what;
     for (int i = 0; i < ACCEPT_BURST; i++) {
+        if (a->npending >= a->cfg->max_pending && acc_make_room(a) < 0) return;
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -522,7 +656,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
                 /* Out of descriptors: pause accepting rather than spin. */
                 log_warn("accept: %s; pausing accepts for %d ms", strerror(errno),
                          EMFILE_PAUSE_MS);
-                for (int k = 0; k < a->nls; k++) event_del(a->ls[k].ev);
+                acc_listen(a, 0);
                 struct timeval tv = {0, EMFILE_PAUSE_MS * 1000};
                 evtimer_add(a->resume_ev, &tv);
             }
@@ -554,16 +688,9 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
             }
             p->handshaking = 1;
         }
-        p->deadline_ms = acc_now(a) + a->cfg->handshake_timeout_ms;
+        p->last_ms = acc_now(a);
+        p->deadline_ms = p->last_ms + a->cfg->handshake_timeout_ms;
         event_assign(&p->ev, a->base, fd, EV_READ, pending_on_event, p);
-        /* At the cap the oldest handshake goes: a flood of half-open
-         * connections pushes out its own, an honest client finishes. */
-        if (a->npending >= a->cfg->max_pending) {
-            log_info("conn %llu: %s closed: %d handshakes pending", (unsigned long long)a->oldest->id,
-                     a->oldest->peer, a->npending);
-            pending_free(a->oldest);
-            a->n_evicted++;
-        }
         p->next = a->pendings;
         if (a->pendings) a->pendings->prev = p;
         else a->oldest = p;
@@ -578,7 +705,17 @@ static void acc_on_resume(evutil_socket_t fd, short what, void *arg) {
     acceptor *a = arg;
     (void)fd;
     (void)what;
-    for (int k = 0; k < a->nls; k++) event_add(a->ls[k].ev, NULL);
+    acc_listen(a, 1); /* at the cap, the accept callback pauses again */
+}
+
+/* The longest idle handshake passed the grace: accept again, which closes
+ * it if a connection is waiting for its slot. */
+static void acc_on_cap(evutil_socket_t fd, short what, void *arg) {
+    acceptor *a = arg;
+    (void)fd;
+    (void)what;
+    a->at_cap = 0;
+    acc_listen(a, 1);
 }
 
 acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, int nworkers,
@@ -600,7 +737,8 @@ acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, i
     }
     a->ls[0].fd = a->ls[1].fd = -1;
     a->base = event_base_new(); /* locking on: main breaks its loop */
-    if (a->base == NULL || (a->resume_ev = evtimer_new(a->base, acc_on_resume, a)) == NULL) {
+    if (a->base == NULL || (a->resume_ev = evtimer_new(a->base, acc_on_resume, a)) == NULL ||
+        (a->cap_ev = evtimer_new(a->base, acc_on_cap, a)) == NULL) {
         snprintf(err, errlen, "acceptor: cannot create event loop");
         goto fail;
     }
@@ -608,8 +746,8 @@ acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, i
         listener *l = &a->ls[k];
         l->a = a;
         l->tls = k == 1;
-        l->fd = k == 0 ? net_listen(cfg->bind, cfg->port, err, errlen)
-                       : net_listen(cfg->tls_bind, cfg->tls_port, err, errlen);
+        l->fd = k == 0 ? net_listen(cfg->bind, cfg->port, cfg->listen_backlog, err, errlen)
+                       : net_listen(cfg->tls_bind, cfg->tls_port, cfg->listen_backlog, err, errlen);
         if (l->fd < 0) goto fail;
         a->nls++;
         l->ev = event_new(a->base, l->fd, EV_READ | EV_PERSIST, acc_on_accept, l);
@@ -617,8 +755,8 @@ acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, i
             snprintf(err, errlen, "acceptor: out of memory");
             goto fail;
         }
-        event_add(l->ev, NULL);
     }
+    acc_listen(a, 1);
     return a;
 fail:
     acceptor_free(a);
@@ -652,12 +790,14 @@ void acceptor_stop(acceptor *a) {
 
 void acceptor_free(acceptor *a) {
     if (a == NULL) return;
+    a->at_cap = 0; /* no resuming while freeing */
     while (a->pendings) pending_free(a->pendings);
     for (int k = 0; k < 2; k++) {
         if (a->ls[k].ev) event_free(a->ls[k].ev);
         if (a->ls[k].fd >= 0) close(a->ls[k].fd);
     }
     if (a->resume_ev) event_free(a->resume_ev);
+    if (a->cap_ev) event_free(a->cap_ev);
     if (a->base) event_base_free(a->base);
     free(a->per_ip);
     free(a);

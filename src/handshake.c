@@ -373,6 +373,12 @@ static void text_response(hs_result *out, int status, const char *extra, const c
     out->status = status;
     out->upgrade = 0;
     out->metrics = 0;
+    out->health_check = 0;
+    out->ready_check = 0;
+}
+
+void hs_text_response(hs_result *out, int status, const char *body) {
+    text_response(out, status, "", body);
 }
 
 void hs_error_response(hs_result *out, int status, const char *reason) {
@@ -659,6 +665,17 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
         }
         text_response(out, 200, "", "ok\n");
         out->reason = "health check";
+        out->health_check = 1;
+        return;
+    }
+    if (plen == 7 && memcmp(url, "/readyz", 7) == 0) {
+        if (!is_get) {
+            refuse(out, 405, "method not allowed");
+            return;
+        }
+        text_response(out, 200, "", "ready\n");
+        out->reason = "readiness check";
+        out->ready_check = 1;
         return;
     }
     if (plen == 8 && memcmp(url, "/metrics", 8) == 0) {

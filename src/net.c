@@ -5,13 +5,35 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
-#define NET_BACKLOG 4096
+int net_backlog(int backlog) {
+    if (backlog > 0) return backlog;
+    /* Asking for more than somaxconn gets somaxconn silently: ask for what
+     * the system gives, so the number we log is the real one. */
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
+    long n = 0;
+    if (f) {
+        if (fscanf(f, "%ld", &n) != 1) n = 0;
+        fclose(f);
+    }
+    return n > 0 && n <= 1 << 24 ? (int)n : SOMAXCONN;
+}
 
-int net_listen(const char *addr, int port, char *err, size_t errlen) {
+long net_accept_queue(int fd) {
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) return -1;
+    /* On a listener Linux reports the accept queue's length as unacked
+     * (and its limit as sacked). */
+    return (long)ti.tcpi_unacked;
+}
+
+int net_listen(const char *addr, int port, int backlog, char *err, size_t errlen) {
     struct sockaddr_storage ss;
     socklen_t sl;
     memset(&ss, 0, sizeof(ss));
@@ -33,7 +55,7 @@ int net_listen(const char *addr, int port, char *err, size_t errlen) {
     if (fd < 0) goto fail;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, NET_BACKLOG) < 0) goto fail;
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, net_backlog(backlog)) < 0) goto fail;
     return fd;
 fail:
     snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port, strerror(errno));

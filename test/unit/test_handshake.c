@@ -299,6 +299,83 @@ static void test_healthz(void **state) {
     assert_int_equal(res.metrics, 0);
 }
 
+/* /readyz: 200 "ready" marked for the acceptor, which knows the broker and
+ * the drain and may turn it into a 503; only GET, only that exact path.
+ * /healthz is marked too, so the acceptor can name a broker problem. */
+static void test_readyz(void **state) {
+    (void)state;
+    hs_result res;
+    assert_int_equal(judge(REQ("GET", "/readyz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_int_equal(res.status, 200);
+    assert_int_equal(res.upgrade, 0);
+    assert_int_equal(res.ready_check, 1);
+    assert_int_equal(res.health_check, 0);
+    assert_int_equal(res.metrics, 0);
+    assert_response_text(&res);
+    assert_non_null(strstr(res.response, "\r\nContent-Length: 6\r\n\r\nready\n"));
+    assert_int_equal(judge(REQ("GET", "/readyz?verbose", "HTTP/1.1", "Host: x\r\n"), &res),
+                     HS_DONE);
+    assert_int_equal(res.ready_check, 1);
+
+    assert_int_equal(judge(REQ("POST", "/readyz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_refusal(&res, 405);
+    assert_int_equal(res.ready_check, 0);
+    assert_int_equal(judge(REQ("HEAD", "/readyz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_refusal(&res, 405);
+    assert_int_equal(judge(REQ("GET", "/readyzz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_refusal(&res, 404);
+    assert_int_equal(res.ready_check, 0);
+    assert_int_equal(judge(REQ("GET", "/ready", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_refusal(&res, 404);
+    assert_int_equal(judge(GOOD, &res), HS_DONE);
+    assert_int_equal(res.ready_check, 0);
+    assert_int_equal(res.health_check, 0);
+
+    assert_int_equal(judge(REQ("GET", "/healthz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    assert_int_equal(res.health_check, 1);
+    assert_int_equal(res.ready_check, 0);
+
+    /* The acceptor's 503 replaces the answer and clears the marks. */
+    assert_int_equal(judge(REQ("GET", "/readyz", "HTTP/1.1", "Host: x\r\n"), &res), HS_DONE);
+    hs_error_response(&res, 503, "draining");
+    assert_string_equal(assert_refusal(&res, 503), "draining\n");
+    assert_int_equal(res.ready_check, 0);
+    hs_text_response(&res, 200, "ok\nbroker: down\n");
+    assert_int_equal(res.status, 200);
+    assert_non_null(strstr(res.response, "\r\nContent-Length: 16\r\n\r\nok\nbroker: down\n"));
+}
+
+/* Every control byte (C0 and DEL) is refused in a user or room name, one
+ * by one: a check off by one (c < 0x1F) must not pass; space and the
+ * printable bytes around the edges are names like any other. */
+static void test_name_control_bytes(void **state) {
+    (void)state;
+    char req[512];
+    hs_result res;
+    for (int c = 0x01; c <= 0x7F; c++) {
+        int control = c < 0x20 || c == 0x7F;
+        if (!control && c != 0x20 && c != 0x21 && c != 0x7E) continue;
+        snprintf(req, sizeof req, REQ("GET", "/?username=a%%%02Xb", "HTTP/1.1", STD_HEADERS), c);
+        print_message("  username byte 0x%02X\n", c);
+        assert_int_equal(judge(req, &res), HS_DONE);
+        if (control) {
+            assert_refusal(&res, 400);
+            assert_string_equal(res.reason, "username contains a control character");
+        } else {
+            assert_int_equal(res.upgrade, 1);
+        }
+        snprintf(req, sizeof req,
+                 REQ("GET", "/?username=a&room=r%%%02X", "HTTP/1.1", STD_HEADERS), c);
+        assert_int_equal(judge(req, &res), HS_DONE);
+        if (control) {
+            assert_refusal(&res, 400);
+            assert_string_equal(res.reason, "room contains a control character");
+        } else {
+            assert_int_equal(res.upgrade, 1);
+        }
+    }
+}
+
 /* /metrics is marked for the acceptor, which has the counters; only GET,
  * and only that exact path. */
 static void test_metrics(void **state) {
@@ -941,6 +1018,8 @@ int main(void) {
         cmocka_unit_test_setup(test_bytes_behind_request_preserved, setup),
         cmocka_unit_test_setup(test_healthz, setup),
         cmocka_unit_test_setup(test_metrics, setup),
+        cmocka_unit_test_setup(test_readyz, setup),
+        cmocka_unit_test_setup(test_name_control_bytes, setup),
         cmocka_unit_test_setup(test_refusals, setup),
         cmocka_unit_test_setup(test_refusal_reasons, setup),
         cmocka_unit_test_setup(test_origin, setup),
