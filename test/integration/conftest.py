@@ -205,6 +205,16 @@ class Chatd:
         self.proc = None
         return rc, problems
 
+    def kill(self, timeout=10):
+        """SIGKILL on purpose (a crash the test stages): waits for the exit;
+        the chatd fixture does not count this exit code as a failure."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.wait(timeout)
+        self._log_file.close()
+        self.proc = None
+        self.returncode = None
+
     def log(self, since_start=False):
         try:
             data = self.log_path.read_bytes()
@@ -377,9 +387,11 @@ def redis_cmd(port, *args, timeout=5):
 
 
 class RedisServer:
-    """A redis-server of this test: own port, own dir, appendonly yes."""
+    """A redis-server of this test: own port, own dir, appendonly yes;
+    args: extra command-line options (e.g. ["--appendfsync", "always"])."""
 
-    def __init__(self, tmp_path, port=None, name="redis"):
+    def __init__(self, tmp_path, port=None, name="redis", args=()):
+        self.args = [str(a) for a in args]
         self.port = port or free_port()
         self.dir = tmp_path / f"{name}-{self.port}"
         self.dir.mkdir(exist_ok=True)
@@ -398,7 +410,7 @@ class RedisServer:
                 "redis-server", "--port", str(self.port), "--bind", HOST,
                 "--save", "", "--appendonly", "yes", "--dir", str(self.dir),
                 "--daemonize", "no", "--protected-mode", "no",
-            ],
+            ] + self.args,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
@@ -441,11 +453,12 @@ class RedisServer:
 @pytest.fixture
 def redis(tmp_path):
     """Factory: redis() starts a redis-server (optionally redis(port=P,
-    start=False)); every one is stopped at teardown, even on failure."""
+    start=False, args=[...extra options])); every one is stopped at
+    teardown, even on failure."""
     servers = []
 
-    def make(port=None, start=True):
-        r = RedisServer(tmp_path, port, name=f"redis{len(servers) + 1}")
+    def make(port=None, start=True, args=()):
+        r = RedisServer(tmp_path, port, name=f"redis{len(servers) + 1}", args=args)
         servers.append(r)
         if start:
             r.start()
@@ -754,7 +767,7 @@ def metrics(port):
     for line in r.body.decode().splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
-            out[name] = int(value)
+            out[name] = float(value) if "." in value else int(value)
     return out
 
 
