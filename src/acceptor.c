@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -614,6 +615,11 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static int pending_has_input(const pending *p) {
+    int n = 0;
+    return (p->ssl && SSL_pending(p->ssl) > 0) || (ioctl(p->fd, FIONREAD, &n) == 0 && n > 0);
+}
+
 /* At max_pending, before taking another connection: closes the longest
  * idle handshake if it has been idle past IDLE_GRACE_MS and returns 0;
  * otherwise pauses accepting until a slot frees or that handshake passes
@@ -623,6 +629,13 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
 static int acc_make_room(acceptor *a) {
     pending *p = a->oldest;
     int64_t idle = acc_now(a) - p->last_ms;
+    /* Bytes waiting unread mean we are the slow side, not the peer: its
+     * readable event is due in this same turn. */
+    for (int k = 0; k < 8 && idle >= IDLE_GRACE_MS && pending_has_input(p); k++) {
+        pending_touch(p);
+        p = a->oldest;
+        idle = acc_now(a) - p->last_ms;
+    }
     if (idle >= IDLE_GRACE_MS) {
         log_info("conn %llu: %s closed: idle for %lld ms with %d handshakes pending",
                  (unsigned long long)p->id, p->peer, (long long)idle, a->npending);
