@@ -55,10 +55,14 @@ int broker_attach(broker *b, int wid, struct event_base *base);
 /* Worker thread wid, at its end. */
 void broker_detach(broker *b, int wid);
 
-/* Worker thread wid: publishes one text message of user in room. Returns 0
- * when queued, -1 when the publish queue is full (tell the client 1013). */
-int broker_publish(broker *b, int wid, const char *rname, size_t room_len, const char *user,
-                   size_t user_len, const char *text, size_t text_len);
+/* Worker thread wid: publishes one text message of user in room, sent by
+ * connection conn_id (closed through worker_refuse with 1011 if Redis can
+ * never store it). Returns 0 when queued, -1 when the publish queue is full
+ * (tell the client 1013). */
+int broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
+                   const char *user, size_t user_len, const char *text, size_t text_len);
+/* Worker thread wid: messages it published that are not stored yet. */
+int broker_pending(broker *b, int wid);
 
 /* Shared by the backends (broker.c): the broker thread hands m (holding one
  * reference) to every worker in order, waiting while an inbox is full, and

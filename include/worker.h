@@ -57,7 +57,10 @@ typedef struct worker {
     uint8_t *rbuf;               /* shared read buffer */
     size_t rbuf_size;
     uint8_t *tlsbuf;             /* shared staging for one TLS record */
-    int stopping;                /* worker thread: shutting down */
+    int stopping;                /* worker thread: shutdown phase, see worker.c */
+    int64_t phase_ms;            /* monotonic: when the phase began */
+    uint32_t drain_total;        /* clients when the drain began */
+    uint32_t drained;            /* of which closed by the drain */
     _Atomic int stop_requested;  /* main → worker: begin shutdown */
     _Atomic uint32_t nconns;     /* read by the acceptor to balance */
     _Atomic uint64_t msgs_in;    /* messages received from clients */
@@ -71,8 +74,10 @@ typedef struct worker {
 worker *worker_new(int id, const config *cfg, char *err, size_t errlen);
 /* Main thread: starts the worker's thread. */
 int worker_start(worker *w, struct broker *b);
-/* Main thread: asks the worker to close its clients (1001) and exit within
- * shutdown_timeout; worker_join waits for it. */
+/* Main thread: asks the worker to stop: it stores what its clients sent
+ * (up to shutdown_timeout), closes them with 1001 spread over drain_time,
+ * waits for their answers (up to shutdown_timeout) and exits; worker_join
+ * waits for it. */
 void worker_stop(worker *w);
 void worker_join(worker *w);
 /* Main thread, after worker_join and after the broker has stopped. */
@@ -88,6 +93,10 @@ int worker_handoff(worker *w, handoff *h);
 int worker_push(worker *w, msg *m);
 /* Any thread: rings w's doorbell. */
 void worker_wake(worker *w);
+
+/* Worker thread: closes connection conn_id, if it is still there, with
+ * code (its message can never be stored). */
+void worker_refuse(worker *w, uint64_t conn_id, unsigned code, const char *why);
 
 /* Worker thread: one of w's connections has closed and been freed. */
 void worker_conn_gone(worker *w);

@@ -77,10 +77,12 @@ int broker_attach(broker *b, int wid, struct event_base *base) {
 
 void broker_detach(broker *b, int wid) { b->ops->detach(b, wid); }
 
-int broker_publish(broker *b, int wid, const char *rname, size_t room_len, const char *user,
-                   size_t user_len, const char *text, size_t text_len) {
-    return b->ops->publish(b, wid, rname, room_len, user, user_len, text, text_len);
+int broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
+                   const char *user, size_t user_len, const char *text, size_t text_len) {
+    return b->ops->publish(b, wid, conn_id, rname, room_len, user, user_len, text, text_len);
 }
+
+int broker_pending(broker *b, int wid) { return b->ops->pending ? b->ops->pending(b, wid) : 0; }
 
 void broker_flush_wakes(broker *b) {
     for (int i = 0; i < b->nworkers; i++) {

@@ -162,7 +162,7 @@ static int conn_publish(conn *c, const uint8_t *text, size_t len) {
         conn_close(c, WS_CLOSE_POLICY, "rate limit exceeded");
         return 0;
     }
-    if (broker_publish(w->broker, w->id, r->name, strlen(r->name), c->user, c->user_len,
+    if (broker_publish(w->broker, w->id, c->id, r->name, strlen(r->name), c->user, c->user_len,
                        (const char *)text, len) < 0) {
         atomic_fetch_add_explicit(&w->busy_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
@@ -439,7 +439,10 @@ int conn_flush(conn *c) {
 
 int conn_pump(conn *c) {
     room *r = c->room;
-    if (r && room_backlog(r, c) > (uint64_t)c->w->cfg->max_output_buffer) {
+    /* The frame being written does not count: one entry larger than
+     * max_output_buffer (from a node with a larger max_message) would
+     * otherwise make every member of the room "slow" at once. */
+    if (r && room_backlog_behind(r, c) > (uint64_t)c->w->cfg->max_output_buffer) {
         atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: slow consumer, %llu bytes queued, closing with 1008",
                  (unsigned long long)c->id, (unsigned long long)room_backlog(r, c));

@@ -153,9 +153,13 @@ fatal_thread:
 fatal:
     log_error("%s", err);
 stop:
-    if (a) acceptor_stop(a);
+    /* Fail readiness and take no new clients; the workers store what they
+     * accepted (the broker still runs, and delivers it), then close their
+     * clients; only then do the broker and the acceptor go. */
+    if (a) acceptor_drain(a);
     for (int i = 0; i < started; i++) worker_stop(workers[i]);
     for (int i = 0; i < started; i++) worker_join(workers[i]);
+    if (a) acceptor_stop(a);
     if (b) broker_stop(b);
     acceptor_free(a);
     for (int i = 0; i < nworkers; i++) worker_free(workers[i]);

@@ -20,6 +20,15 @@
 #define WORKER_HANDOFF_RING 4096
 #define WORKER_BATCH 4096        /* inbox messages per turn */
 #define WORKER_TICK_MS 250
+#define WORKER_STOP_TICK_MS 20   /* shutdown phases are checked this often */
+
+/* Shutdown, in phases (w->stopping): */
+enum {
+    RUNNING = 0,
+    STOP_STORE,   /* clients still served; wait until what they sent is stored */
+    STOP_DRAIN,   /* close clients with 1001, in batches over drain_time */
+    STOP_FINISH,  /* wait for the last closes and stores, then exit */
+};
 
 _Atomic int64_t chatd_clients;
 
@@ -34,7 +43,7 @@ void handoff_free(handoff *h) {
 
 static void worker_on_bell(evutil_socket_t fd, short what, void *arg);
 static void worker_on_tick(evutil_socket_t fd, short what, void *arg);
-static void worker_on_stop_deadline(evutil_socket_t fd, short what, void *arg);
+static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg);
 
 worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     worker *w = calloc(1, sizeof(*w));
@@ -56,7 +65,7 @@ worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     }
     w->bell_ev = event_new(w->base, w->bell_fd, EV_READ | EV_PERSIST, worker_on_bell, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, worker_on_tick, w);
-    w->stop_ev = evtimer_new(w->base, worker_on_stop_deadline, w);
+    w->stop_ev = event_new(w->base, -1, EV_PERSIST, worker_on_stop_tick, w);
     w->inbox = ring_new((size_t)cfg->ring_size);
     w->handoffs = ring_new(WORKER_HANDOFF_RING);
     w->rbuf_size = WORKER_RBUF;
@@ -154,35 +163,70 @@ int worker_push(worker *w, msg *m) { return ring_push(w->inbox, m); }
 void worker_conn_gone(worker *w) {
     atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed); /* a counter */
     atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
-    if (w->stopping && w->conns == NULL) event_base_loopbreak(w->base);
+}
+
+void worker_refuse(worker *w, uint64_t conn_id, unsigned code, const char *why) {
+    for (conn *c = w->conns; c; c = c->next) {
+        if (c->id != conn_id) continue;
+        log_info("conn %llu: %s, closing with %u", (unsigned long long)conn_id, why, code);
+        conn_close(c, code, why);
+        conn_flush(c);
+        return;
+    }
+}
+
+static void worker_phase(worker *w, int phase) {
+    w->stopping = phase;
+    w->phase_ms = clock_ms();
 }
 
 static void worker_begin_shutdown(worker *w) {
-    w->stopping = 1;
-    log_debug("worker %d: closing %u clients", w->id,
-              atomic_load_explicit(&w->nconns, memory_order_relaxed));
-    if (w->conns == NULL) {
+    log_debug("worker %d: stopping with %u clients, %d messages to store", w->id,
+              atomic_load_explicit(&w->nconns, memory_order_relaxed),
+              broker_pending(w->broker, w->id));
+    worker_phase(w, STOP_STORE);
+    struct timeval tv = {0, WORKER_STOP_TICK_MS * 1000};
+    event_add(w->stop_ev, &tv);
+}
+
+/* Moves the shutdown along; runs every WORKER_STOP_TICK_MS. */
+static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
+    worker *w = arg;
+    const config *cfg = w->cfg;
+    (void)fd, (void)what;
+    int64_t now = clock_ms(), in_phase = now - w->phase_ms;
+    int pending = broker_pending(w->broker, w->id);
+    if (w->stopping == STOP_STORE) {
+        if (pending > 0 && in_phase < cfg->shutdown_timeout_ms) return;
+        w->drain_total = atomic_load_explicit(&w->nconns, memory_order_relaxed);
+        w->drained = 0;
+        worker_phase(w, STOP_DRAIN);
+        in_phase = 0;
+    }
+    if (w->stopping == STOP_DRAIN) {
+        /* Close the share of the clients this much of drain_time calls for,
+         * so that they reconnect elsewhere spread out, not all at once. */
+        uint64_t due = cfg->drain_time_ms > 0 && in_phase < cfg->drain_time_ms
+                           ? (uint64_t)w->drain_total * (uint64_t)in_phase / (uint64_t)cfg->drain_time_ms + 1
+                           : UINT64_MAX;
+        conn *c = w->conns, *next;
+        for (; c && w->drained < due; c = next) {
+            next = c->next;
+            if (c->state != CONN_OPEN) continue;
+            w->drained++;
+            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+            conn_flush(c);
+        }
+        for (c = w->conns; c && c->state != CONN_OPEN; c = c->next) {}
+        if (c) return; /* some still open */
+        worker_phase(w, STOP_FINISH);
+        in_phase = 0;
+    }
+    if ((w->conns == NULL && pending == 0) || in_phase >= cfg->shutdown_timeout_ms) {
         event_base_loopbreak(w->base);
         return;
     }
-    conn *c = w->conns, *next;
-    for (; c; c = next) {
-        next = c->next;
-        conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
-        conn_flush(c);
-    }
-    struct timeval tv = {w->cfg->shutdown_timeout_ms / 1000,
-                         (w->cfg->shutdown_timeout_ms % 1000) * 1000};
-    evtimer_add(w->stop_ev, &tv);
 }
-
-static void worker_on_stop_deadline(evutil_socket_t fd, short what, void *arg) {
-    worker *w = arg;
-    (void)fd;
-    (void)what;
-    event_base_loopbreak(w->base);
-}
-
 /* Writes the new room entries to every member of every room that got some. */
 static void worker_pump_rooms(worker *w) {
     room *r;
@@ -211,7 +255,7 @@ static void worker_on_bell(evutil_socket_t fd, short what, void *arg) {
     while ((h = ring_pop(w->handoffs))) {
         conn *c = conn_new(w, h);
         handoff_free(h);
-        if (c && w->stopping) {
+        if (c && w->stopping >= STOP_DRAIN) { /* too late to join */
             conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
             conn_flush(c);
         }

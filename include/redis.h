@@ -1,0 +1,94 @@
+/* redis — the Redis broker's three parts and the state they share.
+ * Private to src/broker_redis.c and src/redis_*.c.
+ *
+ *   redis_link.c     the connection facts all of them share: the URL, name
+ *                    resolution (off the event loops), liveness (keepalive,
+ *                    user timeout), backoff, which errors are lasting
+ *   redis_pub.c      publishing, on each worker's event loop
+ *   redis_consume.c  the consumer thread: reads the stream, fans out
+ *
+ * Order and exactly-once live in Redis, not in any node's memory: every
+ * publisher (one per worker per process) numbers its messages 1, 2, 3 ...
+ * and a server-side script appends message n only when n - 1 is the last
+ * one of that publisher stored, answering "stored already" for a repeat.
+ * A publisher may then re-send anything it has no answer for.
+ */
+#ifndef CHATD_REDIS_H
+#define CHATD_REDIS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "broker_backend.h"
+#include "clock.h"
+
+#define REDIS_BACKOFF_MIN_MS 50
+#define REDIS_BACKOFF_MAX_MS 5000
+
+typedef struct redis_link {
+    char host[256];
+    int port;
+    int db;
+    char user[128];
+    char pass[256];
+    int timeout_ms;              /* redis_timeout */
+    pthread_mutex_t lock;        /* guards ip and problem (not the message path) */
+    char ip[64];                 /* host resolved, "" until known */
+    char problem[192];           /* a lasting error an operator must fix, or "" */
+} redis_link;
+
+/* Parses redis://[[user]:password@]host[:port][/db]. Main thread. The
+ * error never repeats the password. Returns 0 or -1 with err. */
+int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, size_t errlen);
+void redis_link_destroy(redis_link *l);
+/* Consumer thread: resolves host (may block). 0, or -1 with err. */
+int redis_link_resolve(redis_link *l, char *err, size_t errlen);
+/* Any thread: copies the resolved address; -1 while there is none. */
+int redis_link_ip(redis_link *l, char *ip, size_t iplen);
+/* Any thread: sets TCP keepalive and the user timeout on a Redis socket, so
+ * that a path that went silent fails within about timeout_ms. */
+void redis_link_tune(const redis_link *l, int fd);
+/* Any thread: records or clears (msg NULL) the lasting problem. Returns 1
+ * if it changed (the caller logs once). */
+int redis_link_set_problem(redis_link *l, const char *text);
+void redis_link_problem(redis_link *l, char *out, size_t outlen);
+/* 1 if a Redis error reply is a configuration error that retrying will
+ * not cure (WRONGTYPE, NOAUTH, WRONGPASS, NOPERM). */
+int redis_error_lasting(const char *err);
+/* The next backoff after ms: doubled, capped, with up to 25 % jitter. */
+int redis_backoff(int ms);
+
+struct publisher;
+
+typedef struct rbroker {
+    redis_link link;
+    char node[17];               /* random, hex: this process's publisher id */
+    struct publisher *pubs;      /* one per worker */
+    /* Consumer state others read (relaxed unless said). */
+    _Atomic int started;         /* the consumer fixed its start id (release) */
+    _Atomic int up;              /* the consumer reads */
+    _Atomic int64_t since_ms;    /* wall ms when `up` last changed */
+    _Atomic uint64_t read_lag;   /* entries after last_id at the last check */
+    /* Consumer thread only. */
+    void *ctx;                   /* redisContext * */
+    char last_id[64];            /* last delivered entry id, "" until fixed */
+    uint64_t pos;                /* entries-added count at last_id (gap check) */
+    int counted;                 /* Redis reports entries-added (7.0 and later) */
+} rbroker;
+
+/* redis_pub.c: the publishing side of broker_ops (worker threads). */
+int redis_pub_init(broker *b, char *err, size_t errlen);
+void redis_pub_free(broker *b);
+int redis_pub_attach(broker *b, int wid, struct event_base *base);
+void redis_pub_detach(broker *b, int wid);
+int redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
+                      const char *user, size_t user_len, const char *text, size_t text_len);
+int redis_pub_pending(broker *b, int wid);
+/* Any thread: messages not yet stored, and the age of the oldest (ms). */
+void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms);
+
+/* redis_consume.c: the consumer thread's body. */
+void *redis_consume_run(void *b);
+
+#endif

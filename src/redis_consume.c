@@ -1,0 +1,409 @@
+/* redis_consume — the consumer thread: reads the stream with a blocking
+ * XREAD from the last id it delivered, builds one msg per entry and fans
+ * it out to the workers (see redis.h).
+ *
+ * Every entry is fetched once: the blocking read's entries are the data.
+ * Now and then (after a connect, after a full batch, once a second) the
+ * read runs in one MULTI with XINFO STREAM, which tells
+ *   - a gap: entries after last_id trimmed before this node read them;
+ *   - a reset: the stream came back empty or younger (Redis restarted
+ *     without its data, the key was deleted), so ids went backwards;
+ *   - how far behind this node reads.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "log.h"
+#include "redis.h"
+
+#define READ_BLOCK_MS 500         /* XREAD BLOCK: also how soon stop is seen */
+#define READ_COUNT 512            /* entries per XREAD */
+#define CHECK_EVERY_MS 1000       /* XINFO at least this often */
+#define CHECK_AFTER_MS 100        /* and this soon after entries came */
+#define OVERSIZE_LOG_MS 10000     /* one line per this for refused entries */
+
+typedef struct consumer {
+    broker *b;
+    rbroker *rb;
+    redisContext *ctx;
+    int64_t checked_ms;           /* monotonic: last XINFO */
+    int check;                    /* run XINFO with the next read */
+    uint64_t unchecked;           /* entries read since the last XINFO */
+    int backoff_ms;
+    int down_logged;              /* a streak of failures was logged */
+    uint64_t oversize_unlogged;
+    int64_t oversize_logged_ms;
+} consumer;
+
+static int64_t wall_ms(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static void set_up(consumer *c, int up) {
+    rbroker *rb = c->rb;
+    if (atomic_load_explicit(&rb->up, memory_order_relaxed) == up) return;
+    atomic_store_explicit(&rb->since_ms, wall_ms(), memory_order_relaxed); /* a gauge */
+    atomic_store_explicit(&rb->up, up, memory_order_relaxed);
+}
+
+static void sleep_ms(broker *b, int ms) {
+    for (; ms > 0 && !atomic_load_explicit(&b->stop, memory_order_acquire); ms -= 50) {
+        struct timespec ts = {0, (ms < 50 ? ms : 50) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static redisReply *cmd(consumer *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c->ctx, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static void disconnect(consumer *c) {
+    if (c->ctx) redisFree(c->ctx);
+    c->ctx = NULL;
+    set_up(c, 0);
+}
+
+/* 1 if stream id a is before b ("ms-seq"). */
+static int id_before(const char *a, const char *b) {
+    uint64_t ams = 0, aseq = 0, bms = 0, bseq = 0;
+    sscanf(a, "%" SCNu64 "-%" SCNu64, &ams, &aseq);
+    sscanf(b, "%" SCNu64 "-%" SCNu64, &bms, &bseq);
+    return ams < bms || (ams == bms && aseq < bseq);
+}
+
+static redisReply *field(redisReply *r, const char *key) {
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, key) == 0)
+            return r->element[i + 1];
+    return NULL;
+}
+
+static long long field_int(redisReply *r, const char *key, int *found) {
+    redisReply *v = field(r, key);
+    *found = v && v->type == REDIS_REPLY_INTEGER;
+    return *found ? v->integer : 0;
+}
+
+/* The stream is not what this node read before. Messages of the old
+ * stream this node had not read are gone; how many is not known. */
+static void stream_reset(consumer *c, const char *why) {
+    log_warn("redis: %s %s (Redis lost its data?); messages after %s that this node had not "
+             "read are lost; reading the new stream",
+             c->b->cfg->stream, why, c->rb->last_id);
+    atomic_fetch_add_explicit(&c->b->resets, 1, memory_order_relaxed); /* a counter */
+}
+
+/* Compares XINFO STREAM (info; an error when there is no stream) with
+ * what this node delivered, `read` being the entries of the read that came
+ * with it. Returns 1 if that read is stale: the stream was reset and
+ * reading starts at its beginning.
+ *
+ * Gaps: ids are not dense, so the consumer counts: `pos` is how many
+ * entries the stream had ever added up to last_id, as far as this node
+ * knows. XINFO reports entries-added (E) and length (L). When the read that
+ * came with it returned everything after last_id (n < READ_COUNT entries),
+ * last_id is entry E - n exactly, and anything between pos and that went
+ * unread. After a full read, trimming removes the oldest first, so the
+ * first entry returned is number E - L + 1 when E - L > pos. */
+static int check_stream(consumer *c, redisReply *info, size_t read) {
+    broker *b = c->b;
+    rbroker *rb = c->rb;
+    c->checked_ms = clock_ms();
+    c->check = 0;
+    c->unchecked = 0;
+    int delivered = strcmp(rb->last_id, "0-0") != 0;
+    redisReply *last = info->type == REDIS_REPLY_ARRAY ? field(info, "last-generated-id") : NULL;
+    int gone = info->type == REDIS_REPLY_ERROR && strstr(info->str, "no such key");
+    int back = last && last->type == REDIS_REPLY_STRING && id_before(last->str, rb->last_id);
+    if (delivered && (gone || back)) {
+        stream_reset(c, gone ? "is gone" : "went back to older ids");
+        snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
+        rb->pos = 0;
+        atomic_store_explicit(&rb->read_lag, 0, memory_order_relaxed); /* a gauge */
+        return 1;
+    }
+    int has_added, has_len;
+    long long added = field_int(info, "entries-added", &has_added);
+    long long len = field_int(info, "length", &has_len);
+    if (!rb->counted || !has_added || !has_len) return 0; /* no stream, or Redis < 7 */
+    if ((uint64_t)added < rb->pos) {
+        /* Younger than what this node read, yet with newer ids: made anew
+         * (Redis restarted empty while this node was away). Reading goes
+         * on after last_id; the count starts over with this read. */
+        stream_reset(c, "was recreated");
+        rb->pos = (uint64_t)added > read ? (uint64_t)added - read : 0;
+    }
+    uint64_t trimmed = (uint64_t)(added - len);
+    uint64_t at = read < READ_COUNT ? (uint64_t)added - read : trimmed > rb->pos ? trimmed : rb->pos;
+    if (at > rb->pos) {
+        log_warn("redis: gap: %s lost entries after the last delivered id %s before this node "
+                 "read them; %" PRIu64 " messages after it were lost unread (trimmed: "
+                 "stream_maxlen too small for the load?)",
+                 b->cfg->stream, rb->last_id, at - rb->pos);
+        atomic_fetch_add_explicit(&b->lost, at - rb->pos, memory_order_relaxed); /* a counter */
+        rb->pos = at;
+    }
+    uint64_t lag = (uint64_t)added - rb->pos;
+    atomic_store_explicit(&rb->read_lag, lag > read ? lag - read : 0,
+                          memory_order_relaxed); /* a gauge */
+    return 0;
+}
+
+static void consume_entry(consumer *c, redisReply *e) {
+    broker *b = c->b;
+    rbroker *rb = c->rb;
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_ARRAY)
+        return;
+    const char *id = e->element[0]->str;
+    snprintf(rb->last_id, sizeof(rb->last_id), "%s", id);
+    rb->pos++;
+    redisReply *f = e->element[1];
+    redisReply *rm = NULL, *user = NULL, *text = NULL;
+    for (size_t i = 0; i + 1 < f->elements; i += 2) {
+        redisReply *k = f->element[i], *v = f->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+        if (strcmp(k->str, "room") == 0) rm = v;
+        else if (strcmp(k->str, "user") == 0) user = v;
+        else if (strcmp(k->str, "text") == 0) text = v;
+    }
+    if (!rm || !user || !text) {
+        log_warn("redis: entry %s lacks room, user or text; skipped", id);
+        return;
+    }
+    /* Written by a node with a larger max_message, or by anything else that
+     * can write the stream: this node's clients were promised no more. */
+    if ((int64_t)text->len > b->cfg->max_message) {
+        atomic_fetch_add_explicit(&b->oversize, 1, memory_order_relaxed); /* a counter */
+        c->oversize_unlogged++;
+        int64_t now = clock_ms();
+        if (now - c->oversize_logged_ms >= OVERSIZE_LOG_MS) {
+            log_warn("redis: entry %s of %zu bytes is over max_message; %" PRIu64
+                     " such entries not delivered", id, text->len, c->oversize_unlogged);
+            c->oversize_logged_ms = now;
+            c->oversize_unlogged = 0;
+        }
+        return;
+    }
+    msg *m = msg_new(rm->str, rm->len, user->str, user->len, text->str, text->len);
+    if (m == NULL) {
+        log_error("redis: out of memory for entry %s", id);
+        return;
+    }
+    sscanf(id, "%" SCNu64 "-%" SCNu64, &m->id_ms, &m->id_seq);
+    broker_fanout(b, m);
+}
+
+/* Delivers the entries of an XREAD reply; returns how many there were. */
+static size_t consume_reply(consumer *c, redisReply *xr) {
+    size_t n = 0;
+    for (size_t s = 0; xr->type == REDIS_REPLY_ARRAY && s < xr->elements; s++) {
+        redisReply *stream = xr->element[s];
+        if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2 ||
+            stream->element[1]->type != REDIS_REPLY_ARRAY)
+            continue;
+        redisReply *entries = stream->element[1];
+        for (size_t i = 0; i < entries->elements; i++) consume_entry(c, entries->element[i]);
+        n += entries->elements;
+    }
+    broker_flush_wakes(c->b);
+    return n;
+}
+
+/* A lasting error (the key holds another type, no rights, bad password) is
+ * the operator's to fix: say so plainly, once, and report it on /readyz. */
+static void lasting_problem(consumer *c, const char *what, const char *err) {
+    char problem[192];
+    snprintf(problem, sizeof(problem), "Redis refuses to %s: %s (check %s)", what, err,
+             strncmp(err, "WRONGTYPE", 9) == 0 ? "stream" : "redis_url and the Redis user");
+    if (redis_link_set_problem(&c->rb->link, problem)) log_error("redis: %s", problem);
+}
+
+/* Connects, authenticates, and fixes the start id on first contact.
+ * Returns 0, or -1 (logged once per streak by the caller). */
+static int consumer_connect(consumer *c, char *err, size_t errlen) {
+    broker *b = c->b;
+    rbroker *rb = c->rb;
+    redis_link *l = &rb->link;
+    char ip[64];
+    if (redis_link_resolve(l, err, errlen) < 0) return -1; /* again: the address may move */
+    redis_link_ip(l, ip, sizeof(ip));
+    int t = l->timeout_ms;
+    struct timeval ct = {t / 1000, (t % 1000) * 1000};
+    c->ctx = redisConnectWithTimeout(ip, l->port, ct);
+    if (c->ctx == NULL || c->ctx->err) {
+        snprintf(err, errlen, "cannot reach %s:%d: %s", l->host, l->port,
+                 c->ctx ? c->ctx->errstr : "out of memory");
+        goto fail;
+    }
+    redis_link_tune(l, c->ctx->fd);
+    int rt = READ_BLOCK_MS + t; /* a blocking read is answered within its BLOCK */
+    struct timeval rtv = {rt / 1000, (rt % 1000) * 1000};
+    redisSetTimeout(c->ctx, rtv);
+    redisReply *r = NULL;
+    if (l->pass[0]) {
+        r = l->user[0] ? cmd(c, "AUTH %s %s", l->user, l->pass) : cmd(c, "AUTH %s", l->pass);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
+        freeReplyObject(r);
+    }
+    if (l->db) {
+        r = cmd(c, "SELECT %d", l->db);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
+        freeReplyObject(r);
+    }
+    if (rb->last_id[0] == '\0') {
+        /* First contact: start after the newest entry; no replay. */
+        r = cmd(c, "XINFO STREAM %s", b->cfg->stream);
+        if (r == NULL) goto fail_reply;
+        if (r->type == REDIS_REPLY_ARRAY) {
+            redisReply *last = field(r, "last-generated-id");
+            if (last && last->type == REDIS_REPLY_STRING)
+                snprintf(rb->last_id, sizeof(rb->last_id), "%s", last->str);
+            rb->pos = (uint64_t)field_int(r, "entries-added", &rb->counted);
+        } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
+            rb->counted = 1; /* no stream yet: counting starts at 0 */
+        } else {
+            /* LOADING, NOPERM, WRONGTYPE, ...: where the stream ends is not
+             * known, and 0-0 would replay all of it. Try again later. */
+            goto fail_reply;
+        }
+        freeReplyObject(r);
+        if (rb->last_id[0] == '\0') snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
+        if (!rb->counted) log_warn("redis: server older than 7.0: trimmed gaps are not detected");
+        log_info("redis: reading %s after %s", b->cfg->stream, rb->last_id);
+        /* release: publishers may send now; entries they add come after */
+        atomic_store_explicit(&rb->started, 1, memory_order_release);
+    }
+    c->check = 1;
+    return 0;
+fail_reply:
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        if (redis_error_lasting(r->str)) lasting_problem(c, "let chatd in", r->str);
+        snprintf(err, errlen, "%s", r->str);
+    } else {
+        snprintf(err, errlen, "%s", c->ctx->errstr[0] ? c->ctx->errstr : "bad reply");
+    }
+    if (r) freeReplyObject(r);
+fail:
+    disconnect(c);
+    return -1;
+}
+
+#define READ_LOST -1               /* read_once: the connection failed */
+#define READ_REFUSED -2            /* read_once: Redis answered with an error */
+
+/* One read: with the XINFO check when due. Returns the entries delivered,
+ * READ_LOST or READ_REFUSED (logged, backed off). */
+static long read_once(consumer *c) {
+    broker *b = c->b;
+    rbroker *rb = c->rb;
+    redisReply *r = NULL, *xr;
+    size_t n = 0;
+    int64_t since = clock_ms() - c->checked_ms;
+    /* A gap is seen soon after the entries around it: a read that had
+     * entries is followed by a check within CHECK_AFTER_MS. */
+    if (c->check || since >= CHECK_EVERY_MS || (c->unchecked && since >= CHECK_AFTER_MS)) {
+        redisAppendCommand(c->ctx, "MULTI");
+        redisAppendCommand(c->ctx, "XINFO STREAM %s", b->cfg->stream);
+        redisAppendCommand(c->ctx, "XREAD COUNT %d STREAMS %s %s", READ_COUNT, b->cfg->stream,
+                           rb->last_id);
+        redisAppendCommand(c->ctx, "EXEC");
+        for (int i = 0; i < 4; i++) { /* OK, QUEUED, QUEUED, then the result */
+            if (r) freeReplyObject(r);
+            if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK) return READ_LOST;
+        }
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+            xr = r->element[1];
+            size_t got = xr->type == REDIS_REPLY_ARRAY && xr->elements == 1 &&
+                                 xr->element[0]->elements == 2
+                             ? xr->element[0]->element[1]->elements
+                             : 0;
+            if (check_stream(c, r->element[0], got)) {
+                freeReplyObject(r);
+                return 0;
+            }
+            if (xr->type != REDIS_REPLY_ERROR) {
+                n = consume_reply(c, xr);
+                if (n == READ_COUNT) c->check = 1; /* behind: keep an eye on trimming */
+                freeReplyObject(r);
+                return (long)n;
+            }
+            r->element[1] = NULL; /* report the read's error below */
+            freeReplyObject(r);
+            r = xr;
+        }
+    } else {
+        int64_t block = c->unchecked ? CHECK_AFTER_MS - since : READ_BLOCK_MS;
+        r = cmd(c, "XREAD COUNT %d BLOCK %lld STREAMS %s %s", READ_COUNT,
+                (long long)(block > 0 ? block : 1), b->cfg->stream, rb->last_id);
+        if (r == NULL) return READ_LOST;
+        if (r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_ARRAY) {
+            n = consume_reply(c, r);
+            c->unchecked += n;
+            if (n == READ_COUNT) c->check = 1;
+            if (n < READ_COUNT) atomic_store_explicit(&rb->read_lag, 0, memory_order_relaxed);
+            freeReplyObject(r);
+            return (long)n;
+        }
+    }
+    /* An error reply: LOADING passes, WRONGTYPE and NOPERM stay. */
+    const char *e = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
+    if (redis_error_lasting(e)) lasting_problem(c, "read the stream", e);
+    else if (!c->down_logged) log_warn("redis: read refused: %s; retrying", e);
+    c->down_logged = 1;
+    set_up(c, 0);
+    freeReplyObject(r);
+    sleep_ms(b, c->backoff_ms);
+    c->backoff_ms = redis_backoff(c->backoff_ms);
+    c->check = 1;
+    return READ_REFUSED;
+}
+
+void *redis_consume_run(void *arg) {
+    broker *b = arg;
+    consumer c = {.b = b, .rb = b->impl, .backoff_ms = REDIS_BACKOFF_MIN_MS};
+    char err[256];
+    log_thread("broker");
+    while (!atomic_load_explicit(&b->stop, memory_order_acquire)) { /* see broker_stop */
+        if (c.ctx == NULL) {
+            if (consumer_connect(&c, err, sizeof(err)) < 0) {
+                if (!c.down_logged) log_warn("redis: consumer: %s; retrying with backoff", err);
+                c.down_logged = 1;
+                sleep_ms(b, c.backoff_ms);
+                c.backoff_ms = redis_backoff(c.backoff_ms);
+                continue;
+            }
+            if (c.down_logged) {
+                log_info("redis: consumer connected again, resuming after %s", c.rb->last_id);
+                atomic_fetch_add_explicit(&b->reconnects, 1, memory_order_relaxed); /* counter */
+            }
+        }
+        long n = read_once(&c);
+        if (n == READ_LOST) {
+            log_warn("redis: consumer lost its connection: %s", c.ctx->errstr);
+            c.down_logged = 1;
+            disconnect(&c);
+        } else if (n != READ_REFUSED) { /* Redis serves us */
+            if (c.down_logged) log_info("redis: reading %s again", b->cfg->stream);
+            if (redis_link_set_problem(&c.rb->link, NULL)) log_info("redis: problem resolved");
+            c.down_logged = 0;
+            c.backoff_ms = REDIS_BACKOFF_MIN_MS;
+            set_up(&c, 1);
+        }
+    }
+    disconnect(&c);
+    return NULL;
+}

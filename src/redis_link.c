@@ -1,0 +1,133 @@
+/* redis_link — what every Redis connection of the broker shares: the URL,
+ * the resolved address, liveness settings, backoff, and the lasting problem
+ * an operator must fix (see redis.h). */
+#include "redis.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, size_t errlen) {
+    memset(l, 0, sizeof(*l));
+    l->port = 6379;
+    l->timeout_ms = timeout_ms;
+    pthread_mutex_init(&l->lock, NULL);
+    const char *p = url, *at = NULL;
+    if (strncmp(p, "redis://", 8) != 0) goto bad;
+    p += 8;
+    at = strrchr(p, '@'); /* the password may hold '@' */
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            snprintf(l->user, sizeof(l->user), "%.*s", (int)(colon - p), p);
+            snprintf(l->pass, sizeof(l->pass), "%.*s", (int)(at - colon - 1), colon + 1);
+        } else {
+            snprintf(l->pass, sizeof(l->pass), "%.*s", (int)(at - p), p);
+        }
+        p = at + 1;
+    }
+    const char *end = p + strcspn(p, ":/");
+    if (end == p || (size_t)(end - p) >= sizeof(l->host)) goto bad;
+    snprintf(l->host, sizeof(l->host), "%.*s", (int)(end - p), p);
+    if (*end == ':') {
+        char *e;
+        long port = strtol(end + 1, &e, 10);
+        if (e == end + 1 || port < 1 || port > 65535) goto bad;
+        l->port = (int)port;
+        end = e;
+    }
+    if (*end == '/' && end[1]) {
+        char *e;
+        long db = strtol(end + 1, &e, 10);
+        if (*e || db < 0 || db > 1000000) goto bad;
+        l->db = (int)db;
+    } else if (*end && !(*end == '/' && !end[1])) {
+        goto bad;
+    }
+    /* A numeric host needs no resolver: the workers may connect at once. */
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, l->host, &a6) == 1 || inet_pton(AF_INET6, l->host, &a6) == 1)
+        snprintf(l->ip, sizeof(l->ip), "%.63s", l->host);
+    return 0;
+bad:
+    snprintf(err, errlen,
+             "bad redis_url (expected redis://[[user]:password@]host[:port][/db], got %s)",
+             at ? "a URL with credentials, not repeated here" : url);
+    return -1;
+}
+
+void redis_link_destroy(redis_link *l) { pthread_mutex_destroy(&l->lock); }
+
+int redis_link_resolve(redis_link *l, char *err, size_t errlen) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(l->host, NULL, &hints, &res);
+    if (rc != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot resolve %s: %s", l->host,
+                 rc ? gai_strerror(rc) : "no address");
+        return -1;
+    }
+    char ip[64];
+    const void *addr = res->ai_family == AF_INET6
+                           ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+                           : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+    inet_ntop(res->ai_family, addr, ip, sizeof(ip));
+    freeaddrinfo(res);
+    pthread_mutex_lock(&l->lock);
+    snprintf(l->ip, sizeof(l->ip), "%s", ip);
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
+int redis_link_ip(redis_link *l, char *ip, size_t iplen) {
+    pthread_mutex_lock(&l->lock);
+    snprintf(ip, iplen, "%s", l->ip);
+    pthread_mutex_unlock(&l->lock);
+    return ip[0] ? 0 : -1;
+}
+
+void redis_link_tune(const redis_link *l, int fd) {
+    int one = 1, idle = l->timeout_ms / 1000 > 0 ? l->timeout_ms / 1000 : 1;
+    int intvl = idle / 3 > 0 ? idle / 3 : 1, cnt = 3;
+    unsigned int user_timeout = (unsigned int)l->timeout_ms;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    /* Unacknowledged data older than this fails the socket: a black hole is
+     * noticed even while we are writing into it. */
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+}
+
+int redis_link_set_problem(redis_link *l, const char *text) {
+    pthread_mutex_lock(&l->lock);
+    int changed = strcmp(l->problem, text ? text : "") != 0;
+    snprintf(l->problem, sizeof(l->problem), "%s", text ? text : "");
+    pthread_mutex_unlock(&l->lock);
+    return changed;
+}
+
+void redis_link_problem(redis_link *l, char *out, size_t outlen) {
+    pthread_mutex_lock(&l->lock);
+    snprintf(out, outlen, "%s", l->problem);
+    pthread_mutex_unlock(&l->lock);
+}
+
+int redis_error_lasting(const char *err) {
+    static const char *const lasting[] = {"WRONGTYPE", "NOAUTH", "WRONGPASS", "NOPERM"};
+    for (size_t i = 0; i < sizeof(lasting) / sizeof(lasting[0]); i++)
+        if (strncmp(err, lasting[i], strlen(lasting[i])) == 0) return 1;
+    return 0;
+}
+
+int redis_backoff(int ms) {
+    static _Thread_local unsigned seed;
+    if (seed == 0) seed = (unsigned)clock_ms() ^ (unsigned)(uintptr_t)&seed;
+    ms = ms * 2 > REDIS_BACKOFF_MAX_MS ? REDIS_BACKOFF_MAX_MS : ms * 2;
+    return ms - (int)((unsigned)rand_r(&seed) % (unsigned)(ms / 4 + 1));
+}
