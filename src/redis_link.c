@@ -32,9 +32,17 @@ int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, s
         }
         p = at + 1;
     }
-    const char *end = p + strcspn(p, ":/");
-    if (end == p || (size_t)(end - p) >= sizeof(l->host)) goto bad;
-    snprintf(l->host, sizeof(l->host), "%.*s", (int)(end - p), p);
+    const char *end;
+    if (*p == '[') { /* [IPv6]:port */
+        end = strchr(p, ']');
+        if (end == NULL || end == p + 1 || (size_t)(end - p - 1) >= sizeof(l->host)) goto bad;
+        snprintf(l->host, sizeof(l->host), "%.*s", (int)(end - p - 1), p + 1);
+        end++;
+    } else {
+        end = p + strcspn(p, ":/");
+        if (end == p || (size_t)(end - p) >= sizeof(l->host)) goto bad;
+        snprintf(l->host, sizeof(l->host), "%.*s", (int)(end - p), p);
+    }
     if (*end == ':') {
         char *e;
         long port = strtol(end + 1, &e, 10);
