@@ -564,3 +564,115 @@ def test_start_while_redis_refuses_xinfo_does_not_replay(redis, chatd):
         await alice.close()
 
     arun(main(), 60)
+
+
+def test_entry_over_max_message_is_refused_not_fanned_out(redis, chatd):
+    """An entry larger than this node's max_message (another node with a
+    larger one, or anything that can write the stream) is refused with a
+    counted, logged drop; the room's clients stay and get what follows."""
+    r = redis()
+    a = redis_node(chatd, r, "a", max_message="1k", max_output_buffer="4k")
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await asyncio.to_thread(r.cli, "XADD", STREAM, "*", "room", "lobby", "user", "big",
+                                "text", "x" * 8000, "mid", "other.1.1")
+        await alice.send("after")
+        await wait_for(lambda: len(bob.got) >= 2, 10, "the message after the big entry")
+        await asyncio.sleep(0.2)
+        assert bob.got == ["alice: before", "alice: after"], bob.got
+        assert not bob.closed and not alice.closed
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 40)
+    assert metrics(a.port)["chatd_messages_oversize_total"] == 1
+    assert re.search(r"entry \S+ of 8000 bytes is over max_message", a.log()), a.log()
+
+
+def test_stream_of_wrong_type_is_a_configuration_error(redis, chatd):
+    """The stream key holds a string: a lasting error. It is said plainly
+    (not 'cannot reach'), /readyz answers 503 naming it, /healthz stays 200
+    and names it, a sender whose message can never be stored is closed with
+    1011 -- and once the key is fixed the node serves again."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await asyncio.to_thread(r.cli, "DEL", STREAM)
+        await asyncio.to_thread(r.cli, "SET", STREAM, "not a stream")
+        await alice.send("never stored")
+        await wait_for(lambda: alice.closed, 10, "the sender to be closed")
+        assert alice.close_code == 1011, alice.close_code
+        await asyncio.to_thread(a.wait_log, r"WRONGTYPE", 10)
+        ready = await asyncio.to_thread(
+            http_exchange, a.port, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert ready.status == 503 and b"WRONGTYPE" in ready.body, ready
+        health = await asyncio.to_thread(
+            http_exchange, a.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert health.status == 200 and b"WRONGTYPE" in health.body, health
+        assert "cannot reach" not in a.log()
+        await asyncio.to_thread(r.cli, "DEL", STREAM)
+
+        def ready_again():
+            return http_exchange(a.port, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").status == 200
+
+        await asyncio.to_thread(wait_until, ready_again, 15, 0.1, "/readyz 200 after the fix")
+        carol = await Peer.connect(a, "carol")
+        await carol.send("stored now")
+        await wait_for(lambda: "carol: stored now" in bob.got, 10, "a message after the fix")
+        assert bob.got == ["alice: before", "carol: stored now"], bob.got
+        await bob.close()
+        await carol.close()
+
+    arun(main(), 60)
+    # Said once per streak, not once per retry.
+    assert len(re.findall(r"ERROR.*WRONGTYPE", a.log())) <= 3, a.log()
+
+
+def test_stream_deleted_under_a_running_node(redis, chatd):
+    """The stream key vanishes (FLUSHALL, DEL) while nodes read it: they
+    notice, count a reset, and deliver what comes next -- no stall, nothing
+    of the new stream skipped or doubled."""
+    r = redis()
+    a = redis_node(chatd, r, "a")
+    b = redis_node(chatd, r, "b")
+
+    async def main():
+        await wait_nodes_ready([a, b])
+        alice = await Peer.connect(a, "alice")
+        bob = await Peer.connect(b, "bob")
+        await alice.send("before")
+        await wait_for(lambda: bob.got, 10, "the first message")
+        await asyncio.to_thread(r.cli, "FLUSHALL")
+        for k in range(20):
+            await alice.send(f"after{k}")
+            await asyncio.sleep(0.02)
+        want = ["alice: before"] + [f"alice: after{k}" for k in range(20)]
+        await wait_for(lambda: len(bob.got) >= 21 and len(alice.got) >= 21, 15,
+                       "the messages after the flush")
+        await asyncio.sleep(0.3)
+        assert bob.got == want and alice.got == want, (bob.got, alice.got)
+        # Ids going backwards: the stream had an id from a clock far ahead
+        # (a Redis on another host), the new one starts at today's time.
+        await asyncio.to_thread(r.cli, "XADD", STREAM, "99999999999999-0", "room", "lobby",
+                                "user", "clock", "text", "ahead")
+        want.append("clock: ahead")
+        await wait_for(lambda: len(bob.got) >= len(want) and len(alice.got) >= len(want), 10,
+                       "the entry with a far id")
+        await asyncio.to_thread(r.cli, "FLUSHALL")
+        for k in range(10):
+            await alice.send(f"back{k}")
+        want += [f"alice: back{k}" for k in range(10)]
+        await wait_for(lambda: len(bob.got) >= len(want) and len(alice.got) >= len(want), 15,
+                       "the messages after ids went backwards")
+        await asyncio.sleep(0.3)
+        assert bob.got == want and alice.got == want, (bob.got, alice.got)
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 60)
+    for n in (a, b):
+        assert metrics(n.port)["chatd_stream_resets_total"] >= 2, n.log()
+        assert "went back to older ids" in n.log(), n.log()
