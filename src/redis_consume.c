@@ -288,6 +288,7 @@ static int consumer_connect(consumer *c, char *err, size_t errlen) {
         atomic_store_explicit(&rb->started, 1, memory_order_release);
     }
     c->check = 1;
+    set_up(c, 1); /* Redis answers us */
     return 0;
 fail_reply:
     if (r && r->type == REDIS_REPLY_ERROR) {
