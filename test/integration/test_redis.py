@@ -3,6 +3,7 @@ one order everywhere, and nothing lost or duplicated when Redis fails."""
 
 import asyncio
 import re
+import signal
 import time
 
 import pytest
@@ -676,3 +677,53 @@ def test_stream_deleted_under_a_running_node(redis, chatd):
     for n in (a, b):
         assert metrics(n.port)["chatd_stream_resets_total"] >= 2, n.log()
         assert "went back to older ids" in n.log(), n.log()
+
+
+def test_sigterm_stores_what_was_accepted_then_drains(redis, chatd):
+    """SIGTERM while Redis refuses writes: the node keeps the messages it
+    accepted, stores them once Redis takes writes again (within
+    shutdown_timeout), and only then closes its clients with 1001, spread
+    over drain_time; a client on another node gets every message."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1, shutdown_timeout="8s", drain_time="2s")
+    b = redis_node(chatd, r, "b")
+    n_idle = 30
+
+    async def main():
+        await wait_nodes_ready([a, b])
+        alice = await Peer.connect(a, "alice")
+        idle = [await Peer.connect(a, f"idle{i}") for i in range(n_idle)]
+        bob = await Peer.connect(b, "bob")
+        await alice.send("before")
+        await wait_for(lambda: bob.got, 10, "the first message")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        for k in range(5):
+            assert await alice.send(f"held{k}")
+        await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
+        a.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        # Still storing: nobody closed yet, nothing lost, not ready.
+        assert not alice.closed and not any(p.closed for p in idle)
+        ready = await asyncio.to_thread(
+            http_exchange, a.port, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert ready.status == 503, ready
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        await wait_for(lambda: len(bob.got) >= 6, 10, "the held messages on the other node")
+        assert bob.got == ["alice: before"] + [f"alice: held{k}" for k in range(5)], bob.got
+        closed_at = {}
+        t0 = time.monotonic()
+        while len(closed_at) < n_idle + 1 and time.monotonic() - t0 < 15:
+            for p in idle + [alice]:
+                if p.closed and p.name not in closed_at:
+                    closed_at[p.name] = time.monotonic()
+            await asyncio.sleep(0.01)
+        assert len(closed_at) == n_idle + 1, f"only {len(closed_at)} closed"
+        assert all(p.close_code == 1001 for p in idle + [alice]), [p.close_code for p in idle]
+        spread = max(closed_at.values()) - min(closed_at.values())
+        assert spread >= 1.0, f"clients closed within {spread:.2f} s, not spread over drain_time"
+        await bob.close()
+
+    arun(main(), 60)
+    assert a.wait(15) == 0
+    assert "not stored" not in a.log(), a.log()
