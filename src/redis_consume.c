@@ -322,9 +322,20 @@ static long read_once(consumer *c) {
         redisAppendCommand(c->ctx, "XREAD COUNT %d STREAMS %s %s", READ_COUNT, b->cfg->stream,
                            rb->last_id);
         redisAppendCommand(c->ctx, "EXEC");
+        redisReply *first_error = NULL; /* a refused MULTI says why EXEC fails */
         for (int i = 0; i < 4; i++) { /* OK, QUEUED, QUEUED, then the result */
-            if (r) freeReplyObject(r);
-            if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK) return READ_LOST;
+            if (r && r->type == REDIS_REPLY_ERROR && first_error == NULL) first_error = r;
+            else if (r) freeReplyObject(r);
+            if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK) {
+                if (first_error) freeReplyObject(first_error);
+                return READ_LOST;
+            }
+        }
+        if (first_error && r->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            r = first_error;
+        } else if (first_error) {
+            freeReplyObject(first_error);
         }
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
             xr = r->element[1];
