@@ -76,9 +76,9 @@ conn *conn_new(struct worker *w, struct handoff *h);
  * or -1 if c was closed and freed. */
 int conn_flush(conn *c);
 
-/* Called for every member of a room that has new entries: closes c if its
- * backlog passed max_output_buffer, else flushes. Returns 0, or -1 if c was
- * closed and freed. */
+/* Called for every member of a room that has new entries: closes c if the
+ * bytes queued behind the frame it writes next passed max_output_buffer,
+ * else flushes. Returns 0, or -1 if c was closed and freed. */
 int conn_pump(conn *c);
 
 /* Starts the closing handshake with code (1001 on shutdown). */

@@ -80,4 +80,9 @@ void room_advance(room *r, struct conn *c);
 /* Bytes of r's log that c has not written yet. */
 uint64_t room_backlog(room *r, const struct conn *c);
 
+/* Bytes of r's log queued for c behind the entry it writes next (or is in
+ * the middle of): what slowness is judged by, so that one entry larger
+ * than max_output_buffer is not taken for a slow client. */
+uint64_t room_backlog_behind(room *r, const struct conn *c);
+
 #endif

@@ -176,6 +176,11 @@ uint64_t room_backlog(room *r, const conn *c) {
     return r->bytes - (e->end - e->m->frame_len) - c->off;
 }
 
+uint64_t room_backlog_behind(room *r, const conn *c) {
+    if (c->cursor >= r->head) return 0;
+    return r->bytes - room_entry_at(r, c->cursor)->end;
+}
+
 room *room_next_dirty(room_index *ix) {
     room *r = ix->dirty;
     if (r) ix->dirty = r->dirty_next;
