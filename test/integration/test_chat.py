@@ -75,6 +75,54 @@ def test_rooms_isolate(chatd):
     arun(main(), 30)
 
 
+def fnv1a(data):
+    """room.c's room_hash: 32-bit FNV-1a."""
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def colliding_room_names(limit=5_000_000):
+    """Two room names with the same room_hash, by brute force (a birthday
+    search: about 80,000 names on average)."""
+    seen = {}
+    for i in range(limit):
+        name = f"r{i:x}"
+        h = fnv1a(name.encode())
+        if h in seen:
+            return seen[h], name
+        seen[h] = name
+    pytest.fail("no colliding pair of room names found")
+
+
+def test_rooms_with_one_hash_isolate(chatd):
+    """Two rooms whose names have the same hash (so the same bucket too) on
+    one worker are two rooms: neither hears the other. A lookup that trusts
+    the hash, or the bucket, alone would join them."""
+    a, b = colliding_room_names()
+    assert a != b and fnv1a(a.encode()) == fnv1a(b.encode())
+    srv = chatd(workers=1)
+
+    async def main():
+        a1 = await ws_connect(srv.url("a1", room=a))
+        b1 = await ws_connect(srv.url("b1", room=b))
+        a2 = await ws_connect(srv.url("a2", room=a))
+        await a1.send("in a")
+        assert await recv_text(a1) == "a1: in a"
+        assert await recv_text(a2) == "a1: in a"
+        await b1.send("in b")
+        assert await recv_text(b1) == "b1: in b"
+        # Had "in a" leaked into b it would have come before "in b".
+        await expect_silence(a1, 0.2)
+        await expect_silence(a2, 0.2)
+        await expect_silence(b1, 0.2)
+        for ws in (a1, a2, b1):
+            await ws.close()
+
+    arun(main(), 30)
+
+
 def test_percent_decoded_names(chatd):
     srv = chatd()
 
@@ -161,6 +209,10 @@ HANDSHAKE_ERRORS = [
     ("username-invalid-utf8", _req("/?username=%FF%FE"), 400, "username"),
     ("username-bad-escape", _req("/?username=%G1"), 400, "username"),
     ("username-nul", _req("/?username=a%00b"), 400, "username"),
+    ("username-unit-separator", _req("/?username=a%1Fb"), 400, "username"),
+    ("username-escape", _req("/?username=a%1Bb"), 400, "username"),
+    ("username-del", _req("/?username=a%7Fb"), 400, "username"),
+    ("room-unit-separator", _req("/?username=x&room=r%1F"), 400, "room"),
     ("room-too-long", _req("/?username=x&room=" + "r" * 65), 400, "room"),
     ("no-upgrade-header", _req(upgrade=False), 400, None),
     ("upgrade-not-websocket", _req(upgrade=False, extra=["Upgrade: h2c", "Connection: Upgrade",
