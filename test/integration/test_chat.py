@@ -295,6 +295,79 @@ def test_healthz(chatd):
     assert r.status == 200, r
 
 
+READYZ = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def test_readyz_on_a_local_node(chatd):
+    """A node with the in-process broker is ready at once: /readyz 200
+    "ready", only for GET; /healthz plain "ok"; the broker's gauges say up."""
+    srv = chatd()
+    r = http_exchange(srv.port, READYZ)
+    assert (r.status, r.body) == (200, b"ready\n"), r
+    r = http_exchange(srv.port, b"POST /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert r.status == 405 and r.header("allow") == "GET", r
+    r = http_exchange(srv.port, HEALTHZ)
+    assert (r.status, r.body) == (200, b"ok\n"), r
+    m = metrics(srv.port)
+    assert m["chatd_broker_up"] == 1, m
+    assert m["chatd_publish_queue"] == 0, m
+    assert m["chatd_publish_oldest_seconds"] == 0, m
+    assert m["chatd_stream_read_lag"] == 0, m
+    assert m["chatd_messages_oversize_total"] == 0, m
+    assert m["chatd_stream_resets_total"] == 0, m
+    assert m['chatd_listen_backlog{listener="ws"}'] == 0, m
+    assert m["chatd_accept_pauses_total"] == 0, m
+
+
+def test_redis_away_node_alive_but_not_ready(chatd):
+    """Redis is not there (its port is closed): /readyz answers 503 naming
+    Redis, /healthz stays 200 (the process serves) and names the problem,
+    and an upgrade is refused with 503: no client gets a 101 before the
+    consumer knows where the stream ends."""
+    port = free_port()
+    srv = chatd(broker="redis", redis_url=f"redis://127.0.0.1:{port}", workers=1)
+    refused = metrics(srv.port)['chatd_http_responses_total{status="503"}']
+    r = http_exchange(srv.port, READYZ)
+    assert r.status == 503, r
+    assert b"redis" in r.body.lower(), r
+    h = http_exchange(srv.port, HEALTHZ)
+    assert h.status == 200 and h.body.startswith(b"ok\n") and b"broker: " in h.body, h
+    with RawWs(srv.port) as w:
+        w.send(http_request_bytes("/?username=early"))
+        u = w.read_http()
+        assert u.status == 503 and u.body.startswith(b"not ready: "), u
+        w.expect_eof(3)
+    m = metrics(srv.port)
+    assert m["chatd_broker_up"] == 0, m
+    assert m["chatd_clients"] == 0, m
+    assert m['chatd_http_responses_total{status="503"}'] == refused + 2, m
+
+
+def test_readyz_503_while_draining(chatd):
+    """On SIGTERM with drain_time the node first fails readiness: while it
+    closes its clients over drain_time, /readyz answers 503 "draining" and
+    an upgrade is refused with 503; the clients get 1001."""
+    srv = chatd(drain_time="3s", shutdown_timeout="10s", workers=1)
+
+    async def main():
+        clients = [await ws_connect(srv.url(f"c{i}")) for i in range(20)]
+        srv.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        r = await asyncio.to_thread(http_exchange, srv.port, READYZ)
+        assert (r.status, r.body) == (503, b"draining\n"), r
+        u = await asyncio.to_thread(http_exchange, srv.port, http_request_bytes("/?username=late"))
+        assert (u.status, u.body) == (503, b"draining\n"), u
+        h = await asyncio.to_thread(http_exchange, srv.port, HEALTHZ)
+        assert h.status == 200, h
+        for ws in clients:
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 1001, ws.close_code
+
+    arun(main(), 30)
+    assert srv.wait(15) == 0
+
+
 def test_client_with_its_101_hears_the_next_message(chatd):
     """A client that has its 101 is in the room: a message sent right after
     (from a client on another worker) reaches it. Joining after the 101 was
