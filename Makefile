@@ -67,6 +67,7 @@ UNIT_DEPS_test_config    := config log
 UNIT_DEPS_test_handshake := handshake auth config log ws
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
+UNIT_DEPS_test_net       := net
 UNIT_DEPS_test_redis_link := redis_link
 
 .SECONDEXPANSION:
