@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <event2/event.h>
+#include <openssl/sha.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -79,6 +80,7 @@ typedef struct publisher {
     pub_item *head, *tail;       /* unanswered, oldest first */
     pub_item *unsent;            /* first item not sent on this connection */
     int holding;                 /* a refusal: send nothing until retry_ev */
+    int need_load;               /* SCRIPT LOAD before the next EVALSHA */
     int backoff_ms;
     int troubled;                /* a trouble streak was logged */
     uint64_t seq;
@@ -130,6 +132,17 @@ static void pub_drop(publisher *p) {
 }
 
 static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv);
+static void pub_on_aux_reply(redisAsyncContext *ac, void *r, void *priv);
+
+/* The script's SHA-1 in hex, for EVALSHA: the script itself crosses the
+ * wire once per connection (SCRIPT LOAD), not with every message. */
+static char pub_sha[2 * SHA_DIGEST_LENGTH + 1];
+
+static void pub_script_sha(void) {
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)pub_script, sizeof(pub_script) - 1, d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(pub_sha + 2 * i, 3, "%02x", d[i]);
+}
 
 static void pub_send(publisher *p, pub_item *it) {
     const config *cfg = p->b->cfg;
@@ -138,10 +151,10 @@ static void pub_send(publisher *p, pub_item *it) {
     snprintf(oldest, sizeof(oldest), "%" PRIu64, p->head->seq);
     snprintf(maxlen, sizeof(maxlen), "%" PRId64, cfg->stream_maxlen);
     snprintf(mid, sizeof(mid), "%s%" PRIu64, p->mid, it->seq);
-    const char *argv[] = {"EVAL", pub_script, "2", cfg->stream, p->key, seq, oldest, maxlen,
+    const char *argv[] = {"EVALSHA", pub_sha, "2", cfg->stream, p->key, seq, oldest, maxlen,
                           it->data, it->data + it->room_len,
                           it->data + it->room_len + it->user_len, mid, PUB_KEY_TTL};
-    size_t len[] = {4, sizeof(pub_script) - 1, 1, strlen(cfg->stream), strlen(p->key),
+    size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(cfg->stream), strlen(p->key),
                     strlen(seq), strlen(oldest), strlen(maxlen), it->room_len, it->user_len,
                     it->text_len, strlen(mid), sizeof(PUB_KEY_TTL) - 1};
     it->sent_ms = clock_ms();
@@ -158,6 +171,12 @@ static void pub_flush(publisher *p) {
     if (!atomic_load_explicit(&p->rb->started, memory_order_acquire)) { /* pairs with consumer */
         pub_schedule(p, PUB_WAIT_START_MS);
         return;
+    }
+    if (p->need_load) { /* queued before the EVALSHAs: Redis runs it first */
+        const char *argv[] = {"SCRIPT", "LOAD", pub_script};
+        size_t len[] = {6, 4, sizeof(pub_script) - 1};
+        redisAsyncCommandArgv(p->ac, pub_on_aux_reply, NULL, 3, argv, len);
+        p->need_load = 0;
     }
     for (; p->unsent; p->unsent = p->unsent->next) pub_send(p, p->unsent);
 }
@@ -192,8 +211,12 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
          * it, and send them again after a backoff; replies to those already
          * in flight are stale and ignored. If it never passes the queue
          * fills and senders get 1013: refused visibly, never dropped. */
-        pub_trouble(p, "redis: worker %d: publish refused: %s; keeping %d messages, retrying",
-                    reply->str);
+        if (strncmp(reply->str, "NOSCRIPT", 8) == 0) { /* SCRIPT FLUSH, a new replica */
+            p->need_load = 1;
+        } else {
+            pub_trouble(p, "redis: worker %d: publish refused: %s; keeping %d messages, "
+                           "retrying", reply->str);
+        }
         p->holding = 1;
         p->unsent = p->head;
         pub_back_off(p);
@@ -236,6 +259,7 @@ static void pub_on_connect(const redisAsyncContext *ac, int status) {
     }
     if (p->troubled) log_info("redis: worker %d connected again", p->wid);
     p->up = 1;
+    p->need_load = 1;    /* this Redis may never have seen the script */
     p->unsent = p->head; /* everything unanswered goes again, in order */
     pub_flush(p);
 }
@@ -315,6 +339,7 @@ static void pub_connect(publisher *p) {
 
 int redis_pub_init(broker *b, char *err, size_t errlen) {
     rbroker *rb = b->impl;
+    pub_script_sha();
     rb->pubs = calloc((size_t)b->nworkers, sizeof(*rb->pubs));
     if (rb->pubs == NULL) {
         snprintf(err, errlen, "redis broker: out of memory");

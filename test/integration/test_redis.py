@@ -727,3 +727,27 @@ def test_sigterm_stores_what_was_accepted_then_drains(redis, chatd):
     arun(main(), 60)
     assert a.wait(15) == 0
     assert "not stored" not in a.log(), a.log()
+
+
+def test_script_cache_flushed_under_a_running_node(redis, chatd):
+    """Publishes run a script by its SHA-1 (EVALSHA), loaded once per
+    connection. SCRIPT FLUSH (or a failover to a replica that never saw it)
+    answers NOSCRIPT: the node loads it again and sends the message once."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await asyncio.to_thread(r.cli, "SCRIPT", "FLUSH")
+        for k in range(5):
+            await alice.send(f"m{k}")
+        want = ["alice: before"] + [f"alice: m{k}" for k in range(5)]
+        await wait_for(lambda: len(bob.got) >= 6, 10, "the messages after SCRIPT FLUSH")
+        await asyncio.sleep(0.2)
+        assert bob.got == want, bob.got
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 30)
+    info = r.cli("INFO", "commandstats").decode()
+    assert "cmdstat_evalsha" in info and "cmdstat_eval:" not in info, info
