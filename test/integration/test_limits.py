@@ -405,6 +405,36 @@ def test_entry_larger_than_max_output_buffer_reaches_every_reader(chatd, tmp_pat
     assert "slow consumer" not in node.log()
 
 
+def test_largest_message_and_one_behind_it_reach_every_reader(chatd):
+    """Within the configuration's rule (max_output_buffer holds one largest
+    message): a message of max_message bytes and a short one right behind
+    it, in one write, reach all 5 readers of a room on a node whose
+    max_output_buffer is 4k; none is closed (the frame being written is not
+    a backlog: only the short one is queued behind it)."""
+    node = chatd(max_output_buffer="4k", max_message="4040", workers=1)
+    text = "y" * 4040
+    short = "s" * 100  # the two frames: 4,049 + 109 bytes, over 4 KiB together
+
+    async def main():
+        readers = [await ws_connect(node.url(f"r{i}")) for i in range(5)]
+        try:
+            with RawWs(node.port) as snd:
+                snd.handshake("/?username=big")
+                # Both frames in one write: one read, one batch, one pass.
+                snd.send(frame(OP_TEXT, text) + frame(OP_TEXT, short))
+                for ws in readers:
+                    assert await recv_text(ws, 10) == "big: " + text
+                    assert await recv_text(ws, 10) == "big: " + short
+        finally:
+            for ws in readers:
+                await ws.close()
+
+    arun(main(), timeout=60)
+    m = metrics(node.port)
+    assert m['chatd_clients_closed_total{reason="max_output_buffer"}'] == 0, m
+    assert "slow consumer" not in node.log()
+
+
 def test_slow_reader_cut_near_max_output_buffer(chatd):
     """A reader that never reads is cut once about max_output_buffer
     (64 KiB) is queued for it beyond what the kernel took: the backlog the
