@@ -488,3 +488,94 @@ def test_slow_reader_cut_near_max_output_buffer(chatd):
     assert limit < queued <= limit + 2 * frame_len, queued
     m = metrics(node.port)
     assert m['chatd_clients_closed_total{reason="max_output_buffer"}'] == 1, m
+
+
+# --------------------------------------------------------------------------
+# Deadlines follow the monotonic clock (issue 11 item 6). The wall clock is
+# stepped for the node alone by a small LD_PRELOAD shim that moves
+# CLOCK_REALTIME, gettimeofday and time back by an hour once a file exists.
+
+CLOCK_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static long step(void) {
+    const char *f = getenv("CLOCK_STEP_FILE");
+    return f && access(f, F_OK) == 0 ? -3600 : 0;
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += step();
+    return rc;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    static int (*real)(struct timeval *, void *);
+    if (!real) real = (int (*)(struct timeval *, void *))dlsym(RTLD_NEXT, "gettimeofday");
+    int rc = real(tv, tz);
+    if (rc == 0 && tv) tv->tv_sec += step();
+    return rc;
+}
+
+time_t time(time_t *t) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    if (t) *t = tv.tv_sec;
+    return tv.tv_sec;
+}
+"""
+
+
+def test_wall_clock_step_back_does_not_trip_the_rate_limit(chatd, tmp_path):
+    """The wall clock goes back an hour (an operator, NTP, a VM resumed)
+    while a client chats at half its rate_limit: it is not closed for
+    flooding, and still gets pinged when idle. With the rate bucket on wall
+    time the step would cost it an hour's worth of tokens."""
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the clock shim")
+    src, lib = tmp_path / "clockshim.c", tmp_path / "clockshim.so"
+    src.write_text(CLOCK_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(src), "-ldl"],
+                   check=True, capture_output=True, timeout=60)
+    flag = tmp_path / "stepped"
+    env = {"LD_PRELOAD": str(lib), "CLOCK_STEP_FILE": str(flag),
+           # an ASan build wants its runtime first; the shim only wraps libc
+           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0")
+           .lstrip(":")}
+    node = chatd(env=env, rate_limit=10, rate_burst=5, ping_interval="1s", ping_timeout="2s",
+                 workers=1)
+
+    async def main():
+        ws = await ws_connect(node.url("steady"))
+        try:
+            await ws.send("before")
+            assert await recv_text(ws) == "steady: before"
+            flag.touch()
+            # libevent re-reads the wall clock at most every 5 s: wait it out.
+            await asyncio.sleep(6)
+            for i in range(10):
+                await ws.send(f"after{i}")
+                assert await recv_text(ws) == f"steady: after{i}"
+                await asyncio.sleep(0.2)
+            # Idle now: the node pings within ping_interval (the websockets
+            # client answers by itself), and does not drop it.
+            await asyncio.sleep(2.5)
+            await ws.send("still here")
+            assert await recv_text(ws) == "steady: still here"
+        finally:
+            await ws.close()
+
+    arun(main(), timeout=60)
+    m = metrics(node.port)
+    assert m['chatd_clients_closed_total{reason="rate_limit"}'] == 0, m
+    assert "over rate_limit" not in node.log()
