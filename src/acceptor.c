@@ -108,7 +108,7 @@ struct acceptor {
     uint64_t n_tls_failed;       /* TLS handshake failed */
     uint64_t n_evicted;          /* closed to stay within max_pending */
     uint64_t n_cap_pauses;       /* times accepting paused at max_pending */
-    char why[160];               /* scratch: the broker's reason, for the
+    char why[240];               /* scratch: the broker's reason, for the
                                     answer being judged (reason points here) */
 };
 
@@ -481,7 +481,7 @@ static void acc_judge_readiness(acceptor *a, hs_result *res) {
     /* relaxed: a lone flag; a request judged just before it shows is
      * refused by the worker's drain instead */
     int draining = atomic_load_explicit(&a->draining, memory_order_relaxed);
-    char bwhy[128];
+    char bwhy[200];
     int ready = broker_ready(a->broker, bwhy, sizeof bwhy);
     if (!ready && bwhy[0] == '\0') snprintf(bwhy, sizeof bwhy, "broker not ready");
     if (res->health_check) {
