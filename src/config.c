@@ -867,17 +867,5 @@ int config_check(const config *cfg, char *err, size_t errlen) {
                cfg->default_room, room, cfg->max_room);
         return -1;
     }
-    /* One largest message, as "NAME: TEXT" plus its frame header, must fit
-     * in a client's output buffer, or every recipient of it would be
-     * closed for being slow. */
-    int64_t need = cfg->max_message + cfg->max_username + 16;
-    if (cfg->max_output_buffer < need) {
-        char a[32];
-        seterr(err, errlen,
-               "max_output_buffer (%s) cannot hold one largest message: raise it to at least "
-               "max_message + max_username + 16 = %" PRId64 " bytes, or lower max_message",
-               fmt_size(cfg->max_output_buffer, a, sizeof a), need);
-        return -1;
-    }
     return 0;
 }
