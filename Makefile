@@ -112,6 +112,13 @@ soak: deps
 	$(Q)$(MAKE) --no-print-directory -j2 SAN=asan chatd
 	$(PYTHON) test/soak/soak.py
 
+# The chaos run of issue 11 (CHAOS_SECONDS, default 300): two nodes, Redis and
+# the fault proxy under the delivery checker, random Redis and node faults.
+.PHONY: chaos
+chaos: deps
+	$(Q)$(MAKE) --no-print-directory -j2 chatd
+	$(PYTHON) test/chaos/chaos.py
+
 # libFuzzer targets of issue 6 (test/fuzz/fuzz_<target>.c), built with clang
 # under ASan+UBSan as build/fuzz/fuzz_<target>. `make fuzz` runs each for
 # FUZZ_SECONDS on build/fuzz/corpus-<target>, a copy of its seeds in

@@ -450,39 +450,59 @@ class Checker:
                     v.append(f"ORDER DIFFERS: {c.name}@{c.node.name} and {ref_c.name}@{ref_c.node.name} "
                              f"(both connected throughout) differ at position {i} of {len(mine)}/{len(ref)}: "
                              f"{mine[i:i + 3]} vs {ref[i:i + 3]}")
-        pos = {k: i for i, k in enumerate(ref)}
+        # Every client's sequence must be a contiguous slice of one common
+        # order: then each message has one successor and one predecessor
+        # across all clients, and following successors never loops.
+        succ, pred, clash = {}, {}, collections.OrderedDict()
         for c in conns:
-            if c in full:
-                continue
-            mine = [k for k in c.got if not ex(k)]
-            if not mine:
-                continue
-            if mine[0] not in pos:
-                v.append(f"ORDER DIFFERS: {c.name}@{c.node.name} received {mine[0]} which the reference "
-                         f"client never did")
-                continue
-            i = pos[mine[0]]
-            if ref[i:i + len(mine)] != mine:
-                j = next((j for j, (a, b) in enumerate(zip(mine, ref[i:])) if a != b), None)
-                if j is None:  # ran past the end of ref
-                    v.append(f"ORDER DIFFERS: {c.name}@{c.node.name} received {len(mine) - (len(ref) - i)} "
-                             f"messages after the reference ends: {mine[len(ref) - i:][:3]}")
+            mine, seen_k = [], set()
+            for k in c.got:
+                if not ex(k) and k not in seen_k:  # duplicates are reported above
+                    seen_k.add(k)
+                    mine.append(k)
+            who = f"{c.name}@{c.node.name}"
+            for x, y in zip(mine, mine[1:]):
+                if x in succ and succ[x][0] != y:
+                    clash.setdefault(("after", x), (succ[x], (y, who)))
                 else:
-                    v.append(f"ORDER DIFFERS: {c.name}@{c.node.name} is not a contiguous slice of the "
-                             f"common order: at its message {j} it has {mine[j]} where the order has "
-                             f"{ref[i + j]}")
+                    succ.setdefault(x, (y, who))
+                if y in pred and pred[y][0] != x:
+                    clash.setdefault(("before", y), (pred[y], (x, who)))
+                else:
+                    pred.setdefault(y, (x, who))
+        for (side, k), ((m1, w1), (m2, w2)) in list(clash.items())[:10]:
+            v.append(f"ORDER DIFFERS: {side} {k}, {w1} got {m1} but {w2} got {m2} "
+                     f"(a message missing at one of them, or the order differs)")
+        if len(clash) > 10:
+            v.append(f"ORDER DIFFERS: ... {len(clash) - 10} more such places")
+        if not clash:
+            heads = [k for k in succ if k not in pred]
+            visited = set()
+            for h in heads:
+                k = h
+                while k is not None and k not in visited:
+                    visited.add(k)
+                    k = succ.get(k, (None,))[0]
+            loop = [k for k in succ if k not in visited]
+            if loop:
+                v.append(f"ORDER DIFFERS: clients disagree on the order of {len(loop)} messages "
+                         f"(one saw x before y, another y before x), e.g. {loop[:4]}")
 
         # 4. everything that must arrive, arrived
+        missing = collections.defaultdict(list)  # (missing messages) -> clients
         for c in stayed:
             have = set(c.got)
             miss = sorted((k for k in must if k not in have and sendtime[k] > c.t_open),
                           key=lambda k: sendtime[k])
             if miss:
-                late = " (it joined late: all were sent after its 101)" if c not in full else ""
-                why = collections.Counter(must[k] for k in miss)
-                v.append(f"LOST: {c.name}@{c.node.name} (connected to the end) never received "
-                         f"{len(miss)} messages that had to arrive{late} "
-                         f"({', '.join(f'{n} {w}' for w, n in why.items())}), e.g. {miss[:8]}")
+                late = " (joined late: sent after its 101)" if c not in full else ""
+                missing[tuple(miss)].append(f"{c.name}@{c.node.name}{late}")
+        for miss, who in missing.items():
+            why = collections.Counter(must[k] for k in miss)
+            v.append(f"LOST: {len(miss)} messages that had to arrive "
+                     f"({', '.join(f'{n} {w}' for w, n in why.items())}) never reached "
+                     f"{len(who)} clients connected to the end: {', '.join(who[:6])}"
+                     f"{' ...' if len(who) > 6 else ''}; e.g. {list(miss[:8])}")
 
         # figures
         lat = []
