@@ -17,7 +17,8 @@ faults on and off at any moment from its own thread:
   refuse connections  every connection closed, the port closed (connect
                       gets ECONNREFUSED) until allowed again
   delay               each direction delayed by a fixed time, order kept
-  counts              commands seen, by name (upper case)
+  counts              commands seen, by name (upper case), and reply bytes
+                      by the name of the command they answer
 
 To refuse ONE command of a pipeline the proxy parses RESP both ways: the
 client's commands (multibulk, or inline) and Redis' replies (RESP2 and the
@@ -162,6 +163,7 @@ class Rule:
         self.active = active
         self.hits = 0
         self.refused = []  # argv of each refused command
+        self.mid_pipeline = 0  # held refusals that had `hold` commands forwarded behind them
 
     @property
     def spent(self):
@@ -176,9 +178,12 @@ class Rule:
 
 
 class _Slot:
-    __slots__ = ("data", "forwarded", "replace", "hold", "deadline")
+    __slots__ = ("data", "forwarded", "replace", "hold", "deadline", "name", "rule")
 
-    def __init__(self, data=None, forwarded=True, replace=None, hold=0, deadline=None):
+    def __init__(self, data=None, forwarded=True, replace=None, hold=0, deadline=None, name="",
+                 rule=None):
+        self.name = name            # the command's name
+        self.rule = rule            # the Rule that refused it
         self.data = data            # reply bytes once known
         self.forwarded = forwarded  # waits for a reply from Redis
         self.replace = replace      # bytes to send instead of Redis' reply
@@ -326,7 +331,7 @@ class _Conn:
                 self.multi_doomed = True
             hold = rule.hold
             self.slots.append(_Slot(error_reply(rule.error), forwarded=False, hold=hold,
-                                    deadline=time.monotonic() + rule.hold_timeout))
+                                    deadline=time.monotonic() + rule.hold_timeout, name=name, rule=rule))
             if hold:
                 if self.hold_timer is not None:
                     self.hold_timer.cancel()
@@ -344,7 +349,9 @@ class _Conn:
         for s in self.slots:
             if s.hold > 0:
                 s.hold -= 1
-        self.slots.append(_Slot(forwarded=True, replace=replace))
+                if s.hold == 0 and time.monotonic() < s.deadline:
+                    s.rule.mid_pipeline += 1
+        self.slots.append(_Slot(forwarded=True, replace=replace, name=name))
         self.to_server.put(raw)
 
     async def _from_server(self):
@@ -373,6 +380,7 @@ class _Conn:
             self.to_client.put(raw)
             return
         slot.data = slot.replace if slot.replace is not None else raw
+        self.proxy._count_reply(slot.name, len(raw))
 
     def _emit(self):
         if self.closed or self.dead:
@@ -398,6 +406,7 @@ class FaultProxy:
         self.port = port or _free_port()
         self._rules = []
         self._counts = collections.Counter()
+        self._reply_bytes = collections.Counter()
         self._counts_lock = threading.Lock()
         self._log = []
         self._delay = 0.0
@@ -494,6 +503,10 @@ class FaultProxy:
         with self._counts_lock:
             self._counts[name] += 1
 
+    def _count_reply(self, name, n):
+        with self._counts_lock:
+            self._reply_bytes[name] += n
+
     # -- faults --------------------------------------------------------------
 
     def refuse(self, match, error, count=None, hold=0, hold_timeout=1.0, active=True):
@@ -589,9 +602,16 @@ class FaultProxy:
         with self._counts_lock:
             return dict(self._counts)
 
+    def reply_bytes(self):
+        """Bytes of Redis' replies passed on, by the name of the command
+        they answer (a reply inside EXEC counts for EXEC)."""
+        with self._counts_lock:
+            return dict(self._reply_bytes)
+
     def reset_counts(self):
         with self._counts_lock:
             self._counts.clear()
+            self._reply_bytes.clear()
 
     def connections(self):
         return self._call(lambda: len(self._conns))

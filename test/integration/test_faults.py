@@ -495,3 +495,40 @@ def test_sigkill_node(cluster):
 
     ck = scenario(nodes, fault, allowed_codes=(1001, 1011, 1013, 1006), after=3.0)
     ck.assert_ok("after SIGKILL of n0")
+
+
+def test_consumer_reads_each_entry_once(cluster):
+    """No fault: the consumers' read traffic. Each node's consumer should
+    receive each stream entry about once (the blocking read's entries are
+    the data; a trim-gap check must not fetch payloads again). Counted at
+    the proxy: reply bytes of the read commands per byte of payload per
+    node, for 150 messages of 2,000 bytes sent one by one."""
+    r, px, nodes = cluster()
+    n_msgs, size = 150, 2000
+    text = "x" * (size - 8)
+
+    async def main():
+        rx = [await connect_retry(n.url(f"rx{i}", room="reads"), 10) for i, n in enumerate(nodes)]
+        tx = await connect_retry(nodes[0].url("tx", room="reads"), 10)
+        await asyncio.sleep(0.3)
+        await in_thread(px.reset_counts)
+        for k in range(n_msgs):
+            await tx.send(f"{k:07d} {text}")
+            await asyncio.sleep(0.02)
+        for ws in rx + [tx]:
+            for k in range(n_msgs):
+                m = await asyncio.wait_for(ws.recv(), 10)
+                assert m.startswith(f"tx: {k:07d} "), f"message {k}: {m[:40]!r}"
+        await asyncio.sleep(0.6)  # a doorbell read that was in flight
+        for ws in rx + [tx]:
+            await ws.close()
+
+    arun(main(), 60)
+    counts, rb = px.counts(), px.reply_bytes()
+    reads = {k: v for k, v in rb.items() if k in ("XREAD", "XREADGROUP", "XRANGE", "XREVRANGE", "XINFO", "EXEC")}
+    payload = len(nodes) * n_msgs * size
+    ratio = sum(reads.values()) / payload
+    print(f"read reply bytes {reads}, {ratio:.2f} x the payload; commands {counts}")
+    assert ratio <= 1.6, (f"the consumers fetched {ratio:.1f} x each entry's bytes ({reads} for "
+                          f"{payload} bytes of payload over {len(nodes)} nodes); commands sent: "
+                          f"{ {k: counts.get(k) for k in ('XREAD', 'XINFO', 'XRANGE', 'XREVRANGE', 'EXEC')} }")
