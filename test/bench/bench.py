@@ -33,7 +33,7 @@ import threading
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CHATD = os.path.join(REPO, "build", "chatd")
+CHATD = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
 CHATBENCH = os.path.join(REPO, "build", "chatbench")
 PEER = os.path.join(REPO, "test", "bench", "peer", "server.js")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
