@@ -19,8 +19,8 @@ Meanwhile, one after another with quiet gaps of CHAOS_GAP seconds (default
   redis-sigstop   redis-server frozen with SIGSTOP for 5 s
   blackhole       every Redis connection silent for 15 s, never closed
   redis-empty     redis-server restarted without its data (what it held
-                  but no node had read yet, sent up to 2 s before the stop,
-                  is excused from "delivered everywhere")
+                  but no node had read yet, sent from 2 s before the stop
+                  until Redis exited, is excused from "delivered everywhere")
   refuse-conns    Redis unreachable (connections closed and refused) for 3 s
   delay           Redis 50 ms away each way for 5 s
   node-sigterm    a node stopped with SIGTERM (must exit 0, store what it
@@ -189,14 +189,22 @@ class Chaos:
         return ""
 
     async def f_redis_empty(self):
+        info = ""
+        if self.rng.random() < 0.5:
+            # the old stream's ids ran ahead of the clock: the new ones go backwards
+            ahead = f"{int(time.time() * 1000) + 3600 * 1000}-0"
+            await self.t(self.redis.cli, "XADD", "chatd:messages", ahead, "room", "elsewhere",
+                         "user", "clock", "text", "ahead")
+            await asyncio.sleep(0.5)
+            info = "ids going backwards"
         t_stop = time.monotonic()
         await self.t(self.redis.stop)
         for p in list(self.redis.dir.iterdir()):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-        self.checker.exempt(t_stop - 2.0, t_stop)
+        self.checker.exempt(t_stop - 2.0, time.monotonic())
         await asyncio.sleep(1.0)
         await self.t(self.redis.start)
-        return ""
+        return info
 
     async def f_refuse_conns(self):
         await self.t(self.proxy.refuse_connections)
@@ -352,8 +360,9 @@ def main():
         print(f"  refused             {refused}")
         print(f"  lost in Redis wipes {f['lost in a Redis wipe (exempt)']} (exempt)")
         print(f"  max latency         {f['max latency s']} s")
+        closes = ", ".join(f"{n} with {code}" for code, n in sorted(f["closes"].items(), key=str)) or "none"
         print(f"  clients             {f['clients']} connections, {f['reconnects']} reconnects, "
-              f"{f['upgrades refused']} upgrades refused")
+              f"{f['upgrades refused']} upgrades refused; closed by the server: {closes}")
         faults = ", ".join(f"{k} {n}" for k, n in sorted(chaos.faults.items())) or "none"
         print(f"  faults              {sum(chaos.faults.values())}: {faults}")
         for n in ck.notes:

@@ -520,6 +520,8 @@ class Checker:
             "lost in a Redis wipe (exempt)": lost_wipe,
             "max latency s": round(max(lat), 3) if lat else None,
             "reconnects": self.stats["sender reconnects"] + self.stats["receiver reconnects"],
+            "closes": {c.close_code: sum(1 for x in conns if x.gone and x.close_code == c.close_code)
+                       for c in conns if c.gone},
             "upgrades refused": sum(n for k, n in self.stats.items() if k.startswith("upgrade refused")),
         }
         return v
