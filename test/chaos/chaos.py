@@ -94,6 +94,7 @@ class Chaos:
         self.faults = collections.Counter()
         self.problems = []
         self.kills = []          # (node name, monotonic time) of every SIGKILL
+        self.windows = []        # (kind, start, end) of every fault
         self.checker = None
         self.rng = random.Random(SEED)
 
@@ -221,8 +222,14 @@ class Chaos:
         return ""
 
     def _pick_node(self):
+        """The running node with the most clients (a fault where nobody is
+        connected proves little); ties broken at random."""
         up = [n for n in self.nodes if n.proc is not None]
-        return self.rng.choice(up) if up else None
+        if not up:
+            return None
+        load = {n.name: sum(1 for c in self.checker.conns if c.node is n and not c.closed) for n in up}
+        top = max(load.values())
+        return self.rng.choice([n for n in up if load[n.name] == top])
 
     async def f_node_sigterm(self):
         n = self._pick_node()
@@ -304,10 +311,12 @@ class Chaos:
         say(f"traffic on: {2 * SENDERS} senders at {RATE}/s, faults from {', '.join(kinds)}")
         while True:
             gap = self.rng.uniform(*GAP)
-            kind = self.rng.choice(kinds)
-            fn, cost = self.KINDS[kind]
-            if time.monotonic() - t0 + gap + cost > SECONDS:
+            left = SECONDS - (time.monotonic() - t0) - gap
+            fits = [k for k in kinds if self.KINDS[k][1] <= left]
+            if not fits:
                 break
+            kind = self.rng.choice(fits)
+            fn, cost = self.KINDS[kind]
             await asyncio.sleep(gap)
             t = time.monotonic()
             try:
@@ -316,6 +325,7 @@ class Chaos:
                 self.problems.append(f"fault {kind} failed: {type(e).__name__}: {e}")
                 info = "FAILED"
             self.faults[kind] += 1
+            self.windows.append((kind, t, time.monotonic()))
             c = self.checker
             say(f"{kind:14} {info:32} {time.monotonic() - t:5.1f}s  sent {sum(len(x.sent) for x in c.conns)}, "
                 f"clients {sum(1 for x in c.conns if not x.closed)}")
@@ -324,6 +334,24 @@ class Chaos:
             await asyncio.sleep(left)
         say("traffic off; settling")
         await self.checker.stop(settle=SETTLE)
+
+
+RECOVERY = 5.0  # seconds after a fault still counted as its own
+
+
+def latency_by_fault(ck, windows):
+    """[(kind or 'quiet', max delivery latency)] of messages by the fault
+    running (or recovering) when they were sent."""
+    sendtime = {(c.name, seq): t for c in ck.conns for seq, t in c.sent}
+    worst = collections.defaultdict(float)
+    for c in ck.conns:
+        for k, tr in zip(c.got, c.t_got):
+            ts = sendtime.get(k)
+            if ts is None:
+                continue
+            kind = next((w[0] for w in windows if w[1] <= ts <= w[2] + RECOVERY), "quiet")
+            worst[kind] = max(worst[kind], tr - ts)
+    return sorted(worst.items(), key=lambda kv: -kv[1])
 
 
 def main():
@@ -365,6 +393,10 @@ def main():
               f"{f['upgrades refused']} upgrades refused; closed by the server: {closes}")
         faults = ", ".join(f"{k} {n}" for k, n in sorted(chaos.faults.items())) or "none"
         print(f"  faults              {sum(chaos.faults.values())}: {faults}")
+        print(f"  max latency by what was going on when the message was sent "
+              f"(a fault, or the {RECOVERY:.0f} s after it; quiet otherwise):")
+        for kind, worst in latency_by_fault(ck, chaos.windows):
+            print(f"    {kind:16} {worst:.3f} s")
         for n in ck.notes:
             print(f"  note: {n}")
     else:
