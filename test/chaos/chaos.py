@@ -22,6 +22,8 @@ Meanwhile, one after another with quiet gaps of CHAOS_GAP seconds (default
                   but no node had read yet, sent from 2 s before the stop
                   until Redis exited, is excused from "delivered everywhere")
   refuse-conns    Redis unreachable (connections closed and refused) for 3 s
+  loading         every command answered -LOADING for 2 s
+  script-flush    SCRIPT FLUSH, then one NOSCRIPT injected mid-pipeline
   delay           Redis 50 ms away each way for 5 s
   node-sigterm    a node stopped with SIGTERM (must exit 0, store what it
                   accepted, close clients with 1001), started again
@@ -64,7 +66,8 @@ import pytest  # noqa: E402  (conftest's helpers fail through pytest.fail)
 import conftest  # noqa: E402
 from checker import Checker, connect_retry  # noqa: E402
 from conftest import Chatd, RedisServer, sanitizer_report  # noqa: E402
-from faultproxy import LOADING, OOM, READONLY, WRITE_COMMANDS, FaultProxy  # noqa: E402
+from faultproxy import (LOADING, NOSCRIPT, OOM, READONLY, WRITE_COMMANDS,  # noqa: E402
+                        FaultProxy, command_name)
 
 
 def env_num(name, default):
@@ -207,6 +210,19 @@ class Chaos:
         await self.t(self.redis.start)
         return info
 
+    async def f_loading(self):
+        rule = await self.t(lambda: self.proxy.refuse(lambda argv: command_name(argv) != "INFO", LOADING))
+        await asyncio.sleep(2.0)
+        await self.t(self.proxy.remove, rule)
+        return f"{rule.hits} refused"
+
+    async def f_script_flush(self):
+        await self.t(self.redis.cli, "SCRIPT", "FLUSH")
+        rule = await self.t(lambda: self.proxy.refuse({"EVALSHA", "FCALL"}, NOSCRIPT, count=1, hold=2))
+        await asyncio.sleep(1.0)
+        await self.t(self.proxy.remove, rule)
+        return f"+{rule.hits} NOSCRIPT"
+
     async def f_refuse_conns(self):
         await self.t(self.proxy.refuse_connections)
         try:
@@ -266,6 +282,8 @@ class Chaos:
         "blackhole": ("f_blackhole", 17),
         "redis-empty": ("f_redis_empty", 10),
         "refuse-conns": ("f_refuse_conns", 5),
+        "loading": ("f_loading", 4),
+        "script-flush": ("f_script_flush", 3),
         "delay": ("f_delay", 6),
         "node-sigterm": ("f_node_sigterm", 25),
         "node-sigkill": ("f_node_sigkill", 20),
@@ -349,7 +367,8 @@ def latency_by_fault(ck, windows):
             ts = sendtime.get(k)
             if ts is None:
                 continue
-            kind = next((w[0] for w in windows if w[1] <= ts <= w[2] + RECOVERY), "quiet")
+            # a message sent just before a fault may wait for its end too
+            kind = next((w[0] for w in windows if w[1] - 1.0 <= ts <= w[2] + RECOVERY), "quiet")
             worst[kind] = max(worst[kind], tr - ts)
     return sorted(worst.items(), key=lambda kv: -kv[1])
 
@@ -394,7 +413,7 @@ def main():
         faults = ", ".join(f"{k} {n}" for k, n in sorted(chaos.faults.items())) or "none"
         print(f"  faults              {sum(chaos.faults.values())}: {faults}")
         print(f"  max latency by what was going on when the message was sent "
-              f"(a fault, or the {RECOVERY:.0f} s after it; quiet otherwise):")
+              f"(from 1 s before a fault to {RECOVERY:.0f} s after it; quiet otherwise):")
         for kind, worst in latency_by_fault(ck, chaos.windows):
             print(f"    {kind:16} {worst:.3f} s")
         for n in ck.notes:

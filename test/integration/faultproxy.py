@@ -49,6 +49,7 @@ WRITE_COMMANDS = frozenset({"XADD", "EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", 
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 LOADING = "LOADING Redis is loading the dataset in memory"
 READONLY = "READONLY You can't write against a read only replica."
+NOSCRIPT = "NOSCRIPT No matching script. Please use EVAL."
 BUSY = "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT."
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from checker import Checker, connect_retry
 from conftest import CHATD_URL, HOST, RespError, _Reader, arun, resp_encode
-from faultproxy import LOADING, OOM, READONLY, WRITE_COMMANDS, FaultProxy
+from faultproxy import LOADING, NOSCRIPT, OOM, READONLY, WRITE_COMMANDS, FaultProxy, command_name
 
 pytestmark = [
     pytest.mark.faults,
@@ -543,3 +543,46 @@ def test_consumer_reads_each_entry_once(cluster):
     assert ratio <= 1.6, (f"the consumers fetched {ratio:.1f} x each entry's bytes ({reads} for "
                           f"{payload} bytes of payload over {len(nodes)} nodes); commands sent: "
                           f"{ {k: counts.get(k) for k in ('XREAD', 'XINFO', 'XRANGE', 'XREVRANGE', 'EXEC')} }")
+
+
+def test_script_cache_flushed(cluster):
+    """The publish script disappears from Redis' cache (SCRIPT FLUSH, as after
+    a restart or a failover to a replica that never loaded it), twice, and
+    once a NOSCRIPT is answered to a single publish in the middle of a
+    pipeline: publishes are loaded again and resent, nothing lost or
+    reordered. (A node that publishes with plain XADD passes trivially.)"""
+    r, px, nodes = cluster()
+    rule = None
+
+    async def fault(ck):
+        nonlocal rule
+        for _ in range(2):
+            await in_thread(r.cli, "SCRIPT", "FLUSH")
+            await asyncio.sleep(1.0)
+        rule = await in_thread(lambda: px.refuse({"EVALSHA", "FCALL"}, NOSCRIPT, count=1, hold=2))
+        deadline = time.monotonic() + 5
+        while rule.hits < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    ck = scenario(nodes, fault, after=2.0)
+    ck.assert_ok(f"after SCRIPT FLUSH x2 and {rule.hits} NOSCRIPT mid-pipeline")
+
+
+def test_redis_loading_2s(cluster):
+    """Every command answered -LOADING for 2 s (a restarted Redis loading a
+    large dataset), reads and writes alike (a MULTI refused just before the
+    end may leave an EXEC that Redis answers "EXEC without MULTI"). Nothing
+    lost, duplicated or reordered, and delivery resumes promptly."""
+    r, px, nodes = cluster()
+    ends = []
+
+    async def fault(ck):
+        rule = await in_thread(lambda: px.refuse(lambda argv: command_name(argv) not in ("INFO",), LOADING))
+        await asyncio.sleep(2.0)
+        await in_thread(px.remove, rule)
+        ends.append(time.monotonic())
+
+    ck = scenario(nodes, fault, after=3.0)
+    ck.assert_ok("after 2 s of LOADING for every command")
+    worst = ck.latency_after(ends[0] + 0.5)
+    assert worst <= 2.0, f"messages sent 0.5 s after LOADING ended took up to {worst:.2f} s"
