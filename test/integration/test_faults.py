@@ -335,9 +335,14 @@ def test_redis_restart_appendfsync_always(cluster):
     ck.assert_ok("after a Redis restart with appendfsync always")
 
 
-def test_redis_sigstop_5s(cluster):
-    """redis-server frozen (SIGSTOP) for 5 s, then SIGCONT: slow, not gone."""
-    r, px, nodes = cluster()
+@pytest.mark.parametrize("redis_timeout", ["5s", "2s"])
+def test_redis_sigstop_5s(cluster, redis_timeout):
+    """redis-server frozen (SIGSTOP) for 5 s, then SIGCONT: slow, not gone.
+    With redis_timeout 2s the nodes give up on their connections while it
+    is frozen and connect again (the kernel still accepts); on SIGCONT Redis
+    first runs the commands left on the abandoned connections, then the
+    same publishes sent again on the new ones: each must be stored once."""
+    r, px, nodes = cluster(redis_timeout=redis_timeout)
 
     async def fault(ck):
         os.kill(r.proc.pid, signal.SIGSTOP)
@@ -347,7 +352,7 @@ def test_redis_sigstop_5s(cluster):
             os.kill(r.proc.pid, signal.SIGCONT)
 
     ck = scenario(nodes, fault, after=3.0)
-    ck.assert_ok("after SIGSTOP/SIGCONT of Redis for 5 s")
+    ck.assert_ok(f"after SIGSTOP/SIGCONT of Redis for 5 s (redis_timeout {redis_timeout})")
 
 
 def test_blackhole_15s(cluster):
@@ -586,3 +591,26 @@ def test_redis_loading_2s(cluster):
     ck.assert_ok("after 2 s of LOADING for every command")
     worst = ck.latency_after(ends[0] + 0.5)
     assert worst <= 2.0, f"messages sent 0.5 s after LOADING ended took up to {worst:.2f} s"
+
+
+def test_sigterm_node_while_redis_down(cluster):
+    """A deploy during a Redis outage: n0 gets SIGTERM while Redis is
+    unreachable and its senders' messages wait in its queue. It cannot store
+    them within shutdown_timeout (5 s), so it must not claim it did: its
+    senders may be closed with 1001 only if everything they sent was stored
+    (the checker holds 1001 to that), otherwise with 1011 or 1013. Redis
+    comes back after n0 has exited; nothing stored is lost elsewhere."""
+    r, px, nodes = cluster()
+    rc = []
+
+    async def fault(ck):
+        await in_thread(px.refuse_connections)
+        await asyncio.sleep(1.0)
+        ck.node_gone(nodes[0])
+        rc.append(await in_thread(nodes[0].stop))
+        await in_thread(px.allow_connections)
+
+    ck = scenario(nodes, fault, strict_codes={1001}, after=3.0)
+    closed = sorted({c.close_code for c in ck.conns if c.node is nodes[0] and c.gone})
+    ck.assert_ok(f"after SIGTERM of n0 while Redis was down (its clients were closed with {closed})")
+    assert rc and rc[0][0] == 0 and not rc[0][1], f"n0 after SIGTERM: exit {rc}"
