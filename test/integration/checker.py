@@ -298,22 +298,30 @@ class Checker:
     def exempt(self, t0, t1):
         self.exempt_windows.append((t0, t1))
 
-    async def stop(self, settle=20.0):
+    async def stop(self, settle=20.0, stall=10.0):
         """Stops sending, waits (at most `settle` s) until every connected
         sender has its echoes and every connected client has what the others
-        have, then a short quiet time for late duplicates; closes all."""
+        have, then a short quiet time for late duplicates; closes all. Gives
+        up early when nothing at all arrived for `stall` s (a node that is
+        stuck for good; its backoff is shorter than that)."""
         self.sending = False
         await asyncio.sleep(0.05)
-        deadline = now() + settle
+        t_stop = now()
+        deadline = t_stop + settle
         while now() < deadline:
             if self._settled():
                 break
+            last = max([c.t_got[-1] for c in self.conns if c.t_got] + [t_stop])
+            if now() - last > stall:
+                self.notes.append(f"nothing arrived for {stall:.0f}s: stopped waiting")
+                deadline = now()
+                continue
             await asyncio.sleep(0.05)
         else:
             waiting = [f"{c.name} ({len(c.sent) - len(c.echoed())} of {len(c.sent)} unechoed)"
                        for c in self.conns if not c.closed and c.role == "sender"
                        and len(c.echoed()) < len(c.sent)]
-            self.notes.append(f"not settled within {settle}s after the traffic stopped; "
+            self.notes.append(f"not settled {now() - t_stop:.0f}s after the traffic stopped; "
                               f"senders still waiting for echoes: {', '.join(waiting) or 'none'}")
         await asyncio.sleep(0.5)
         self.t_end = now()
