@@ -29,6 +29,11 @@ refused inside MULTI dooms the transaction as Redis would (its EXEC is sent
 as DISCARD and answered -EXECABORT). Pub/Sub and MONITOR are not modelled
 (chatd uses neither): a reply with no slot waiting is passed on as is.
 
+When Redis itself is down, the proxy still accepts a connection and then
+closes it (it cannot know before accepting): chatd sees a connection that
+ends at once rather than ECONNREFUSED. refuse_connections() gives a real
+ECONNREFUSED.
+
 The proxy runs an asyncio loop in its own daemon thread; every public
 method is safe to call from any other thread and returns once the change is
 in effect. Standard library only.
