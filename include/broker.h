@@ -57,12 +57,17 @@ void broker_detach(broker *b, int wid);
 
 /* Worker thread wid: publishes one text message of user in room, sent by
  * connection conn_id (closed through worker_refuse with 1011 if Redis can
- * never store it). Returns 0 when queued, -1 when the publish queue is full
- * (tell the client 1013). */
-int broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
-                   const char *user, size_t user_len, const char *text, size_t text_len);
+ * never store it). Returns the message's ticket (>= 0; see broker_stored)
+ * when queued, -1 when the publish queue is full (tell the client 1013). */
+int64_t broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
+                       size_t room_len, const char *user, size_t user_len, const char *text,
+                       size_t text_len);
 /* Worker thread wid: messages it published that are not stored yet. */
 int broker_pending(broker *b, int wid);
+/* Worker thread wid: every message of this worker whose ticket is at most
+ * this is stored; *failing says whether storing fails right now (Redis
+ * away or refusing), as opposed to merely being under way. */
+uint64_t broker_stored(broker *b, int wid, int *failing);
 
 /* Shared by the backends (broker.c): the broker thread hands m (holding one
  * reference) to every worker in order, waiting while an inbox is full, and

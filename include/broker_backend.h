@@ -21,10 +21,14 @@ typedef struct broker_ops {
     /* worker thread wid */
     int (*attach)(broker *b, int wid, struct event_base *base);
     void (*detach)(broker *b, int wid);
-    int (*publish)(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
-                   const char *user, size_t user_len, const char *text, size_t text_len);
+    int64_t (*publish)(broker *b, int wid, uint64_t conn_id, const char *rname,
+                       size_t room_len, const char *user, size_t user_len, const char *text,
+                       size_t text_len);
     /* worker thread wid: its messages not yet stored (NULL: none ever wait) */
     int (*pending)(broker *b, int wid);
+    /* worker thread wid: every ticket up to this is stored (NULL: all are);
+     * *failing set when storing does not work now */
+    uint64_t (*stored)(broker *b, int wid, int *failing);
     /* any thread: see broker_ready */
     int (*ready)(broker *b, char *why, size_t whylen);
     /* any thread: fills the backend's part of out (queued, oldest_ms, ...) */

@@ -35,8 +35,19 @@ typedef struct redis_link {
     int timeout_ms;              /* redis_timeout */
     pthread_mutex_t lock;        /* guards ip and problem (not the message path) */
     char ip[64];                 /* host resolved, "" until known */
-    char problem[192];           /* a lasting error an operator must fix, or "" */
+    /* A lasting error an operator must fix, or "", one per side, so that
+     * each side clears only its own (relaxed flags: checked before the
+     * lock, so a store clears nothing it need not). */
+    char problem[2][192];
+    int64_t problem_ms[2];       /* monotonic: when last seen */
+    _Atomic int has_problem[2];
 } redis_link;
+
+/* A problem not seen again for this long is no longer reported: nothing
+ * may have tried (no client could get in to publish) since it was fixed. */
+#define REDIS_PROBLEM_TTL_MS 10000
+
+enum { REDIS_PROBLEM_READ = 0, REDIS_PROBLEM_WRITE = 1 };
 
 /* Parses redis://[[user]:password@]host[:port][/db]. Main thread. The
  * error never repeats the password. Returns 0 or -1 with err. */
@@ -49,9 +60,12 @@ int redis_link_ip(redis_link *l, char *ip, size_t iplen);
 /* Any thread: sets TCP keepalive and the user timeout on a Redis socket, so
  * that a path that went silent fails within about timeout_ms. */
 void redis_link_tune(const redis_link *l, int fd);
-/* Any thread: records or clears (msg NULL) the lasting problem. Returns 1
- * if it changed (the caller logs once). */
-int redis_link_set_problem(redis_link *l, const char *text);
+/* Any thread: records or clears (text NULL) the lasting problem of one
+ * side (REDIS_PROBLEM_READ: the consumer; _WRITE: the publishers). Returns
+ * 1 if it changed (the caller logs once). */
+int redis_link_set_problem(redis_link *l, int side, const char *text);
+/* Any thread: the problem of either side seen in the last
+ * REDIS_PROBLEM_TTL_MS, "" if none. */
 void redis_link_problem(redis_link *l, char *out, size_t outlen);
 /* 1 if a Redis error reply is a configuration error that retrying will
  * not cure (WRONGTYPE, NOAUTH, WRONGPASS, NOPERM). */
@@ -82,9 +96,11 @@ int redis_pub_init(broker *b, char *err, size_t errlen);
 void redis_pub_free(broker *b);
 int redis_pub_attach(broker *b, int wid, struct event_base *base);
 void redis_pub_detach(broker *b, int wid);
-int redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
-                      const char *user, size_t user_len, const char *text, size_t text_len);
+int64_t redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
+                          size_t room_len, const char *user, size_t user_len, const char *text,
+                          size_t text_len);
 int redis_pub_pending(broker *b, int wid);
+uint64_t redis_pub_stored(broker *b, int wid, int *failing);
 /* Any thread: messages not yet stored, and the age of the oldest (ms). */
 void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms);
 

@@ -62,6 +62,8 @@ typedef struct worker {
     uint32_t drain_total;        /* clients when the drain began */
     uint32_t drained;            /* of which closed by the drain */
     _Atomic int stop_requested;  /* main → worker: begin shutdown */
+    _Atomic int done;            /* worker → broker: my loop has ended, push
+                                    nothing more (release/acquire) */
     _Atomic uint32_t nconns;     /* read by the acceptor to balance */
     _Atomic uint64_t msgs_in;    /* messages received from clients */
     _Atomic uint64_t frames_out; /* frames written to clients */
@@ -89,7 +91,9 @@ int worker_handoff(worker *w, handoff *h);
 
 /* Broker thread (the inbox ring's only producer): queues one reference to m
  * for w. Returns 1 if w must be woken (call worker_wake once per batch),
- * 0 if not, -1 if the inbox is full (nothing queued: retry later). */
+ * 0 if not, -1 if the inbox is full (nothing queued: retry later), -2 if
+ * w has stopped (a worker that drained early; the reference is the
+ * caller's). */
 int worker_push(worker *w, msg *m);
 /* Any thread: rings w's doorbell. */
 void worker_wake(worker *w);

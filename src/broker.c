@@ -77,12 +77,18 @@ int broker_attach(broker *b, int wid, struct event_base *base) {
 
 void broker_detach(broker *b, int wid) { b->ops->detach(b, wid); }
 
-int broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
-                   const char *user, size_t user_len, const char *text, size_t text_len) {
+int64_t broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
+                       size_t room_len, const char *user, size_t user_len, const char *text,
+                       size_t text_len) {
     return b->ops->publish(b, wid, conn_id, rname, room_len, user, user_len, text, text_len);
 }
 
 int broker_pending(broker *b, int wid) { return b->ops->pending ? b->ops->pending(b, wid) : 0; }
+
+uint64_t broker_stored(broker *b, int wid, int *failing) {
+    *failing = 0;
+    return b->ops->stored ? b->ops->stored(b, wid, failing) : UINT64_MAX;
+}
 
 void broker_flush_wakes(broker *b) {
     for (int i = 0; i < b->nworkers; i++) {
@@ -97,7 +103,7 @@ int broker_fanout(broker *b, msg *m) {
     if (b->nworkers > 1) msg_ref(m, (uint32_t)(b->nworkers - 1));
     for (int i = 0; i < b->nworkers; i++) {
         int rc;
-        while ((rc = worker_push(b->workers[i], m)) < 0) {
+        while ((rc = worker_push(b->workers[i], m)) == -1) {
             /* Inbox full: the worker is behind. Wait for it; the message is
              * still held here (and in Redis), so waiting loses nothing. */
             if (atomic_load_explicit(&b->stop, memory_order_acquire)) { /* see broker_stop */
@@ -108,7 +114,8 @@ int broker_fanout(broker *b, msg *m) {
             struct timespec ts = {0, 100 * 1000};
             nanosleep(&ts, NULL);
         }
-        if (rc == 1) b->wake[i] = 1;
+        if (rc == -2) msg_unref(m); /* that worker has stopped */
+        else if (rc == 1) b->wake[i] = 1;
     }
     atomic_fetch_add_explicit(&b->delivered, 1, memory_order_relaxed); /* a counter */
     return 0;

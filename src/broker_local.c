@@ -99,9 +99,9 @@ static int local_attach(broker *b, int wid, struct event_base *base) {
 
 static void local_detach(broker *b, int wid) { (void)b, (void)wid; }
 
-static int local_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
-                         size_t room_len, const char *user, size_t user_len, const char *text,
-                         size_t text_len) {
+static int64_t local_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
+                             size_t room_len, const char *user, size_t user_len,
+                             const char *text, size_t text_len) {
     local *l = b->impl;
     (void)conn_id; /* nothing here can refuse a message for good */
     msg *m = msg_new(rname, room_len, user, user_len, text, text_len);

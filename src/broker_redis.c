@@ -95,6 +95,7 @@ const broker_ops broker_redis_ops = {
     .detach = redis_pub_detach,
     .publish = redis_pub_publish,
     .pending = redis_pub_pending,
+    .stored = redis_pub_stored,
     .ready = redis_ready,
     .stats = redis_stats,
     .free = redis_free,

@@ -162,8 +162,11 @@ static int conn_publish(conn *c, const uint8_t *text, size_t len) {
         conn_close(c, WS_CLOSE_POLICY, "rate limit exceeded");
         return 0;
     }
-    if (broker_publish(w->broker, w->id, c->id, r->name, strlen(r->name), c->user, c->user_len,
-                       (const char *)text, len) < 0) {
+    int64_t ticket = broker_publish(w->broker, w->id, c->id, r->name, strlen(r->name), c->user,
+                                    c->user_len, (const char *)text, len);
+    if (ticket >= 0) {
+        c->ticket = (uint64_t)ticket;
+    } else {
         atomic_fetch_add_explicit(&w->busy_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
         conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");

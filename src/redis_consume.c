@@ -10,6 +10,7 @@
  *     without its data, the key was deleted), so ids went backwards;
  *   - how far behind this node reads.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,7 +28,13 @@
 #define READ_COUNT 512            /* entries per XREAD */
 #define CHECK_EVERY_MS 1000       /* XINFO at least this often */
 #define CHECK_AFTER_MS 100        /* and this soon after entries came */
-#define OVERSIZE_LOG_MS 10000     /* one line per this for refused entries */
+#define REFUSED_LOG_MS 10000      /* one line per this for refused entries */
+#define RECENT 1024               /* entries remembered to tell a rollback */
+
+/* An entry this node delivered: its id and a fingerprint of its content. */
+typedef struct recent_entry {
+    uint64_t ms, seq, print;
+} recent_entry;
 
 typedef struct consumer {
     broker *b;
@@ -36,10 +43,13 @@ typedef struct consumer {
     int64_t checked_ms;           /* monotonic: last XINFO */
     int check;                    /* run XINFO with the next read */
     uint64_t unchecked;           /* entries read since the last XINFO */
+    int64_t plain_until_ms;       /* monotonic: no MULTI before this (OOM) */
     int backoff_ms;
     int down_logged;              /* a streak of failures was logged */
-    uint64_t oversize_unlogged;
-    int64_t oversize_logged_ms;
+    uint64_t refused_unlogged;    /* entries refused since the last line */
+    int64_t refused_logged_ms;
+    recent_entry recent[RECENT];  /* the last RECENT entries read, a ring */
+    unsigned nrecent;
 } consumer;
 
 static int64_t wall_ms(void) {
@@ -97,6 +107,39 @@ static long long field_int(redisReply *r, const char *key, int *found) {
     return *found ? v->integer : 0;
 }
 
+/* FNV-1a of an entry's mid (publisher and sequence), or of its text when
+ * it has none: what tells an entry from another that got the same id. */
+static uint64_t fingerprint(redisReply *fields) {
+    redisReply *v = NULL;
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2) {
+        redisReply *k = fields->element[i];
+        if (k->type != REDIS_REPLY_STRING || fields->element[i + 1]->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "mid") == 0) v = fields->element[i + 1];
+        else if (strcmp(k->str, "text") == 0 && v == NULL) v = fields->element[i + 1];
+    }
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; v && i < v->len; i++) h = (h ^ (uint8_t)v->str[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* 1 if this node read the entry `e` (id and content), among the last
+ * RECENT. */
+static int read_before(consumer *c, redisReply *e) {
+    uint64_t ms = 0, seq = 0;
+    if (e == NULL || e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING ||
+        sscanf(e->element[0]->str, "%" SCNu64 "-%" SCNu64, &ms, &seq) != 2)
+        return 0;
+    uint64_t print = fingerprint(e->element[1]);
+    unsigned n = c->nrecent < RECENT ? c->nrecent : RECENT;
+    for (unsigned i = 0; i < n; i++) {
+        const recent_entry *r = &c->recent[(c->nrecent - 1 - i) % RECENT];
+        if (r->ms == ms && r->seq == seq) return r->print == print;
+    }
+    return 0;
+}
+
 /* The stream is not what this node read before. Messages of the old
  * stream this node had not read are gone; how many is not known. */
 static void stream_reset(consumer *c, const char *why) {
@@ -128,7 +171,20 @@ static int check_stream(consumer *c, redisReply *info, size_t read) {
     redisReply *last = info->type == REDIS_REPLY_ARRAY ? field(info, "last-generated-id") : NULL;
     int gone = info->type == REDIS_REPLY_ERROR && strstr(info->str, "no such key");
     int back = last && last->type == REDIS_REPLY_STRING && id_before(last->str, rb->last_id);
+    if (delivered && back && read_before(c, field(info, "last-entry"))) {
+        /* It lost only its newest entries (a replica behind was promoted,
+         * Redis restarted from an older snapshot): what is left was read
+         * here, so go on after it rather than deliver it all again. */
+        redisReply *e = field(info, "last-entry");
+        stream_reset(c, "lost its newest entries");
+        snprintf(rb->last_id, sizeof(rb->last_id), "%s", e->element[0]->str);
+        int found;
+        rb->pos = (uint64_t)field_int(info, "entries-added", &found);
+        return 1;
+    }
     if (delivered && (gone || back)) {
+        /* Gone, or made anew with older ids (a Redis elsewhere whose clock
+         * is behind): all of it is new here. */
         stream_reset(c, gone ? "is gone" : "went back to older ids");
         snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
         rb->pos = 0;
@@ -171,6 +227,12 @@ static void consume_entry(consumer *c, redisReply *e) {
     const char *id = e->element[0]->str;
     snprintf(rb->last_id, sizeof(rb->last_id), "%s", id);
     rb->pos++;
+    recent_entry *rec = &c->recent[c->nrecent++ % RECENT];
+    uint64_t id_ms = 0, id_seq = 0;
+    sscanf(id, "%" SCNu64 "-%" SCNu64, &id_ms, &id_seq);
+    rec->ms = id_ms;
+    rec->seq = id_seq;
+    rec->print = fingerprint(e->element[1]);
     redisReply *f = e->element[1];
     redisReply *rm = NULL, *user = NULL, *text = NULL;
     for (size_t i = 0; i + 1 < f->elements; i += 2) {
@@ -180,21 +242,23 @@ static void consume_entry(consumer *c, redisReply *e) {
         else if (strcmp(k->str, "user") == 0) user = v;
         else if (strcmp(k->str, "text") == 0) text = v;
     }
-    if (!rm || !user || !text) {
-        log_warn("redis: entry %s lacks room, user or text; skipped", id);
-        return;
-    }
     /* Written by a node with a larger max_message, or by anything else that
      * can write the stream: this node's clients were promised no more. */
-    if ((int64_t)text->len > b->cfg->max_message) {
-        atomic_fetch_add_explicit(&b->oversize, 1, memory_order_relaxed); /* a counter */
-        c->oversize_unlogged++;
+    int big = rm && user && text && (int64_t)text->len > b->cfg->max_message;
+    if (!rm || !user || !text || big) {
+        if (big) atomic_fetch_add_explicit(&b->oversize, 1, memory_order_relaxed); /* counter */
+        c->refused_unlogged++;
         int64_t now = clock_ms();
-        if (now - c->oversize_logged_ms >= OVERSIZE_LOG_MS) {
-            log_warn("redis: entry %s of %zu bytes is over max_message; %" PRIu64
-                     " such entries not delivered", id, text->len, c->oversize_unlogged);
-            c->oversize_logged_ms = now;
-            c->oversize_unlogged = 0;
+        if (now - c->refused_logged_ms >= REFUSED_LOG_MS) { /* anyone may write the stream */
+            if (big)
+                log_warn("redis: entry %s of %zu bytes is over max_message; %" PRIu64
+                         " entries refused since the last such line", id, text->len,
+                         c->refused_unlogged);
+            else
+                log_warn("redis: entry %s lacks room, user or text; %" PRIu64
+                         " entries refused since the last such line", id, c->refused_unlogged);
+            c->refused_logged_ms = now;
+            c->refused_unlogged = 0;
         }
         return;
     }
@@ -203,7 +267,8 @@ static void consume_entry(consumer *c, redisReply *e) {
         log_error("redis: out of memory for entry %s", id);
         return;
     }
-    sscanf(id, "%" SCNu64 "-%" SCNu64, &m->id_ms, &m->id_seq);
+    m->id_ms = id_ms;
+    m->id_seq = id_seq;
     broker_fanout(b, m);
 }
 
@@ -229,7 +294,7 @@ static void lasting_problem(consumer *c, const char *what, const char *err) {
     char problem[192];
     snprintf(problem, sizeof(problem), "Redis refuses to %s: %s (check %s)", what, err,
              strncmp(err, "WRONGTYPE", 9) == 0 ? "stream" : "redis_url and the Redis user");
-    if (redis_link_set_problem(&c->rb->link, problem)) log_error("redis: %s", problem);
+    if (redis_link_set_problem(&c->rb->link, REDIS_PROBLEM_READ, problem)) log_error("redis: %s", problem);
 }
 
 /* Connects, authenticates, and fixes the start id on first contact.
@@ -287,8 +352,7 @@ static int consumer_connect(consumer *c, char *err, size_t errlen) {
         /* release: publishers may send now; entries they add come after */
         atomic_store_explicit(&rb->started, 1, memory_order_release);
     }
-    c->check = 1;
-    set_up(c, 1); /* Redis answers us */
+    c->check = 1; /* `up` waits for an answer: a frozen Redis still accepts */
     return 0;
 fail_reply:
     if (r && r->type == REDIS_REPLY_ERROR) {
@@ -316,7 +380,8 @@ static long read_once(consumer *c) {
     int64_t since = clock_ms() - c->checked_ms;
     /* A gap is seen soon after the entries around it: a read that had
      * entries is followed by a check within CHECK_AFTER_MS. */
-    if (c->check || since >= CHECK_EVERY_MS || (c->unchecked && since >= CHECK_AFTER_MS)) {
+    int due = c->check || since >= CHECK_EVERY_MS || (c->unchecked && since >= CHECK_AFTER_MS);
+    if (due && clock_ms() >= c->plain_until_ms) {
         redisAppendCommand(c->ctx, "MULTI");
         redisAppendCommand(c->ctx, "XINFO STREAM %s", b->cfg->stream);
         redisAppendCommand(c->ctx, "XREAD COUNT %d STREAMS %s %s", READ_COUNT, b->cfg->stream,
@@ -336,6 +401,13 @@ static long read_once(consumer *c) {
             r = first_error;
         } else if (first_error) {
             freeReplyObject(first_error);
+        }
+        if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "OOM", 3) == 0) {
+            /* Out of memory, Redis refuses whatever is queued in a MULTI,
+             * reads too. Read plainly meanwhile; the check waits. */
+            freeReplyObject(r);
+            c->plain_until_ms = clock_ms() + CHECK_EVERY_MS;
+            return 0;
         }
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
             xr = r->element[1];
@@ -358,7 +430,7 @@ static long read_once(consumer *c) {
             r = xr;
         }
     } else {
-        int64_t block = c->unchecked ? CHECK_AFTER_MS - since : READ_BLOCK_MS;
+        int64_t block = c->unchecked && !due ? CHECK_AFTER_MS - since : READ_BLOCK_MS;
         r = cmd(c, "XREAD COUNT %d BLOCK %lld STREAMS %s %s", READ_COUNT,
                 (long long)(block > 0 ? block : 1), b->cfg->stream, rb->last_id);
         if (r == NULL) return READ_LOST;
@@ -386,36 +458,45 @@ static long read_once(consumer *c) {
 
 void *redis_consume_run(void *arg) {
     broker *b = arg;
-    consumer c = {.b = b, .rb = b->impl, .backoff_ms = REDIS_BACKOFF_MIN_MS};
+    consumer *c = calloc(1, sizeof(*c)); /* its ring of recent entries is big */
     char err[256];
     log_thread("broker");
+    if (c == NULL) {
+        log_error("redis: consumer: out of memory");
+        return NULL;
+    }
+    c->b = b;
+    c->rb = b->impl;
+    c->backoff_ms = REDIS_BACKOFF_MIN_MS;
     while (!atomic_load_explicit(&b->stop, memory_order_acquire)) { /* see broker_stop */
-        if (c.ctx == NULL) {
-            if (consumer_connect(&c, err, sizeof(err)) < 0) {
-                if (!c.down_logged) log_warn("redis: consumer: %s; retrying with backoff", err);
-                c.down_logged = 1;
-                sleep_ms(b, c.backoff_ms);
-                c.backoff_ms = redis_backoff(c.backoff_ms);
-                continue;
-            }
-            if (c.down_logged) {
-                log_info("redis: consumer connected again, resuming after %s", c.rb->last_id);
+        long n = READ_LOST;
+        if (c->ctx == NULL && consumer_connect(c, err, sizeof(err)) < 0) {
+            if (!c->down_logged) log_warn("redis: consumer: %s; retrying with backoff", err);
+        } else if ((n = read_once(c)) == READ_LOST) {
+            /* A read timeout reads "Resource temporarily unavailable". */
+            if (!c->down_logged)
+                log_warn("redis: consumer lost its connection: %s",
+                         c->ctx->err == REDIS_ERR_IO && errno == EAGAIN
+                             ? "no answer within redis_timeout" : c->ctx->errstr);
+            disconnect(c);
+        }
+        if (n == READ_LOST) { /* once per streak, backing off: a peer may accept and close */
+            c->down_logged = 1;
+            sleep_ms(b, c->backoff_ms);
+            c->backoff_ms = redis_backoff(c->backoff_ms);
+        } else if (n != READ_REFUSED) { /* Redis serves us */
+            if (c->down_logged) {
+                log_info("redis: reading %s again, after %s", b->cfg->stream, c->rb->last_id);
                 atomic_fetch_add_explicit(&b->reconnects, 1, memory_order_relaxed); /* counter */
             }
-        }
-        long n = read_once(&c);
-        if (n == READ_LOST) {
-            log_warn("redis: consumer lost its connection: %s", c.ctx->errstr);
-            c.down_logged = 1;
-            disconnect(&c);
-        } else if (n != READ_REFUSED) { /* Redis serves us */
-            if (c.down_logged) log_info("redis: reading %s again", b->cfg->stream);
-            if (redis_link_set_problem(&c.rb->link, NULL)) log_info("redis: problem resolved");
-            c.down_logged = 0;
-            c.backoff_ms = REDIS_BACKOFF_MIN_MS;
-            set_up(&c, 1);
+            if (redis_link_set_problem(&c->rb->link, REDIS_PROBLEM_READ, NULL))
+                log_info("redis: the consumer's problem is resolved");
+            c->down_logged = 0;
+            c->backoff_ms = REDIS_BACKOFF_MIN_MS;
+            set_up(c, 1);
         }
     }
-    disconnect(&c);
+    disconnect(c);
+    free(c);
     return NULL;
 }

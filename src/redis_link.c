@@ -112,17 +112,26 @@ void redis_link_tune(const redis_link *l, int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
 }
 
-int redis_link_set_problem(redis_link *l, const char *text) {
+int redis_link_set_problem(redis_link *l, int side, const char *text) {
+    /* relaxed: a hint that spares the lock when there is nothing to clear */
+    if (text == NULL && !atomic_load_explicit(&l->has_problem[side], memory_order_relaxed))
+        return 0;
     pthread_mutex_lock(&l->lock);
-    int changed = strcmp(l->problem, text ? text : "") != 0;
-    snprintf(l->problem, sizeof(l->problem), "%s", text ? text : "");
+    int changed = strcmp(l->problem[side], text ? text : "") != 0;
+    snprintf(l->problem[side], sizeof(l->problem[side]), "%s", text ? text : "");
+    l->problem_ms[side] = clock_ms();
+    atomic_store_explicit(&l->has_problem[side], text != NULL, memory_order_relaxed);
     pthread_mutex_unlock(&l->lock);
     return changed;
 }
 
 void redis_link_problem(redis_link *l, char *out, size_t outlen) {
+    int64_t now = clock_ms();
+    out[0] = '\0';
     pthread_mutex_lock(&l->lock);
-    snprintf(out, outlen, "%s", l->problem);
+    for (int side = 0; side < 2 && out[0] == '\0'; side++)
+        if (l->problem[side][0] && now - l->problem_ms[side] < REDIS_PROBLEM_TTL_MS)
+            snprintf(out, outlen, "%s", l->problem[side]);
     pthread_mutex_unlock(&l->lock);
 }
 

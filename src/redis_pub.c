@@ -187,7 +187,7 @@ static void pub_abandon_head(publisher *p, const char *why) {
     char problem[192];
     snprintf(problem, sizeof(problem), "Redis refuses every write: %s (check stream and the "
              "Redis user's rights)", why);
-    if (redis_link_set_problem(&p->rb->link, problem))
+    if (redis_link_set_problem(&p->rb->link, REDIS_PROBLEM_WRITE, problem))
         log_error("redis: worker %d: %s", p->wid, problem);
     pub_item *it = pub_pop(p);
     worker_refuse(p->b->workers[p->wid - 1], it->conn_id, WS_CLOSE_INTERNAL,
@@ -206,11 +206,19 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
             pub_abandon_head(p, reply->str);
             return;
         }
-        /* Loading, out of memory, a read-only replica, a script refused, an
-         * earlier message missing: passing. Keep this message and all after
-         * it, and send them again after a backoff; replies to those already
-         * in flight are stale and ignored. If it never passes the queue
-         * fills and senders get 1013: refused visibly, never dropped. */
+        /* An earlier message is missing: it was refused or abandoned and
+         * comes again first. Re-sent now, from the head with the head as
+         * the oldest, this cannot be refused for order again. */
+        if (strncmp(reply->str, "OUTOFORDER", 10) == 0) {
+            p->unsent = p->head;
+            pub_flush(p);
+            return;
+        }
+        /* Loading, out of memory, a read-only replica, a script refused:
+         * passing. Keep this message and all after it, and send them again
+         * after a backoff; replies to those already in flight are stale and
+         * ignored. If it never passes the queue fills and senders get 1013:
+         * refused visibly, never dropped. */
         if (strncmp(reply->str, "NOSCRIPT", 8) == 0) { /* SCRIPT FLUSH, a new replica */
             p->need_load = 1;
         } else {
@@ -226,7 +234,7 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
     p->troubled = 0;
     p->backoff_ms = REDIS_BACKOFF_MIN_MS; /* stored: Redis is well */
     free(pub_pop(p));
-    if (redis_link_set_problem(&p->rb->link, NULL))
+    if (redis_link_set_problem(&p->rb->link, REDIS_PROBLEM_WRITE, NULL))
         log_info("redis: worker %d: writes accepted again", p->wid);
 }
 
@@ -239,10 +247,10 @@ static void pub_on_aux_reply(redisAsyncContext *ac, void *r, void *priv) {
         char problem[192];
         snprintf(problem, sizeof(problem), "Redis refuses our credentials: %s (check redis_url)",
                  reply->str);
-        if (redis_link_set_problem(&p->rb->link, problem))
+        if (redis_link_set_problem(&p->rb->link, REDIS_PROBLEM_WRITE, problem))
             log_error("redis: worker %d: %s", p->wid, problem);
     } else {
-        log_warn("redis: worker %d: %s", p->wid, reply->str);
+        pub_trouble(p, "redis: worker %d: %s; keeping %d messages, retrying", reply->str);
     }
     pub_drop(p); /* a connection that failed AUTH or SELECT is no use */
 }
@@ -259,6 +267,7 @@ static void pub_on_connect(const redisAsyncContext *ac, int status) {
     }
     if (p->troubled) log_info("redis: worker %d connected again", p->wid);
     p->up = 1;
+    p->holding = 0;      /* a refusal on the old connection holds nothing here */
     p->need_load = 1;    /* this Redis may never have seen the script */
     p->unsent = p->head; /* everything unanswered goes again, in order */
     pub_flush(p);
@@ -390,8 +399,9 @@ void redis_pub_detach(broker *b, int wid) {
     p->retry_ev = p->watch_ev = NULL;
 }
 
-int redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname, size_t room_len,
-                      const char *user, size_t user_len, const char *text, size_t text_len) {
+int64_t redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
+                          size_t room_len, const char *user, size_t user_len, const char *text,
+                          size_t text_len) {
     publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
     if (atomic_load_explicit(&p->queued, memory_order_relaxed) >= b->cfg->publish_queue)
         return -1;
@@ -417,7 +427,13 @@ int redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname, s
     atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed); /* a gauge */
     if (p->unsent == NULL) p->unsent = it;
     pub_flush(p);
-    return 0;
+    return (int64_t)it->seq;
+}
+
+uint64_t redis_pub_stored(broker *b, int wid, int *failing) {
+    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+    *failing = !p->up || p->holding || p->troubled;
+    return p->head ? p->head->seq - 1 : p->seq;
 }
 
 int redis_pub_pending(broker *b, int wid) {

@@ -21,6 +21,7 @@
 #define WORKER_BATCH 4096        /* inbox messages per turn */
 #define WORKER_TICK_MS 250
 #define WORKER_STOP_TICK_MS 20   /* shutdown phases are checked this often */
+#define WORKER_DRAIN_GRACE_MS 1000 /* past drain_time, for a client's last store */
 
 /* Shutdown, in phases (w->stopping): */
 enum {
@@ -120,6 +121,9 @@ static void *worker_main(void *arg) {
     if (broker_attach(w->broker, w->id, w->base) < 0)
         log_error("worker %d: cannot attach to the broker", w->id);
     event_base_dispatch(w->base);
+    /* release: after this the broker pushes nothing more here, so a worker
+     * that drained early cannot block the delivery to the others */
+    atomic_store_explicit(&w->done, 1, memory_order_release);
     while (w->conns) conn_free(w->conns);
     broker_detach(w->broker, w->id);
     log_info("worker %d: %llu messages in, %llu frames out, %llu slow clients closed, "
@@ -158,7 +162,10 @@ int worker_handoff(worker *w, handoff *h) {
     return 0;
 }
 
-int worker_push(worker *w, msg *m) { return ring_push(w->inbox, m); }
+int worker_push(worker *w, msg *m) {
+    if (atomic_load_explicit(&w->done, memory_order_acquire)) return -2; /* see worker_main */
+    return ring_push(w->inbox, m);
+}
 
 void worker_conn_gone(worker *w) {
     atomic_fetch_sub_explicit(&w->nconns, 1, memory_order_relaxed); /* a counter */
@@ -207,14 +214,24 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
         /* Close the share of the clients this much of drain_time calls for,
          * so that they reconnect elsewhere spread out, not all at once. */
         uint64_t due = cfg->drain_time_ms > 0 && in_phase < cfg->drain_time_ms
-                           ? (uint64_t)w->drain_total * (uint64_t)in_phase / (uint64_t)cfg->drain_time_ms + 1
+                           ? (uint64_t)w->drain_total * (uint64_t)in_phase / (uint64_t)cfg->drain_time_ms
                            : UINT64_MAX;
+        /* A client whose last message is not stored yet is closed once it
+         * is, so that it sees its echo first. Past the grace it is closed
+         * anyway: with 1001 while storing merely takes time (what it sent
+         * is still stored before the worker exits), with 1011 when storing
+         * fails, so that a lost message is never hidden behind a 1001. */
+        int failing;
+        uint64_t stored = broker_stored(w->broker, w->id, &failing);
+        int late = in_phase >= (int64_t)cfg->drain_time_ms + WORKER_DRAIN_GRACE_MS;
         conn *c = w->conns, *next;
         for (; c && w->drained < due; c = next) {
             next = c->next;
-            if (c->state != CONN_OPEN) continue;
+            if (c->state != CONN_OPEN || (c->ticket > stored && !late)) continue;
             w->drained++;
-            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+            if (c->ticket > stored && failing)
+                conn_close(c, WS_CLOSE_INTERNAL, "message not stored");
+            else conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
             conn_flush(c);
         }
         for (c = w->conns; c && c->state != CONN_OPEN; c = c->next) {}

@@ -2,6 +2,7 @@
 one order everywhere, and nothing lost or duplicated when Redis fails."""
 
 import asyncio
+import os
 import re
 import signal
 import time
@@ -615,15 +616,17 @@ def test_stream_of_wrong_type_is_a_configuration_error(redis, chatd):
         assert health.status == 200 and b"WRONGTYPE" in health.body, health
         assert "cannot reach" not in a.log()
         await asyncio.to_thread(r.cli, "DEL", STREAM)
+        await bob.send("stored now")  # a client still in: its message is stored
+        await wait_for(lambda: "bob: stored now" in bob.got, 10, "a message after the fix")
 
         def ready_again():
             return http_exchange(a.port, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").status == 200
 
         await asyncio.to_thread(wait_until, ready_again, 15, 0.1, "/readyz 200 after the fix")
         carol = await Peer.connect(a, "carol")
-        await carol.send("stored now")
-        await wait_for(lambda: "carol: stored now" in bob.got, 10, "a message after the fix")
-        assert bob.got == ["alice: before", "carol: stored now"], bob.got
+        await carol.send("and this")
+        await wait_for(lambda: "carol: and this" in bob.got, 10, "a message from a new client")
+        assert bob.got == ["alice: before", "bob: stored now", "carol: and this"], bob.got
         await bob.close()
         await carol.close()
 
@@ -751,3 +754,253 @@ def test_script_cache_flushed_under_a_running_node(redis, chatd):
     arun(main(), 30)
     info = r.cli("INFO", "commandstats").decode()
     assert "cmdstat_evalsha" in info and "cmdstat_eval:" not in info, info
+
+
+# --------------------------------------------------------------------------
+# Found by an independent review of the Redis path; each fails on the binary
+# before its fix.
+
+
+def ready_status(node):
+    return http_exchange(node.port, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+
+def test_refusal_then_lost_connection_does_not_hold_the_queue(redis, chatd):
+    """A publish refused (OOM), then Redis restarts before the retry: the
+    new connection sends the held message; it is not stuck for good."""
+    port = free_port()
+    r = redis(port=port)
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await alice.send("held")
+        await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
+        await asyncio.to_thread(r.restart)  # CONFIG SET is forgotten: writes pass again
+        await wait_for(lambda: len(bob.got) >= 2, 15, "the held message after the restart")
+        await alice.send("after")
+        await wait_for(lambda: len(bob.got) >= 3, 10, "a message after it")
+        assert bob.got == ["alice: before", "alice: held", "alice: after"], bob.got
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 45)
+
+
+def test_a_worker_that_drained_early_does_not_stop_delivery(redis, chatd):
+    """SIGTERM with drain_time: workers without clients finish at once; the
+    consumer must not wait on their full inboxes while other workers' clients
+    are still being served."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=4, ring_size=64, drain_time="4s")
+    b = redis_node(chatd, r, "b")
+
+    async def main():
+        await wait_nodes_ready([a, b])
+        stay = [await Peer.connect(a, f"stay{i}") for i in range(2)]
+        carol = await Peer.connect(b, "carol")
+        a.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        for k in range(300):
+            await carol.send(f"m{k}")
+        want = [f"carol: m{k}" for k in range(300)]
+        await wait_for(lambda: len(carol.got) >= 300, 15, "carol's own messages")
+        last = max(stay, key=lambda p: len(p.got))
+        await wait_for(lambda: last.closed or len(last.got) >= 300, 15, "the drained node's client")
+        assert last.got[:300] == want, f"the client still open got {len(last.got)} of 300"
+        await carol.close()
+
+    arun(main(), 60)
+    assert a.wait(20) == 0
+
+
+def test_rollback_to_an_older_snapshot_is_not_replayed(redis, chatd, tmp_path):
+    """Redis restarts from an RDB snapshot older than its last writes: the
+    stream lost only its newest entries. The nodes go on after what is left
+    (they delivered it already) instead of delivering all of it again."""
+    port = free_port()
+    r = redis(port=port, args=["--appendonly", "no"])
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        for k in range(10):
+            await alice.send(f"saved{k}")
+        await wait_for(lambda: len(bob.got) >= 11, 10, "the saved messages")
+        await asyncio.to_thread(r.cli, "SAVE")
+        for k in range(10):
+            await alice.send(f"lost{k}")
+        await wait_for(lambda: len(bob.got) >= 21, 10, "the messages after the snapshot")
+        r.proc.kill()  # SIGKILL: no save at exit
+        r.proc.wait(10)
+        r._log.close()
+        r.proc = None
+        await asyncio.to_thread(r.start)
+        await asyncio.to_thread(a.wait_log, r"lost its newest entries", 15)
+        await alice.send("after")
+        await wait_for(lambda: "alice: after" in bob.got, 15, "a message after the rollback")
+        await asyncio.sleep(0.3)
+        want = (["alice: before"] + [f"alice: saved{k}" for k in range(10)]
+                + [f"alice: lost{k}" for k in range(10)] + ["alice: after"])
+        assert bob.got == want, f"{len(bob.got) - len(set(bob.got))} duplicates: {bob.got}"
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 60)
+    assert metrics(a.port)["chatd_stream_resets_total"] == 1
+
+
+def test_reads_and_readiness_hold_while_redis_is_out_of_memory(redis, chatd):
+    """Out of memory, Redis refuses writes and everything inside a MULTI,
+    but plain reads still pass: the node stays up and ready while nothing
+    waits to be stored, and delivers at once when memory comes back."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        statuses = []
+        for _ in range(20):
+            statuses.append((await asyncio.to_thread(ready_status, a)).status)
+            await asyncio.sleep(0.15)
+        assert statuses.count(200) >= 18, statuses
+        assert metrics(a.port)["chatd_broker_up"] == 1
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        t0 = time.monotonic()
+        await alice.send("after")
+        await wait_for(lambda: len(bob.got) >= 2, 10, "a message after the OOM")
+        assert time.monotonic() - t0 < 2.0, f"delivery took {time.monotonic() - t0:.2f} s"
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 45)
+
+
+def test_a_peer_that_accepts_and_closes_is_not_a_log_flood(redis, chatd):
+    """Where Redis was, something now accepts and closes at once (a Redis at
+    maxclients, a proxy before a dead Redis): the consumer backs off and
+    says so once, instead of reconnecting in a tight loop."""
+    import socket
+    import threading
+    port = free_port()
+    r = redis(port=port)
+    a = redis_node(chatd, r, "a")
+    arun(wait_nodes_ready([a]), 20)
+    r.stop()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(1024)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+    accepted = [0]
+
+    def closer():
+        while not stop.is_set():
+            try:
+                s, _ = srv.accept()
+                s.close()
+                accepted[0] += 1
+            except OSError:
+                pass
+
+    t = threading.Thread(target=closer, daemon=True)
+    t.start()
+    try:
+        before = a.log().count("\n")
+        time.sleep(3)
+        lines = a.log().count("\n") - before
+        ready = ready_status(a)
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+    assert accepted[0] > 0, "the node never came"
+    assert lines < 40 and accepted[0] < 300, (
+        f"{lines} log lines and {accepted[0]} connections in 3 s:\n"
+        + "\n".join(a.log().splitlines()[-10:]))
+    assert ready.status == 503, ready
+
+
+def test_a_frozen_redis_is_not_ready(redis, chatd):
+    """SIGSTOP of Redis: the kernel still accepts connections, nothing
+    answers. /readyz must say 503 within about redis_timeout, and 200 again
+    once Redis runs."""
+    r = redis()
+    a = redis_node(chatd, r, "a", redis_timeout="1s")
+
+    async def main():
+        await wait_nodes_ready([a])
+        os.kill(r.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3.5)
+            statuses = []
+            for _ in range(10):
+                statuses.append((await asyncio.to_thread(ready_status, a)).status)
+                await asyncio.sleep(0.2)
+        finally:
+            os.kill(r.proc.pid, signal.SIGCONT)
+        assert statuses.count(503) >= 9, statuses
+
+        def ready():
+            return ready_status(a).status == 200
+
+        await asyncio.to_thread(wait_until, ready, 15, 0.1, "/readyz 200 after SIGCONT")
+
+    arun(main(), 45)
+
+
+def test_writes_denied_keeps_the_node_unready_and_tells_every_sender(redis, chatd):
+    """The Redis user may read but not run the publish script (NOPERM on
+    EVALSHA): every sender is told with 1011, quickly, and /readyz keeps
+    saying why, though the consumer reads fine."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1)
+
+    async def main():
+        await wait_nodes_ready([a])
+        senders = [await Peer.connect(a, f"s{i}") for i in range(10)]
+        await asyncio.to_thread(r.cli, "ACL", "SETUSER", "default", "-evalsha")
+        t0 = time.monotonic()
+        for s in senders:
+            await s.send("never stored")
+        await wait_for(lambda: all(s.closed for s in senders), 10, "every sender closed")
+        took = time.monotonic() - t0
+        assert [s.close_code for s in senders] == [1011] * 10, [s.close_code for s in senders]
+        assert took < 5, f"senders told over {took:.1f} s"
+        statuses = []
+        for _ in range(10):
+            statuses.append((await asyncio.to_thread(ready_status, a)).status)
+            await asyncio.sleep(0.2)
+        assert statuses == [503] * 10, statuses
+        await asyncio.to_thread(r.cli, "ACL", "SETUSER", "default", "+evalsha")
+
+    arun(main(), 45)
+    assert len(re.findall(r"ERROR.*NOPERM", a.log())) <= 2, a.log()
+
+
+def test_sigterm_tells_a_sender_whose_message_was_never_stored(redis, chatd):
+    """SIGTERM while Redis refuses writes for good: the sender whose message
+    could not be stored is closed with 1011, not with a 1001 that would
+    hide the loss; a client that sent nothing gets 1001."""
+    r = redis()
+    a = redis_node(chatd, r, "a", workers=1, shutdown_timeout="1s")
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await alice.send("never stored")
+        await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
+        a.send_signal(signal.SIGTERM)
+        await wait_for(lambda: alice.closed and bob.closed, 15, "both closed")
+        assert alice.close_code == 1011, alice.close_code
+        assert bob.close_code == 1001, bob.close_code
+        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+
+    arun(main(), 45)
+    assert a.wait(20) == 0

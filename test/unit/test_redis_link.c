@@ -98,12 +98,24 @@ static void test_problem_slot(void **state) {
     assert_int_equal(redis_link_init(&l, "redis://127.0.0.1", 100, err, sizeof(err)), 0);
     redis_link_problem(&l, out, sizeof(out));
     assert_string_equal(out, "");
-    assert_int_equal(redis_link_set_problem(&l, "WRONGTYPE"), 1);
-    assert_int_equal(redis_link_set_problem(&l, "WRONGTYPE"), 0); /* logged once */
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_WRITE, "WRONGTYPE"), 1);
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_WRITE, "WRONGTYPE"), 0); /* once */
     redis_link_problem(&l, out, sizeof(out));
     assert_string_equal(out, "WRONGTYPE");
-    assert_int_equal(redis_link_set_problem(&l, NULL), 1);
-    assert_int_equal(redis_link_set_problem(&l, NULL), 0);
+    /* Each side clears only its own. */
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_READ, NULL), 0);
+    redis_link_problem(&l, out, sizeof(out));
+    assert_string_equal(out, "WRONGTYPE");
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_READ, "NOPERM"), 1);
+    redis_link_problem(&l, out, sizeof(out));
+    assert_string_equal(out, "NOPERM");
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_READ, NULL), 1);
+    redis_link_problem(&l, out, sizeof(out));
+    assert_string_equal(out, "WRONGTYPE");
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_WRITE, NULL), 1);
+    assert_int_equal(redis_link_set_problem(&l, REDIS_PROBLEM_WRITE, NULL), 0);
+    redis_link_problem(&l, out, sizeof(out));
+    assert_string_equal(out, "");
     redis_link_destroy(&l);
 }
 
