@@ -367,8 +367,9 @@ def latency_by_fault(ck, windows):
             ts = sendtime.get(k)
             if ts is None:
                 continue
-            # a message sent just before a fault may wait for its end too
-            kind = next((w[0] for w in windows if w[1] - 1.0 <= ts <= w[2] + RECOVERY), "quiet")
+            # the latest fault that began by then (a message sent just
+            # before a fault may wait for its end too)
+            kind = next((w[0] for w in reversed(windows) if w[1] - 1.0 <= ts <= w[2] + RECOVERY), "quiet")
             worst[kind] = max(worst[kind], tr - ts)
     return sorted(worst.items(), key=lambda kv: -kv[1])
 
