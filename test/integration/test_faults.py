@@ -119,10 +119,12 @@ def wait_ready(nodes, timeout=20):
 
 @pytest.fixture
 def cluster(redis, chatd):
-    """cluster(nodes=2, redis_args=(), start=True, **directives) -> (redis,
-    proxy, [nodes]): a redis-server, a FaultProxy in front of it, and chatd
-    nodes (broker = redis through the proxy). Nodes are stopped before the
-    proxy at teardown, so that they can store what they hold."""
+    """cluster(nodes=2, redis_args=(), **directives) -> (redis, proxy,
+    [nodes]): a redis-server, a FaultProxy in front of it, and chatd nodes
+    (broker = redis through the proxy), delivering. cluster.node(proxy,
+    name, **directives) starts one more (not waiting for Redis). Nodes are
+    stopped before the proxy at teardown, so that they can store what they
+    hold; the chatd fixture then checks their exit codes and logs."""
     made = []
 
     def make(nodes=2, redis_args=(), **conf):
@@ -135,8 +137,12 @@ def cluster(redis, chatd):
         wait_ready(ns)
         return r, px, ns
 
-    make.node = lambda px, name, start=True, **conf: chatd(
-        name=name, start=start, **dict(dict(broker="redis", redis_url=px.url, workers=2), **conf))
+    def node(px, name, **conf):
+        n = chatd(name=name, **dict(dict(broker="redis", redis_url=px.url, workers=2), **conf))
+        next(ns for p, ns in made if p is px).append(n)
+        return n
+
+    make.node = node
     yield make
     for px, ns in made:
         for n in ns:
