@@ -16,6 +16,8 @@ faults on and off at any moment from its own thread:
                       it stay dead for good) or held and released afterwards
   refuse connections  every connection closed, the port closed (connect
                       gets ECONNREFUSED) until allowed again
+  close on accept     every connection closed, new ones accepted and closed
+                      at once (a load balancer with no backend)
   delay               each direction delayed by a fixed time, order kept
   counts              commands seen, by name (upper case), and reply bytes
                       by the name of the command they answer
@@ -418,6 +420,7 @@ class FaultProxy:
         self._delay = 0.0
         self._blackhole = None      # None, "drop" or "hold"
         self._refusing = False
+        self._closing = False       # accept, then close at once
         self._conns = set()
         self._next_id = 1
         self._server = None
@@ -488,10 +491,10 @@ class FaultProxy:
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-        if self._refusing:
+        self.accepted += 1
+        if self._refusing or self._closing:
             writer.close()
             return
-        self.accepted += 1
         c = _Conn(self, reader, writer)
         self._conns.add(c)
         await c.run()
@@ -584,6 +587,17 @@ class FaultProxy:
                 raise RuntimeError(f"fault proxy cannot listen on {self.port} again")
         self._call(f)
 
+    def close_on_accept(self, on=True):
+        """on: every connection is closed, and new ones are accepted and
+        closed at once (a load balancer with no backend, a Redis at
+        maxclients): connect succeeds, then the connection ends."""
+        def f():
+            self._closing = on
+            if on:
+                for c in list(self._conns):
+                    c.close()
+        self._call(f)
+
     def kill_connections(self):
         """Closes every connection now (new ones are accepted)."""
         self._call(lambda: [c.close() for c in list(self._conns)])
@@ -597,6 +611,7 @@ class FaultProxy:
     def reset(self):
         """Back to pass through: no rules, no delay, no black hole, listening."""
         self.clear_rules()
+        self.close_on_accept(False)
         self.set_delay(0)
         self.heal()
         self.allow_connections()

@@ -14,6 +14,7 @@ Run: CHATD_BIN=$PWD/build/chatd /usr/bin/python3 -m pytest -q -p no:cacheprovide
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -621,3 +622,30 @@ def test_sigterm_node_while_redis_down(cluster):
     closed = sorted({c.close_code for c in ck.conns if c.node is nodes[0] and c.gone})
     ck.assert_ok(f"after SIGTERM of n0 while Redis was down (its clients were closed with {closed})")
     assert rc and rc[0][0] == 0 and not rc[0][1], f"n0 after SIGTERM: exit {rc}"
+
+
+def test_redis_behind_a_balancer_without_backend(cluster):
+    """For 3 s every connection to Redis is accepted and closed at once (a
+    load balancer or a Kubernetes Service with no ready backend, a Redis at
+    maxclients). Nothing is lost, and the nodes back off: a connection that
+    ends before it was any use counts as a failed attempt, not a success
+    to retry at once (bounded: 100 new connections over both nodes, 10 log
+    lines per node about it)."""
+    r, px, nodes = cluster()
+    seen = []
+
+    async def fault(ck):
+        before = px.accepted
+        await in_thread(px.close_on_accept, True)
+        await asyncio.sleep(3.0)
+        seen.append(px.accepted - before)
+        await in_thread(px.close_on_accept, False)
+
+    ck = scenario(nodes, fault, after=3.0)
+    ck.assert_ok("after 3 s of connections closed on accept")
+    lines = {n.name: sum(1 for ln in n.log().splitlines()
+                         if re.search(r"(?i)lost its connection|cannot (reach|connect)|closed the connection", ln))
+             for n in nodes}
+    if seen[0] > 100 or max(lines.values()) > 10:
+        raise AssertionError(f"no backoff: the nodes opened {seen[0]} connections to Redis in 3 s of "
+                             f"connections closed on accept, and logged {lines} lines about it")
