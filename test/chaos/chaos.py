@@ -23,6 +23,8 @@ Meanwhile, one after another with quiet gaps of CHAOS_GAP seconds (default
                   until Redis exited, is excused from "delivered everywhere")
   refuse-conns    Redis unreachable (connections closed and refused) for 3 s
   loading         every command answered -LOADING for 2 s
+  no-backend      every connection accepted and closed at once for 3 s (a
+                  load balancer with no backend)
   script-flush    SCRIPT FLUSH, then one NOSCRIPT injected mid-pipeline
   delay           Redis 50 ms away each way for 5 s
   node-sigterm    a node stopped with SIGTERM (must exit 0, store what it
@@ -210,6 +212,15 @@ class Chaos:
         await self.t(self.redis.start)
         return info
 
+    async def f_no_backend(self):
+        before = self.proxy.accepted
+        await self.t(self.proxy.close_on_accept, True)
+        try:
+            await asyncio.sleep(3.0)
+        finally:
+            await self.t(self.proxy.close_on_accept, False)
+        return f"{self.proxy.accepted - before} connections tried"
+
     async def f_loading(self):
         rule = await self.t(lambda: self.proxy.refuse(lambda argv: command_name(argv) != "INFO", LOADING))
         await asyncio.sleep(2.0)
@@ -283,6 +294,7 @@ class Chaos:
         "redis-empty": ("f_redis_empty", 10),
         "refuse-conns": ("f_refuse_conns", 5),
         "loading": ("f_loading", 4),
+        "no-backend": ("f_no_backend", 4),
         "script-flush": ("f_script_flush", 3),
         "delay": ("f_delay", 6),
         "node-sigterm": ("f_node_sigterm", 25),
