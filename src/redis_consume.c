@@ -3,11 +3,13 @@
  * it out to the workers (see redis.h).
  *
  * Every entry is fetched once: the blocking read's entries are the data.
- * Now and then (after a connect, after a full batch, once a second) the
- * read runs in one MULTI with XINFO STREAM, which tells
+ * Now and then (after a connect, after a full batch, soon after entries
+ * came, at least once a second) the read runs in one MULTI with XINFO
+ * STREAM, which tells
  *   - a gap: entries after last_id trimmed before this node read them;
  *   - a reset: the stream came back empty or younger (Redis restarted
- *     without its data, the key was deleted), so ids went backwards;
+ *     without its data, the key was deleted), so ids went backwards; or it
+ *     lost only its newest entries (an older snapshot, a replica behind);
  *   - how far behind this node reads.
  */
 #include <errno.h>
