@@ -24,7 +24,7 @@
 #include "clock.h"
 
 #define REDIS_BACKOFF_MIN_MS 50
-#define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_BACKOFF_MAX_MS 2000
 
 typedef struct redis_link {
     char host[256];
