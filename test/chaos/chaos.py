@@ -66,7 +66,7 @@ os.environ.setdefault("CHATD_BIN", os.path.join(REPO, "build", "chatd"))
 import pytest  # noqa: E402  (conftest's helpers fail through pytest.fail)
 
 import conftest  # noqa: E402
-from checker import Checker, connect_retry  # noqa: E402
+from checker import Checker, nodes_delivering  # noqa: E402
 from conftest import Chatd, RedisServer, sanitizer_report  # noqa: E402
 from faultproxy import (LOADING, NOSCRIPT, OOM, READONLY, WRITE_COMMANDS,  # noqa: E402
                         FaultProxy, command_name)
@@ -305,26 +305,7 @@ class Chaos:
     # -- the run -----------------------------------------------------------------
 
     async def wait_ready(self, timeout=30):
-        ws = [await connect_retry(n.url(f"watch{i}", room="_sync"), timeout) for i, n in enumerate(self.nodes)]
-        seen = [False] * len(ws)
-
-        async def watch(i):
-            await ws[i].recv()
-            seen[i] = True
-
-        tasks = [asyncio.ensure_future(watch(i)) for i in range(len(ws))]
-        deadline = time.monotonic() + timeout
-        k = 0
-        while not all(seen):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nodes not delivering through Redis within {timeout}s")
-            await ws[0].send(f"probe{k}")
-            k += 1
-            await asyncio.sleep(0.1)
-        for t in tasks:
-            t.cancel()
-        for w in ws:
-            await w.close()
+        await nodes_delivering(self.nodes, timeout)
 
     async def run(self):
         await self.wait_ready()

@@ -561,3 +561,33 @@ class Checker:
     def last_arrival(self, clients=None):
         ts = [c.t_got[-1] for c in (clients or self.conns) if c.t_got]
         return max(ts) if ts else None
+
+
+async def nodes_delivering(nodes, timeout=20.0):
+    """Returns once every node's consumer delivers from the stream: a probe
+    in room _sync is sent from the first node until a watcher on every node
+    has seen one (entries after it are then seen by every node). Upgrades
+    refused with 503 (a node not ready yet) are retried."""
+    ws = [await connect_retry(n.url(f"watch{i}", room="_sync"), timeout) for i, n in enumerate(nodes)]
+    seen = [False] * len(ws)
+
+    async def watch(i):
+        await ws[i].recv()
+        seen[i] = True
+
+    tasks = [asyncio.ensure_future(watch(i)) for i in range(len(ws))]
+    deadline = time.monotonic() + timeout
+    k = 0
+    try:
+        while not all(seen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodes not delivering through Redis within {timeout}s: "
+                                     f"{dict(zip([n.name for n in nodes], seen))}")
+            await ws[0].send(f"probe{k}")
+            k += 1
+            await asyncio.sleep(0.1)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for w in ws:
+            await w.close()

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from checker import Checker, connect_retry
+from checker import Checker, connect_retry, nodes_delivering
 from conftest import CHATD_URL, HOST, RespError, _Reader, arun, resp_encode
 from faultproxy import LOADING, NOSCRIPT, OOM, READONLY, WRITE_COMMANDS, FaultProxy, command_name
 
@@ -87,35 +87,8 @@ class RespConn:
 
 
 def wait_ready(nodes, timeout=20):
-    """Returns once every node's consumer delivers from the stream: a probe
-    in room _sync is sent from the first node until a watcher on every node
-    has seen one (entries after it are then seen by every node). Works
-    whether or not the node has /readyz; upgrades refused with 503 are
-    retried."""
-    async def probe():
-        ws = [await connect_retry(n.url(f"watch{i}", room="_sync"), timeout) for i, n in enumerate(nodes)]
-        seen = [False] * len(ws)
-
-        async def watch(i):
-            await ws[i].recv()
-            seen[i] = True
-
-        tasks = [asyncio.ensure_future(watch(i)) for i in range(len(ws))]
-        deadline = time.monotonic() + timeout
-        k = 0
-        while not all(seen):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nodes not delivering through Redis within {timeout}s: "
-                                     f"{dict(zip([n.name for n in nodes], seen))}")
-            await ws[0].send(f"probe{k}")
-            k += 1
-            await asyncio.sleep(0.1)
-        for t in tasks:
-            t.cancel()
-        for w in ws:
-            await w.close()
-
-    arun(probe(), timeout + 15)
+    """Every node delivers from the stream (checker.nodes_delivering)."""
+    arun(nodes_delivering(nodes, timeout), timeout + 15)
 
 
 @pytest.fixture

@@ -111,6 +111,13 @@ async def alice_and_bob(node):
     return alice, bob
 
 
+def out_of_memory(r, on):
+    """Makes Redis refuse writes with OOM (maxmemory far below what it
+    uses), or take them again."""
+    r.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    r.cli("CONFIG", "SET", "maxmemory", "1" if on else "0")
+
+
 def check_delivery(peers, senders, refused_ok):
     """Every message exactly once, one order for all, each sender's in its
     send order. A sender closed with 1013 may have a suffix of its messages
@@ -514,14 +521,13 @@ def test_xadd_refused_by_redis_is_kept_and_sent_again(redis, chatd):
 
     async def main():
         alice, bob = await alice_and_bob(a)
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await asyncio.to_thread(out_of_memory, r, True)
         for k in range(3):
             assert await alice.send(f"while refused {k}")
         await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
         await asyncio.sleep(0.5)
         assert bob.got == ["alice: before"]  # nothing stored: nothing delivered
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        await asyncio.to_thread(out_of_memory, r, False)
         await wait_for(lambda: len(bob.got) >= 4, 15, "the kept messages once Redis takes writes")
         await alice.send("after")
         await wait_for(lambda: len(bob.got) >= 5, 10, "a message after the refusals")
@@ -699,8 +705,7 @@ def test_sigterm_stores_what_was_accepted_then_drains(redis, chatd):
         bob = await Peer.connect(b, "bob")
         await alice.send("before")
         await wait_for(lambda: bob.got, 10, "the first message")
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await asyncio.to_thread(out_of_memory, r, True)
         for k in range(5):
             assert await alice.send(f"held{k}")
         await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
@@ -711,7 +716,7 @@ def test_sigterm_stores_what_was_accepted_then_drains(redis, chatd):
         ready = await asyncio.to_thread(
             http_exchange, a.port, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert ready.status == 503, ready
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        await asyncio.to_thread(out_of_memory, r, False)
         await wait_for(lambda: len(bob.got) >= 6, 10, "the held messages on the other node")
         assert bob.got == ["alice: before"] + [f"alice: held{k}" for k in range(5)], bob.got
         closed_at = {}
@@ -774,8 +779,7 @@ def test_refusal_then_lost_connection_does_not_hold_the_queue(redis, chatd):
 
     async def main():
         alice, bob = await alice_and_bob(a)
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await asyncio.to_thread(out_of_memory, r, True)
         await alice.send("held")
         await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
         await asyncio.to_thread(r.restart)  # CONFIG SET is forgotten: writes pass again
@@ -861,15 +865,14 @@ def test_reads_and_readiness_hold_while_redis_is_out_of_memory(redis, chatd):
 
     async def main():
         alice, bob = await alice_and_bob(a)
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await asyncio.to_thread(out_of_memory, r, True)
         statuses = []
         for _ in range(20):
             statuses.append((await asyncio.to_thread(ready_status, a)).status)
             await asyncio.sleep(0.15)
         assert statuses.count(200) >= 18, statuses
         assert metrics(a.port)["chatd_broker_up"] == 1
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        await asyncio.to_thread(out_of_memory, r, False)
         t0 = time.monotonic()
         await alice.send("after")
         await wait_for(lambda: len(bob.got) >= 2, 10, "a message after the OOM")
@@ -992,15 +995,14 @@ def test_sigterm_tells_a_sender_whose_message_was_never_stored(redis, chatd):
 
     async def main():
         alice, bob = await alice_and_bob(a)
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "1")
+        await asyncio.to_thread(out_of_memory, r, True)
         await alice.send("never stored")
         await asyncio.to_thread(a.wait_log, r"refused: OOM", 10)
         a.send_signal(signal.SIGTERM)
         await wait_for(lambda: alice.closed and bob.closed, 15, "both closed")
         assert alice.close_code == 1011, alice.close_code
         assert bob.close_code == 1001, bob.close_code
-        await asyncio.to_thread(r.cli, "CONFIG", "SET", "maxmemory", "0")
+        await asyncio.to_thread(out_of_memory, r, False)
 
     arun(main(), 45)
     assert a.wait(20) == 0
