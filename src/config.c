@@ -87,7 +87,7 @@ static const directive directives[] = {
 
     /* abuse limits and authentication */
     {"max_pending", T_INT, 0, 1, 1000000, "4096", FIELD(max_pending),
-     "handshakes in progress at once; past it the oldest is closed"},
+     "handshakes in progress at once; at the cap the listen queue holds the rest"},
     {"max_clients_per_ip", T_INT, 0, 0, 10000000, "0", FIELD(max_clients_per_ip),
      "WebSocket clients from one IP address; 0 = no limit"},
     {"rate_limit", T_INT, 0, 0, 1000000, "0", FIELD(rate_limit),
