@@ -306,7 +306,9 @@ static int consumer_connect(consumer *c, char *err, size_t errlen) {
     rbroker *rb = c->rb;
     redis_link *l = &rb->link;
     char ip[64];
-    if (redis_link_resolve(l, err, errlen) < 0) return -1; /* again: the address may move */
+    /* Resolved again at every connect: a failover may move the name. While
+     * the resolver fails, the last address it gave is still worth a try. */
+    if (redis_link_resolve(l, err, errlen) < 0 && redis_link_ip(l, ip, sizeof(ip)) < 0) return -1;
     redis_link_ip(l, ip, sizeof(ip));
     int t = l->timeout_ms;
     struct timeval ct = {t / 1000, (t % 1000) * 1000};

@@ -1006,3 +1006,21 @@ def test_sigterm_tells_a_sender_whose_message_was_never_stored(redis, chatd):
 
     arun(main(), 45)
     assert a.wait(20) == 0
+
+
+def test_redis_url_with_a_host_name(redis, chatd):
+    """redis_url names a host, not an address: the consumer thread resolves
+    it (never a worker's event loop) and the workers publish to what it
+    found."""
+    r = redis()
+    a = redis_node(chatd, None, "a", redis_url=f"redis://localhost:{r.port}")
+
+    async def main():
+        alice, bob = await alice_and_bob(a)
+        await alice.send("by name")
+        await wait_for(lambda: len(bob.got) >= 2, 10, "a message through a named Redis")
+        assert bob.got == ["alice: before", "alice: by name"], bob.got
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 30)
