@@ -151,12 +151,6 @@ static ipcount *ip_slot(ipcount *t, const uint8_t key[16]) {
     return free_slot;
 }
 
-/* Monotonic: handshake deadlines must not move with the wall clock. */
-static int64_t acc_now(acceptor *a) {
-    (void)a;
-    return clock_ms();
-}
-
 /* Adds or removes the listeners' events. */
 static void acc_listen(acceptor *a, int on) {
     if (a->listening == on) return;
@@ -176,7 +170,7 @@ static void acc_resume_at_cap(acceptor *a) {
 /* Moves p to the front of the list: it just moved bytes. */
 static void pending_touch(pending *p) {
     acceptor *a = p->a;
-    p->last_ms = acc_now(a);
+    p->last_ms = clock_ms();
     if (a->pendings == p) return;
     p->prev->next = p->next; /* p is not the head, so it has a prev */
     if (p->next) p->next->prev = p->prev;
@@ -212,7 +206,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg);
 
 /* Waits for `what` on p until its deadline. */
 static void pending_wait(pending *p, short what) {
-    int64_t left = p->deadline_ms - acc_now(p->a);
+    int64_t left = p->deadline_ms - clock_ms();
     if (left < 1) left = 1;
     struct timeval tv = {left / 1000, (left % 1000) * 1000};
     event_del(&p->ev);
@@ -340,7 +334,7 @@ static void pending_respond(pending *p) {
     }
     shutdown(p->fd, SHUT_WR);
     p->draining = 1;
-    p->deadline_ms = acc_now(p->a) + DRAIN_MS;
+    p->deadline_ms = clock_ms() + DRAIN_MS;
     pending_wait(p, EV_READ);
 }
 
@@ -628,13 +622,13 @@ static int pending_has_input(const pending *p) {
  * silent connections still cannot keep honest clients out for long. */
 static int acc_make_room(acceptor *a) {
     pending *p = a->oldest;
-    int64_t idle = acc_now(a) - p->last_ms;
+    int64_t idle = clock_ms() - p->last_ms;
     /* Bytes waiting unread mean we are the slow side, not the peer: its
      * readable event is due in this same turn. */
     for (int k = 0; k < 8 && idle >= IDLE_GRACE_MS && pending_has_input(p); k++) {
         pending_touch(p);
         p = a->oldest;
-        idle = acc_now(a) - p->last_ms;
+        idle = clock_ms() - p->last_ms;
     }
     if (idle >= IDLE_GRACE_MS) {
         log_info("conn %llu: %s closed: idle for %lld ms with %d handshakes pending",
@@ -701,7 +695,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
             }
             p->handshaking = 1;
         }
-        p->last_ms = acc_now(a);
+        p->last_ms = clock_ms();
         p->deadline_ms = p->last_ms + a->cfg->handshake_timeout_ms;
         event_assign(&p->ev, a->base, fd, EV_READ, pending_on_event, p);
         p->next = a->pendings;

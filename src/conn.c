@@ -34,12 +34,6 @@ static const char *const state_name[] = {"open", "closing"};
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 
-/* Monotonic: a step of the wall clock must not kick healthy clients. */
-static int64_t conn_now(const conn *c) {
-    (void)c;
-    return clock_ms();
-}
-
 static void conn_set_state(conn *c, conn_state s) {
     log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, state_name[c->state],
               state_name[s]);
@@ -128,7 +122,7 @@ void conn_close(conn *c, unsigned code, const char *why) {
      * and then the close deadline ends the connection. */
     conn_queue_ctl(c, frame, n, 0);
     c->close_queued = 1;
-    c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
+    c->deadline_ms = clock_ms() + CONN_CLOSE_WAIT_MS;
     conn_set_state(c, CONN_CLOSING);
     conn_free_msgbuf(c);
     conn_leave(c);
@@ -140,7 +134,7 @@ static int conn_take_token(conn *c) {
     const config *cfg = c->w->cfg;
     if (cfg->rate_limit <= 0) return 0;
     int64_t burst = (int64_t)(cfg->rate_burst > 0 ? cfg->rate_burst : cfg->rate_limit) * 1000;
-    int64_t now = conn_now(c);
+    int64_t now = clock_ms();
     int64_t t = c->tokens + (now - c->rate_ms) * cfg->rate_limit; /* 1/1000 per ms */
     c->rate_ms = now;
     if (t > burst) t = burst;
@@ -248,7 +242,7 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
                     return -1;
                 }
                 c->close_queued = 1;
-                c->deadline_ms = conn_now(c) + CONN_CLOSE_WAIT_MS;
+                c->deadline_ms = clock_ms() + CONN_CLOSE_WAIT_MS;
                 conn_set_state(c, CONN_CLOSING);
                 conn_free_msgbuf(c);
                 conn_leave(c);
@@ -462,7 +456,7 @@ static void conn_read_tls(conn *c) {
     for (int i = 0; i < 8; i++) {
         int n = SSL_read(c->ssl, w->rbuf, (int)w->rbuf_size);
         if (n > 0) {
-            c->last_read_ms = conn_now(c);
+            c->last_read_ms = clock_ms();
             c->ping_outstanding = 0;
             if (!c->parser.failed && conn_feed(c, w->rbuf, (size_t)n) < 0) return;
             continue;
@@ -489,7 +483,7 @@ static void conn_read(conn *c) {
     }
     ssize_t n = read(c->fd, w->rbuf, w->rbuf_size);
     if (n > 0) {
-        c->last_read_ms = conn_now(c);
+        c->last_read_ms = clock_ms();
         c->ping_outstanding = 0;
         if (c->parser.failed) return; /* waiting for EOF after an error */
         if (conn_feed(c, w->rbuf, (size_t)n) < 0) return;
@@ -556,7 +550,7 @@ conn *conn_new(worker *w, handoff *h) {
     h->ssl = NULL; /* ours now */
     c->ip_count = h->ip_count;
     h->ip_count = NULL;
-    c->rate_ms = conn_now(c);
+    c->rate_ms = clock_ms();
     c->tokens = (w->cfg->rate_burst > 0 ? w->cfg->rate_burst : w->cfg->rate_limit) * 1000;
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
@@ -564,7 +558,7 @@ conn *conn_new(worker *w, handoff *h) {
     atomic_fetch_add_explicit(&w->nconns, 1, memory_order_relaxed); /* a counter */
     event_assign(&c->ev, w->base, c->fd, EV_READ | EV_PERSIST, conn_on_event, c);
     event_add(&c->ev, NULL);
-    c->last_read_ms = conn_now(c);
+    c->last_read_ms = clock_ms();
     log_debug("conn %llu: %s joined %s on worker %d", (unsigned long long)c->id, c->user,
               h->room, w->id);
     /* The 101 goes first, before any frame: the room is joined, so the

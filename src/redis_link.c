@@ -128,6 +128,10 @@ int redis_link_set_problem(redis_link *l, int side, const char *text) {
 void redis_link_problem(redis_link *l, char *out, size_t outlen) {
     int64_t now = clock_ms();
     out[0] = '\0';
+    /* relaxed: asked for every upgrade; no problem, no lock */
+    if (!atomic_load_explicit(&l->has_problem[REDIS_PROBLEM_READ], memory_order_relaxed) &&
+        !atomic_load_explicit(&l->has_problem[REDIS_PROBLEM_WRITE], memory_order_relaxed))
+        return;
     pthread_mutex_lock(&l->lock);
     for (int side = 0; side < 2 && out[0] == '\0'; side++)
         if (l->problem[side][0] && now - l->problem_ms[side] < REDIS_PROBLEM_TTL_MS)
