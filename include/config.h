@@ -26,6 +26,7 @@ typedef struct config {
     int handshake_timeout_ms;   /* whole request must arrive in this (→ close) */
     char allowed_origins[CONFIG_MAX_ORIGINS][128]; /* empty: any origin */
     int n_origins;
+    int web;                    /* 1: GET / serves the chat page (web.h) */
 
     /* TLS (wss://): off while tls_port is 0 */
     char tls_bind[64];          /* address of the wss listener */

@@ -31,6 +31,7 @@ typedef enum {
     T_REDIS_URL, /* redis://[[user]:password@]host[:port][/db] */
     T_TLS_LISTEN, /* like T_LISTEN into tls_bind and tls_port; empty = off */
     T_TLS_VERSION, /* 1.2 | 1.3 */
+    T_BOOL,      /* on | off into an int */
 } ctype;
 
 enum {
@@ -74,6 +75,7 @@ static const directive directives[] = {
      "time for the whole HTTP request to arrive"},
     {"allowed_origins", T_ORIGINS, 0, 0, CONFIG_MAX_ORIGINS, "", FIELD(allowed_origins),
      "Origin values allowed to connect, space or comma separated; empty = any"},
+    {"web", T_BOOL, 0, 0, 1, "on", FIELD(web), "on: GET / serves the chat page; off: it does not"},
 
     /* TLS */
     {"tls_listen", T_TLS_LISTEN, 0, 0, 65535, "", FIELD(tls_bind),
@@ -257,6 +259,9 @@ static void describe(const directive *d, char *buf, size_t len) {
         break;
     case T_TLS_VERSION:
         snprintf(buf, len, "1.2 or 1.3");
+        break;
+    case T_BOOL:
+        snprintf(buf, len, "on or off");
         break;
     }
 }
@@ -615,6 +620,12 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
             cfg->tls_min_version = 0x0304;
         else
             why = "TLS 1.0 and 1.1 are never offered";
+        break;
+    case T_BOOL:
+        if (strcmp(value, "on") == 0 || strcmp(value, "off") == 0)
+            field_set_int(cfg, d, value[1] == 'n');
+        else
+            why = "neither on nor off";
         break;
     }
     return why;

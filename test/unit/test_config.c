@@ -26,7 +26,7 @@ static const char *const all_directives[] = {
     "default_room", "max_username", "max_room",         "max_message",
     "ping_interval", "ping_timeout",  "max_output_buffer", "broker",       "redis_url",
     "stream",        "stream_maxlen", "publish_queue", "ring_size",        "log_level",
-    "shutdown_timeout",
+    "shutdown_timeout", "web",
 };
 
 static int set(config *cfg, const char *key, const char *value) {
