@@ -28,7 +28,8 @@ ALLFLAGS  = -std=c11 -D_GNU_SOURCE -g $(SANFLAGS) $(CFLAGS) -Iinclude -I$(LLHTTP
 LDLIBS    = $(PKG_LIBS) -lpthread
 
 SRC     := $(wildcard src/*.c)
-OBJ     := $(SRC:src/%.c=$(BUILD)/obj/%.o)
+ASM     := $(wildcard src/*.S)
+OBJ     := $(SRC:src/%.c=$(BUILD)/obj/%.o) $(ASM:src/%.S=$(BUILD)/obj/%.o)
 LIBOBJ  := $(filter-out $(BUILD)/obj/main.o,$(OBJ))
 LLHTTP_OBJ := $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 UNIT_SRC := $(wildcard test/unit/test_*.c)
@@ -54,6 +55,14 @@ $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
 	$(call say,CC,$<)
 	$(Q)$(CC) $(ALLFLAGS) $(WARN) -MMD -MP -c -o $@ $<
 
+# The web page's files go into the binary with .incbin (src/web_assets.S),
+# which the compiler's dependency output does not see: name them here.
+WEB_FILES := $(wildcard web/*)
+$(BUILD)/obj/%.o: src/%.S | $(BUILD)/obj
+	$(call say,AS,$<)
+	$(Q)$(CC) $(ALLFLAGS) -MMD -MP -c -o $@ $<
+$(BUILD)/obj/web_assets.o: $(WEB_FILES)
+
 # llhttp has no library package: compile Debian's node-llhttp sources from
 # where the package installs them (see third_party/README.md).
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
@@ -64,7 +73,8 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
 UNIT_DEPS_test_config    := config log
-UNIT_DEPS_test_handshake := handshake auth config log ws
+UNIT_DEPS_test_handshake := handshake auth config log ws web web_assets
+UNIT_DEPS_test_web       := web web_assets handshake auth config log ws
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
@@ -137,7 +147,7 @@ FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $
 FUZZ_SRC_ws        := src/ws.c
 FUZZ_SRC_utf8      := src/ws.c
 FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c \
-                      $(FUZZ_LLHTTP)
+                      src/web.c src/web_assets.S $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
 FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
@@ -147,10 +157,11 @@ FUZZ_LIBS_auth      = $(FUZZ_LIBS_handshake)
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 
-$(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c test/fuzz/fuzz.h $$(FUZZ_SRC_$$*) $(wildcard include/*.h)
+$(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c test/fuzz/fuzz.h $$(FUZZ_SRC_$$*) $(wildcard include/*.h) \
+                    $(WEB_FILES)
 	$(call say,FUZZ,$@)
 	$(Q)mkdir -p $(@D)
-	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -o $@ $(filter %.c %.o,$^) $(FUZZ_LIBS_$*)
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -o $@ $(filter %.c %.S %.o,$^) $(FUZZ_LIBS_$*)
 
 .SECONDARY: $(FUZZ_LLHTTP)
 $(FUZZ_DIR)/llhttp/%.o: $(LLHTTP_DIR)/%.c

@@ -14,7 +14,7 @@
 #include "config.h"
 
 #define HS_NAME_MAX 256        /* hard cap on decoded username and room */
-#define HS_RESPONSE_MAX 512
+#define HS_RESPONSE_MAX 1024   /* the longest: the web page's headers */
 
 typedef struct hs_request hs_request;
 
@@ -46,6 +46,9 @@ typedef struct hs_result {
     int metrics;        /* 1: GET /metrics; the caller writes the answer */
     int health_check;   /* 1: GET /healthz; the caller may add the broker's state */
     int ready_check;    /* 1: GET /readyz; the caller decides 200 or 503 */
+    const char *body;   /* sent after response: a file of the web page
+                           (static bytes, never freed), or NULL */
+    size_t body_len;
 } hs_result;
 
 /* Judges a complete request against the config and writes the response:
@@ -54,6 +57,8 @@ typedef struct hs_result {
  *   whether the node drains, may answer 503 instead); GET /metrics → 200
  *   with metrics set (response is only the status line and headers of an
  *   empty answer: the caller, which has the counters, writes its own);
+ *   a GET or HEAD without Upgrade and Sec-WebSocket-Key: the web page's
+ *   routes when `web` is on (see web.h: response, then body);
  *   another path → 404; method other than GET → 405;
  *   missing or wrong Upgrade/Connection/Sec-WebSocket-Key → 400;
  *   Sec-WebSocket-Version other than 13 → 426 with Sec-WebSocket-Version;

@@ -68,7 +68,7 @@ typedef struct pending {
 } pending;
 
 /* The statuses /metrics counts one by one; anything else is "other". */
-static const int counted_status[] = {101, 200, 400, 401, 403, 404, 405, 426, 429, 431, 503};
+static const int counted_status[] = {101, 200, 304, 400, 401, 403, 404, 405, 426, 429, 431, 503};
 #define NSTATUS (sizeof counted_status / sizeof counted_status[0])
 
 typedef struct listener {
@@ -538,11 +538,20 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
         pending_free(p);
         return;
     }
+    if (p->res->body_len > 0) { /* a file of the web page: headers, then its bytes */
+        p->out_len = p->res->response_len + p->res->body_len;
+        if ((p->out = malloc(p->out_len)) == NULL) {
+            pending_free(p);
+            return;
+        }
+        memcpy(p->out, p->res->response, p->res->response_len);
+        memcpy(p->out + p->res->response_len, p->res->body, p->res->body_len);
+    }
     count_status(a, p->res->status);
     hs_request_free(p->req);
     p->req = NULL;
     /* A readiness probe polls: its 503 is the answer, not an event to log. */
-    if (!p->res->upgrade && p->res->status != 200 && !probe)
+    if (!p->res->upgrade && p->res->status != 200 && p->res->status != 304 && !probe)
         log_info("conn %llu: %s refused with %d: %s", (unsigned long long)p->id, p->peer,
                  p->res->status, p->res->reason ? p->res->reason : "");
     pending_respond(p);

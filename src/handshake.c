@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "auth.h"
+#include "web.h"
 #include "ws.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -30,6 +31,7 @@ enum {
     H_VERSION,
     H_ORIGIN,
     H_PROTOCOL,
+    H_IF_NONE_MATCH,
     H_COUNT,
     H_NONE = H_COUNT,
 };
@@ -42,6 +44,7 @@ static const char *const field_names[H_COUNT] = {
     [H_VERSION] = "sec-websocket-version",
     [H_ORIGIN] = "origin",
     [H_PROTOCOL] = "sec-websocket-protocol",
+    [H_IF_NONE_MATCH] = "if-none-match",
 };
 
 /* Longer than any name above: a name that does not fit is not one of ours. */
@@ -375,6 +378,8 @@ static void text_response(hs_result *out, int status, const char *extra, const c
     out->metrics = 0;
     out->health_check = 0;
     out->ready_check = 0;
+    out->body = NULL;
+    out->body_len = 0;
 }
 
 void hs_text_response(hs_result *out, int status, const char *body) {
@@ -687,6 +692,17 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
         out->reason = "metrics";
         out->metrics = 1;
         return;
+    }
+    /* The web page (web.c) answers a plain request; one with any of the
+     * WebSocket headers is a handshake, judged below even when broken. */
+    if (!r->f[H_UPGRADE].count && !r->f[H_KEY].count) {
+        web_request wr = {.path = url, .path_len = plen};
+        wr.method = is_get ? WEB_GET : r->parser.method == HTTP_HEAD ? WEB_HEAD : WEB_OTHER;
+        wr.if_none_match = field(r, H_IF_NONE_MATCH, &wr.if_none_match_len);
+        if (r->f[H_HOST].count == 1)
+            wr.host = field(r, H_HOST, &wr.host_len);
+        if (web_respond(cfg, &wr, out))
+            return;
     }
     if (plen != 1 || url[0] != '/') {
         refuse(out, 404, "not found");

@@ -1,7 +1,7 @@
 /* libFuzzer target for the HTTP side of the handshake (handshake.h).
  *
  * Input: bytes 0-1 pick the head limit, byte 2 the split pattern and the
- * config (allowed_origins, auth_secret, name limits), the rest is what the
+ * config (allowed_origins, auth_secret, name limits, web), the rest is what the
  * client sent. The request is parsed in one piece and in chunks; both must
  * reach the same verdict, and every response must be a well-formed HTTP
  * response of a status chatd sends.
@@ -18,7 +18,7 @@
 
 static int known_status(int s)
 {
-    static const int ok[] = {101, 200, 400, 401, 403, 404, 405, 426, 429, 431, 500, 503};
+    static const int ok[] = {101, 200, 304, 400, 401, 403, 404, 405, 426, 429, 431, 500, 503};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
         if (s == ok[i])
             return 1;
@@ -46,6 +46,8 @@ static void check_result(const hs_result *res, const config *cfg)
     CHECK(memcmp(res->response, line, strlen(line)) == 0);
     CHECK(memmem(res->response, res->response_len, "\r\n\r\n", 4) != NULL);
     CHECK(res->reason != NULL);
+    /* Only a file of the web page has a body of its own, and only with 200. */
+    CHECK(res->body == NULL ? res->body_len == 0 : res->status == 200 && res->body_len > 0);
     if (res->status == 101) {
         CHECK(res->upgrade == 1);
         CHECK(memmem(res->response, res->response_len, "\r\nSec-WebSocket-Accept: ", 24));
@@ -161,6 +163,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (bits & 0x20)
         CHECK(config_set(&cfg, "default_room", "k\xC3\xBC" "che", err, sizeof err) == 0);
+    if (bits & 0x40)
+        CHECK(config_set(&cfg, "web", "off", err, sizeof err) == 0);
 
     static verdict whole, split;
     handshake(&whole, &cfg, max_head, in, len, -1, 0);
@@ -171,6 +175,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(strcmp(whole.res.room, split.res.room) == 0);
     CHECK(whole.res.response_len == split.res.response_len &&
           memcmp(whole.res.response, split.res.response, whole.res.response_len) == 0);
+    CHECK(whole.res.body == split.res.body && whole.res.body_len == split.res.body_len);
 
     fuzz_error_response(in, len, 100 + (int)(bits * 7 % 500));
     return 0;

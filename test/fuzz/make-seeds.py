@@ -150,6 +150,11 @@ def handshake_seeds():
         "too-large": head(hsmall, 0) + req("/?username=a", std + "X-Pad: " + "p" * 120 + "\r\n"),
         "garbage": head(h8k, 0) + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         "space-in-name": head(h8k, 0) + req("/?username=a", "Host : x\r\n" + std),
+        "web-page": head(h8k, 0) + b"GET /?room=kitchen&name=Alice HTTP/1.1\r\nHost: [::1]:5000\r\n\r\n",
+        "web-etag": head(h8k, 1)
+        + b'HEAD /app.js HTTP/1.1\r\nHost: x\r\nIf-None-Match: W/"0000000000000000", *\r\n\r\n',
+        "web-config-token": head(h8k, 0x28) + b"GET /config.json HTTP/1.1\r\nHost: x\r\n\r\n",
+        "web-off": head(h8k, 0x40) + b"GET /app.css HTTP/1.1\r\nHost: x\r\n\r\n",
     }
 
 

@@ -214,7 +214,9 @@ HANDSHAKE_ERRORS = [
     ("username-del", _req("/?username=a%7Fb"), 400, "username"),
     ("room-unit-separator", _req("/?username=x&room=r%1F"), 400, "room"),
     ("room-too-long", _req("/?username=x&room=" + "r" * 65), 400, "room"),
-    ("no-upgrade-header", _req(upgrade=False), 400, None),
+    # WebSocket headers but no Upgrade (a plain GET / is the web page: test_web.py)
+    ("no-upgrade-header", _req(upgrade=False, extra=[f"Sec-WebSocket-Key: {WS_KEY}",
+                                                     "Sec-WebSocket-Version: 13"]), 400, None),
     ("upgrade-not-websocket", _req(upgrade=False, extra=["Upgrade: h2c", "Connection: Upgrade",
                                                           f"Sec-WebSocket-Key: {WS_KEY}",
                                                           "Sec-WebSocket-Version: 13"]), 400, None),

@@ -49,6 +49,7 @@ static int setup(void **state) {
     cfg.max_room = 6;
     snprintf(cfg.default_room, sizeof cfg.default_room, "lobby");
     cfg.n_origins = 0;
+    cfg.web = 0; /* the page's routes: test_web.c */
     return 0;
 }
 
