@@ -6,6 +6,8 @@
 #   4. integration tests (pytest) against the normal build; the fault
 #      tests (-m faults, minutes of Redis faults under traffic) run once,
 #      under ASan, where a leak or a use-after-free on an error path shows
+#   5. the chat page in headless Chromium (node's test runner, playwright-core):
+#      against a scripted server, then against two nodes and Redis
 # Every step runs even if an earlier one failed; the exit code is non-zero
 # if any failed. Set TEST_QUICK=1 to skip the sanitizer steps.
 set -u -o pipefail
@@ -31,6 +33,10 @@ count() { # word: passed | failed | skipped
     cat "$LOGDIR"/*.log 2>/dev/null | awk -v w="$1" '
         w == "passed" && /^\[  PASSED  \] [0-9]+ test/ { n += $4 }
         w == "failed" && /^\[  FAILED  \] [0-9]+ test\(s\), listed/ { n += $4 }
+        /^ℹ (pass|fail|cancelled|skipped) [0-9]+$/ {
+            if (($2 == "pass" && w == "passed") || ($2 == "skipped" && w == "skipped") ||
+                (($2 == "fail" || $2 == "cancelled") && w == "failed")) n += $3
+        }
         /^[0-9]+ (passed|failed|skipped|errors?)[ ,]/ || /[ ,] [0-9]+ (passed|failed|skipped|errors?)[ ,]/ {
             for (i = 1; i < NF; i++) {
                 k = $(i + 1); sub(/[,;]$/, "", k)
@@ -71,6 +77,11 @@ if [ "${TEST_QUICK:-0}" != 1 ]; then
 else
     step integration  pytest_run build/chatd
 fi
+browser_run() { # test file
+    CHATD_BIN="$PWD/build/chatd" node --test --test-reporter=spec "$1"
+}
+step browser-page browser_run test/browser/page.test.mjs
+step browser      browser_run test/browser/web.test.mjs
 
 echo
 [ -n "$failed" ] && echo "FAILED steps:$failed"
