@@ -50,7 +50,8 @@
     refused: 0,        /* upgrades refused while the node said it was ready */
     nextRef: 1,
     pending: new Map(), /* ref -> {kind, room, text} */
-    lastRx: 0,
+    lastRx: 0,         /* when the last frame came */
+    pingAt: 0,         /* when our unanswered ping went, or 0 */
     pingTimer: 0,
     stopped: false,    /* true once we gave up (back to the picker) */
   };
@@ -311,6 +312,11 @@
   function connect() {
     clearTimeout(S.retryTimer);
     if (S.stopped) return;
+    if (S.ws) { /* one socket at a time: a new attempt replaces a pending one */
+      const old = S.ws;
+      S.ws = null;
+      old.close();
+    }
     setStatus(S.attempt ? 'Reconnecting\u2026' : 'Connecting\u2026', 'connecting');
     let ws;
     try {
@@ -334,6 +340,7 @@
       S.open = true;
       S.refused = 0;
       S.lastRx = Date.now();
+      S.pingAt = 0;
       setStatus('', 'open');
       for (const r of S.rooms.values()) join(r);
       armPing();
@@ -350,20 +357,25 @@
       if (m && typeof m === 'object') handle(m);
     };
     ws.onclose = () => {
-      if (ws !== S.ws) return;
-      S.ws = null;
-      S.open = false;
-      clearTimeout(S.pingTimer);
-      for (const r of S.rooms.values()) {
-        r.joined = false;
-        r.typing.clear();
-      }
-      renderTyping();
-      lostSends();
-      if (S.stopped) return;
-      if (!opened) checkRefused();
-      else retry();
+      if (ws === S.ws) lost(opened);
     };
+  }
+
+  /* The page's socket is gone (closed, or found dead): forget it and try
+   * again, or find out why it was never let in. */
+  function lost(opened) {
+    S.ws = null;
+    S.open = false;
+    clearTimeout(S.pingTimer);
+    for (const r of S.rooms.values()) {
+      r.joined = false;
+      r.typing.clear();
+    }
+    renderTyping();
+    lostSends();
+    if (S.stopped) return;
+    if (!opened) checkRefused();
+    else retry();
   }
 
   /* A socket that closed before it opened: the node is away, not ready,
@@ -400,20 +412,43 @@
   }
 
   /* Browsers answer the server's pings without telling the page, so a link
-   * that went silent is found with the protocol's own ping. */
+   * that went silent (a phone in a tunnel, a laptop that slept) is found
+   * with the protocol's own ping: after a quiet while, and at once when the
+   * page comes back to the foreground or the network comes back. */
+  function ping() {
+    if (!S.open || S.pingAt) return;
+    S.pingAt = Date.now();
+    send({ op: 'ping' });
+  }
+
   function armPing() {
     clearTimeout(S.pingTimer);
     S.pingTimer = setTimeout(() => {
       if (!S.open) return;
-      const idle = Date.now() - S.lastRx;
-      if (idle >= PING_IDLE_MS + PING_WAIT_MS) {
-        if (S.ws) S.ws.close();
+      const now = Date.now();
+      if (S.pingAt && S.lastRx >= S.pingAt) S.pingAt = 0;
+      if (S.pingAt && now - S.pingAt >= PING_WAIT_MS) { /* no answer: dead */
+        const ws = S.ws;
+        lost(true);
+        ws.close();
         return;
       }
-      if (idle >= PING_IDLE_MS) send({ op: 'ping' });
+      if (now - S.lastRx >= PING_IDLE_MS) ping();
       armPing();
     }, 1000);
   }
+
+  function wake() {
+    if (S.open && Date.now() - S.lastRx > 5000) ping();
+    else if (!S.ws && !S.stopped && S.rooms.size) { /* waiting to retry: now */
+      S.attempt = 0;
+      connect();
+    }
+  }
+  window.addEventListener('online', wake);
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') wake();
+  });
 
   function lostSends() {
     for (const [n, p] of S.pending) {
@@ -443,10 +478,6 @@
     setStatus(why, 'stopped');
     openPicker(why);
   }
-
-  window.addEventListener('online', () => {
-    if (!S.open && !S.stopped && S.me) connect();
-  });
 
   /* ---- frames from the server ------------------------------------------ */
 
