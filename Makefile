@@ -69,6 +69,8 @@ UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
 UNIT_DEPS_test_redis_link := redis_link
+UNIT_DEPS_test_names     := names ws
+UNIT_DEPS_test_proto     := proto names ws
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
