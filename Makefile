@@ -129,7 +129,7 @@ chaos: deps
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := ws utf8 handshake config auth
+FUZZ_TARGETS := ws utf8 handshake config auth proto
 FUZZ_PKGS    := openssl jansson
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -I$(LLHTTP_INCLUDE) \
@@ -142,9 +142,11 @@ FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c
                       $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
+FUZZ_SRC_proto     := src/proto.c src/names.c src/ws.c
 FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS_config    = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_auth      = $(FUZZ_LIBS_handshake)
+FUZZ_LIBS_proto     = $(FUZZ_LIBS_handshake)
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
