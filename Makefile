@@ -64,7 +64,7 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
 UNIT_DEPS_test_config    := config log
-UNIT_DEPS_test_handshake := handshake auth config log ws
+UNIT_DEPS_test_handshake := handshake auth config log ws proto names
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
@@ -138,7 +138,7 @@ FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $
 # What each target links besides its own file.
 FUZZ_SRC_ws        := src/ws.c
 FUZZ_SRC_utf8      := src/ws.c
-FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c \
+FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c src/proto.c src/names.c \
                       $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c

@@ -101,5 +101,7 @@ void jb_str(jbuf *b, const char *s, size_t len);
 void jb_u64(jbuf *b, uint64_t v);
 void jb_id(jbuf *b, proto_id id); /* as a JSON string "ms-seq" */
 void jb_free(jbuf *b);            /* frees p and zeroes b: ready for reuse */
+/* jb_raw of a string literal, its length counted by the compiler. */
+#define JB_LIT(b, lit) jb_raw((b), (lit), sizeof(lit) - 1)
 
 #endif
