@@ -186,9 +186,14 @@ test('two pages on two nodes chat with each other', async () => {
 });
 
 test('the other page shows who is typing', async () => {
-  await alice.fill('#text', 'I am typ');
-  await waitFor(async () => (await bob.textContent('#typing')).includes('Alice is typing'),
-    STEP_MS, 'Bob to see Alice typing');
+  // Typed as a person types, a key at a time: the page sends `typing` at
+  // most every 2 s, and the server relays at most one a second per room
+  // (so one sent right after Bob's own may be dropped; the next one shows).
+  await alice.click('#text');
+  await waitFor(async () => {
+    await alice.keyboard.type('x');
+    return (await bob.textContent('#typing')).includes('Alice is typing');
+  }, STEP_MS, 'Bob to see Alice typing');
   assert.equal(await alice.textContent('#typing'), '');
   // it goes away on its own a few seconds later
   await waitFor(async () => (await bob.textContent('#typing')) === '', 8000, 'the typing line to clear');
