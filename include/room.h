@@ -62,6 +62,8 @@ typedef struct room {
     struct room *dirty_next;   /* rooms with new entries this turn */
     member *members;
     uint32_t nmembers;
+    uint32_t njson;            /* members speaking chatd.v1: only they are
+                                  told presence */
     uint8_t dirty;
     uint64_t head;             /* sequence of the next entry to append */
     uint64_t tail;             /* oldest entry still held */

@@ -298,6 +298,7 @@ static void leave(conn *c, member *mb) {
     while (*p != mb) p = &(*p)->next;
     *p = mb->next;
     c->nrooms--;
+    r->njson -= c->json;
     room_leave(&w->rooms, mb);
     if (mb == &c->first) memset(mb, 0, sizeof(*mb));
     else free(mb);
@@ -391,6 +392,7 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
 
     mb->conn = c;
     room_join(r, mb);
+    r->njson += c->json;
     mb->next = c->rooms;
     c->rooms = mb;
     c->nrooms++;
@@ -837,6 +839,8 @@ void chat_deliver(worker *w, msg *m) {
             room_remember(&w->rooms, r, m);
         }
     }
-    if (r != NULL && r->nmembers) room_append(&w->rooms, r, m);
+    /* Presence is for chatd.v1 members only: a room of text clients does
+     * not wake them all for nothing. */
+    if (r != NULL && (m->kind == MSG_CHAT ? r->nmembers : r->njson)) room_append(&w->rooms, r, m);
     else msg_unref(m);
 }

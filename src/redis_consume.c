@@ -342,8 +342,10 @@ static const char sweep_script[] =
     "      local room, user = string.sub(ru, 1, nl - 1), string.sub(ru, nl + 1)\n"
     "      local pk = ARGV[1] .. ':presence:' .. room\n"
     "      if redis.call('HINCRBY', pk, user, -1) <= 0 then\n"
+    "        local told = redis.call('HLEN', pk) <= tonumber(ARGV[3])\n"
     "        redis.call('HDEL', pk, user)\n"
-    "        if ARGV[2] ~= '0' then\n"
+    "        if not told then\n"
+    "        elseif ARGV[2] ~= '0' then\n"
     "          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'l', 'room', room,\n"
     "                     'user', user, 'mid', 'sweep')\n"
     "        else\n"
@@ -364,8 +366,8 @@ static void sweep(consumer *c) {
     int64_t now = clock_ms();
     if (now - c->rb->swept_ms < cfg->presence_ttl_ms / 3) return;
     c->rb->swept_ms = now;
-    redisReply *r = cmd(c, "EVAL %s 2 %s:holders %s %s %lld", sweep_script, cfg->stream, cfg->stream,
-                        cfg->stream, (long long)cfg->stream_maxlen);
+    redisReply *r = cmd(c, "EVAL %s 2 %s:holders %s %s %lld %d", sweep_script, cfg->stream,
+                        cfg->stream, cfg->stream, (long long)cfg->stream_maxlen, cfg->presence_max);
     if (r && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
         log_info("redis: presence of %lld members of silent nodes removed", r->integer);
     if (r) freeReplyObject(r);

@@ -41,7 +41,8 @@
  * room's presence, 6 what this publisher holds, 7 the holders, 8 this
  * holder's heartbeat.
  * ARGV: 1 seq, 2 oldest seq still queued, 3 stream maxlen (0: none), 4 kind
- * (m message, j join, l leave), 5 room, 6 user, 7 text, 8 mid, 9 publisher
+ * (m message, j join, l leave: told in the stream only while the room
+ * has at most presence_max members), 5 room, 6 user, 7 text, 8 mid, 9 publisher
  * key ttl, 10 ts, 11 history_max, 12 history_ttl ms, 13 an epoch to set if
  * there is none, 14 what a join wants back (x nothing, n members, l members
  * and the latest messages, s members and what follows an id), 15 how many
@@ -87,14 +88,18 @@ static const char pub_script[] =
     "    redis.call('SADD', KEYS[7], ARGV[18])\n"
     "    redis.call('SET', KEYS[8], '1', 'PX', ARGV[19])\n"
     "    if redis.call('SADD', KEYS[6], ARGV[5] .. '\\n' .. ARGV[6]) == 1 and\n"
-    "       redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 then\n"
+    "       redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 and\n"
+    "       redis.call('HLEN', KEYS[5]) <= tonumber(ARGV[17]) then\n"
     "      id = xadd({'kind', 'j', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
     "    end\n"
     "  elseif kind == 'l' then\n"
     "    if redis.call('SREM', KEYS[6], ARGV[5] .. '\\n' .. ARGV[6]) == 1 and\n"
     "       redis.call('HINCRBY', KEYS[5], ARGV[6], -1) <= 0 then\n"
+    "      local told = redis.call('HLEN', KEYS[5]) <= tonumber(ARGV[17])\n"
     "      redis.call('HDEL', KEYS[5], ARGV[6])\n"
-    "      id = xadd({'kind', 'l', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
+    "      if told then\n"
+    "        id = xadd({'kind', 'l', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "  redis.call('SET', KEYS[2], seq, 'EX', ARGV[9])\n"
