@@ -364,7 +364,7 @@ static const char sweep_script[] =
 static void sweep(consumer *c) {
     const config *cfg = c->b->cfg;
     int64_t now = clock_ms();
-    if (now - c->rb->swept_ms < cfg->presence_ttl_ms / 3) return;
+    if (now - c->rb->swept_ms < cfg->presence_ttl_ms / 4) return; /* see redis.h */
     c->rb->swept_ms = now;
     redisReply *r = cmd(c, "EVAL %s 2 %s:holders %s %s %lld %d", sweep_script, cfg->stream,
                         cfg->stream, cfg->stream, (long long)cfg->stream_maxlen, cfg->presence_max);

@@ -46,7 +46,7 @@
  * key ttl, 10 ts, 11 history_max, 12 history_ttl ms, 13 an epoch to set if
  * there is none, 14 what a join wants back (x nothing, n members, l members
  * and the latest messages, s members and what follows an id), 15 how many
- * messages, 16 that id, 17 presence_max, 18 holder id, 19 presence_ttl ms.
+ * messages, 16 that id, 17 presence_max, 18 holder id, 19 heartbeat ttl ms.
  * Returns the entry id, 0 when nothing was appended (stored already, or a
  * presence change that changes nothing), or for a join that wants an
  * answer {id, the stream's newest id, epoch, members count, members,
@@ -123,7 +123,7 @@ static const char pub_script[] =
     "return {id, at, epoch, count, members, found, msgs}\n";
 
 /* The heartbeat of a holder of presence. KEYS: its heartbeat key, the
- * holders. ARGV: holder id, presence_ttl ms. Returns 1 if the heartbeat
+ * holders. ARGV: holder id, heartbeat ttl ms. Returns 1 if the heartbeat
  * was still there (else whatever the holder held may have been swept). */
 static const char alive_script[] =
     "local had = redis.call('EXISTS', KEYS[1])\n"
@@ -254,7 +254,7 @@ static void pub_send(publisher *p, pub_item *it) {
     snprintf(n, sizeof(n), "%u", it->n);
     snprintf(since, sizeof(since), "%" PRIu64 "-%" PRIu64, it->id_ms, it->id_seq);
     snprintf(pmax, sizeof(pmax), "%d", cfg->presence_max);
-    snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms);
+    snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms / 2); /* see redis.h */
     const char *rname = it->data, *user = it->data + it->room_len,
                *text = it->data + it->room_len + it->user_len;
     size_t hlen = pub_key(hkey, sizeof(hkey), cfg->stream, "history", rname, it->room_len);
@@ -584,7 +584,7 @@ static void pub_on_alive_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (!p->up) return;
     char ttl[24];
-    snprintf(ttl, sizeof(ttl), "%d", p->b->cfg->presence_ttl_ms);
+    snprintf(ttl, sizeof(ttl), "%d", p->b->cfg->presence_ttl_ms / 2); /* see redis.h */
     const char *argv[] = {"EVAL", alive_script, "2", p->alive_key, p->holders_key, p->holder, ttl};
     size_t len[] = {4, sizeof(alive_script) - 1, 1, strlen(p->alive_key), strlen(p->holders_key),
                     strlen(p->holder), strlen(ttl)};
@@ -692,7 +692,7 @@ int redis_pub_attach(broker *b, int wid, struct event_base *base) {
     if (p->retry_ev == NULL || p->watch_ev == NULL || p->alive_ev == NULL || p->sub_ev == NULL)
         return -1;
     event_add(p->watch_ev, &watch);
-    int beat = b->cfg->presence_ttl_ms / 3;
+    int beat = b->cfg->presence_ttl_ms / 4; /* see redis.h */
     struct timeval alive = {beat / 1000, (beat % 1000) * 1000};
     event_add(p->alive_ev, &alive);
     pub_connect(p);
