@@ -390,6 +390,12 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     jw->c = c;
     jw->mb = mb;
 
+    long count = pres_add(ch, r, c->user, c->user_len, 1);
+    if (count < 0) {
+        if (mb != &c->first) free(mb);
+        free(jw);
+        return -1;
+    }
     mb->conn = c;
     room_join(r, mb);
     r->njson += c->json;
@@ -405,12 +411,6 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     if (redis_hist) { /* Redis answers it all: what memory had is not used */
         for (uint32_t i = 0; i < jw->nreplay; i++) msg_unref(jw->replay[i]);
         jw->nreplay = 0;
-    }
-    long count = pres_add(ch, r, c->user, c->user_len, 1);
-    if (count < 0) {
-        leave(c, mb);
-        wait_free(jw);
-        return -1;
     }
     int need_answer = c->json || redis_hist;
     if (need_answer || count == 1) {
