@@ -19,6 +19,7 @@
 
 #define CHAT_MAX_ERRORS 16     /* failed requests in a row before 1008 */
 #define CHAT_TYPING_MS 1000    /* typing relayed at most this often per room */
+#define CHAT_LOG_EVERY_MS 10000 /* one line per this for a repeated problem */
 
 /* A join or history read the broker still owes an answer. */
 typedef struct join_wait {
@@ -64,6 +65,8 @@ typedef struct chat {
     size_t npres_buckets, npres;
     proto_id pos;                   /* newest id delivered to this worker */
     uint64_t epoch;
+    uint64_t pres_lost;             /* presence changes not told since the */
+    int64_t pres_lost_ms;           /* last line about them (monotonic) */
 } chat;
 
 static int64_t wall_ms(void) {
@@ -274,14 +277,21 @@ static void wait_unlink(chat *ch, join_wait *jw) {
 }
 
 /* Tells the broker that user's presence in r changed (first connection
- * came, last went). A leave that cannot be queued is logged: the member
- * then stays listed until this node stops. */
+ * came, last went). Only a leave comes here, and the broker takes every
+ * leave but when out of memory (Redis) or past ring_size (local): then the
+ * member stays listed until this node stops, and that is logged. */
 static void pres_publish(worker *w, conn *c, const room *r, int kind) {
     broker_req q = {.kind = kind, .conn_id = c->id, .room = r->name, .room_len = r->name_len,
                     .user = c->user, .user_len = c->user_len, .ts = wall_ms()};
-    if (broker_publish(w->broker, w->id, &q) < 0)
-        log_warn("conn %llu: publish queue full: presence of %s in %s not told",
-                 (unsigned long long)c->id, c->user, r->name);
+    if (broker_publish(w->broker, w->id, &q) >= 0) return;
+    chat *ch = w->chat;
+    int64_t now = clock_ms();
+    ch->pres_lost++;
+    if (now - ch->pres_lost_ms < CHAT_LOG_EVERY_MS) return; /* a storm says it once */
+    log_warn("worker %d: out of memory: %llu presence changes not told (the last: %s in %s)",
+             w->id, (unsigned long long)ch->pres_lost, c->user, r->name);
+    ch->pres_lost_ms = now;
+    ch->pres_lost = 0;
 }
 
 /* Takes mb out of its room and off c; tells presence when c was the user's

@@ -34,6 +34,7 @@
 #define PUB_WATCH_MS 250            /* how often the watchdog looks */
 #define PUB_KEY_TTL "86400"         /* a publisher's last sequence is kept a day */
 #define PUB_WAIT_START_MS 20        /* poll for the consumer's start id */
+#define PUB_JOIN_ROOM 16            /* joins may fill publish_queue this many times */
 
 /* The publish script: a message, or a presence change, put in the order
  * once and in its publisher's order.
@@ -744,7 +745,13 @@ int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
         pub_typing(p, q);
         return 0;
     }
-    if (atomic_load_explicit(&p->queued, memory_order_relaxed) >= b->cfg->publish_queue)
+    /* Joins have more room than messages: a reconnect storm brings
+     * thousands at once, each as small as its names. A leave is never
+     * refused: it undoes a join that was accepted (so there are no more of
+     * them than joins), and refusing one would leave a ghost for as long as
+     * this worker lives. */
+    int64_t limit = (int64_t)b->cfg->publish_queue * (q->kind == MSG_CHAT ? 1 : PUB_JOIN_ROOM);
+    if (q->kind != MSG_LEAVE && atomic_load_explicit(&p->queued, memory_order_relaxed) >= limit)
         return -1;
     pub_item *it = malloc(sizeof(*it) + q->room_len + q->user_len + q->text_len);
     if (it == NULL) return -1;
