@@ -85,8 +85,9 @@ struct publisher;
 typedef struct rbroker {
     redis_link link;
     char node[17];               /* random, hex: this process's publisher id */
-    char epoch_candidate[17];    /* random, hex: the epoch this node sets
-                                    when Redis has none */
+    char epoch_candidate[17];    /* random, hex: the publish script makes a
+                                    new epoch from its first half and the
+                                    time when Redis has none */
     struct publisher *pubs;      /* one per worker */
     /* Consumer state others read (relaxed unless said). */
     _Atomic int started;         /* the consumer fixed its start id (release) */

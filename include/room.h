@@ -47,6 +47,8 @@ typedef struct member {
     uint64_t look;                         /* conn_flush: next entry to queue */
     uint64_t skip_ms, skip_seq;            /* presence up to this id is in the
                                               joined snapshot: not written */
+    uint64_t seen_ms, seen_seq;            /* a recovery's since: messages up
+                                              to it the client has */
     int64_t typing_ms;                     /* last typing relayed (monotonic) */
     struct join_wait *wait;                /* until the join is answered:
                                               nothing of the room is written */

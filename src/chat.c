@@ -318,8 +318,9 @@ static void leave(conn *c, member *mb) {
  * among them (returns 1: recovered), else the latest n (returns 0). *all
  * is set when memory surely holds what was asked (since found, or n
  * messages). */
-static int replay_from_memory(join_wait *jw, room *r, int *all) {
+static int replay_from_memory(join_wait *jw, room *r, uint64_t budget, int *all) {
     uint32_t from = r->hist_len, i;
+    uint64_t bytes = 0;
     int recovered = 0;
     *all = 0;
     if (jw->mode == HIST_SINCE) {
@@ -332,11 +333,26 @@ static int replay_from_memory(join_wait *jw, room *r, int *all) {
                 break;
             }
             if (msg_id_before(m->id_ms, m->id_seq, jw->since.ms, jw->since.seq)) break;
+            bytes += m->text_len + m->user_len;
         }
+        if (recovered && bytes > budget) recovered = 0; /* too much at once: a gap */
     }
     if (!recovered) {
-        from = r->hist_len > jw->n ? r->hist_len - jw->n : 0;
-        *all = r->hist_len >= jw->n;
+        /* The latest n, as many as fit in the budget. Memory holds what was
+         * asked when it has n, or when the budget stopped it (Redis would
+         * stop there too). */
+        uint32_t count = 0;
+        int full = 0;
+        bytes = 0;
+        for (from = r->hist_len; from > 0 && count < jw->n; from--, count++) {
+            const msg *m = room_hist_at(r, from - 1);
+            if (bytes + m->text_len + m->user_len > budget) {
+                full = 1;
+                break;
+            }
+            bytes += m->text_len + m->user_len;
+        }
+        *all = count >= jw->n || full;
         /* A since older than memory reaches may still be kept in Redis;
          * one within memory's reach that is not there was never an id. */
         if (jw->mode == HIST_SINCE &&
@@ -357,7 +373,8 @@ static int replay_from_memory(join_wait *jw, room *r, int *all) {
 }
 
 /* Joins c to room. The parameters are a join request's (history n, since
- * with epoch). Answers errors itself for chatd.v1. Returns -1 when out of
+ * with epoch). Answers errors itself for chatd.v1. Returns 1 when joined
+ * (or on its way), 0 when refused (the client was told), -1 when out of
  * memory. */
 static int join(conn *c, const char *name, size_t len, int64_t history, int has_since,
                 proto_id since, const char *epoch, const char *ref) {
@@ -414,7 +431,8 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     c->nrooms++;
 
     int all = 1;
-    if (jw->mode != HIST_NONE) jw->mem_recovered = replay_from_memory(jw, r, &all);
+    if (jw->mode != HIST_NONE)
+        jw->mem_recovered = replay_from_memory(jw, r, (uint64_t)cfg->max_output_buffer, &all);
     /* Not all in memory: Redis keeps more (it has it, or knows it lacks it). */
     int redis_hist = !all && cfg->broker == BROKER_REDIS && cfg->history_max > 0;
     jw->mem = !redis_hist;
@@ -442,19 +460,19 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
         mb->wait = jw;
         wait_link(ch, jw);
         c->waits++;
-        return 0;
+        return 1;
     }
     /* A text client with what it asked for in memory: replay it now. */
     for (uint32_t i = 0; i < jw->nreplay; i++) conn_queue(c, jw->replay[i]);
     jw->nreplay = 0;
     wait_free(jw);
-    return 0;
+    return 1;
 }
 
 int chat_open(conn *c, handoff *h) {
     if (!h->has_room) return 0;
     proto_id since = {h->since_ms, h->since_seq};
-    return join(c, h->room, strlen(h->room), h->history, h->has_since, since, h->epoch, NULL);
+    return join(c, h->room, strlen(h->room), h->history, h->has_since, since, h->epoch, NULL) < 0 ? -1 : 0;
 }
 
 void chat_close(conn *c) {
@@ -475,6 +493,11 @@ void chat_close(conn *c) {
 }
 
 /* ---- answers -------------------------------------------------------- */
+
+int chat_wait_alive(void *wait) {
+    const join_wait *jw = wait;
+    return jw->c != NULL && (jw->history_op || jw->mb != NULL);
+}
 
 void chat_join_answer(worker *w, void *wait, join_answer *a) {
     chat *ch = w->chat;
@@ -511,6 +534,14 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
                                                      replay[first]->id_ms, replay[first]->id_seq))
                 first++;
     }
+    /* The membership is settled first: a frame queued below may close c,
+     * which frees mb. */
+    mb->skip_ms = a->at_ms;
+    mb->skip_seq = a->at_seq;
+    if (recovered) {
+        mb->seen_ms = jw->since.ms;
+        mb->seen_seq = jw->since.seq;
+    }
     if (c->json) {
         char ep[17];
         chat_epoch_str(epoch, ep);
@@ -519,8 +550,8 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
         jb_str(&j, mb->room->name, mb->room->name_len);
         JB_LIT(&j, ",\"epoch\":\"");
         jb_raw(&j, ep, 16);
-        jb_raw(&j, recovered ? "\",\"recovered\":true" : "\",\"recovered\":false",
-               recovered ? 18 : 19);
+        if (recovered) JB_LIT(&j, "\",\"recovered\":true");
+        else JB_LIT(&j, "\",\"recovered\":false");
         JB_LIT(&j, ",\"count\":");
         jb_u64(&j, a->count);
         if (a->count <= (uint32_t)w->cfg->presence_max && a->members) {
@@ -535,8 +566,6 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
         msg_ref(replay[i], 1);
         conn_queue(c, replay[i]);
     }
-    mb->skip_ms = a->at_ms;
-    mb->skip_seq = a->at_seq;
     conn_pump(c); /* may free c: nothing after */
 done:
     for (uint32_t i = 0; i < a->nhist; i++) msg_unref(a->hist[i]);
@@ -642,6 +671,11 @@ static void op_history(conn *c, const proto_req *q) {
         return;
     }
     uint32_t limit = (uint32_t)q->limit;
+    if (q->has_before && q->before.ms == 0 && q->before.seq == 0) { /* nothing is before 0-0 */
+        history_reply(c, q->room, q->room_len, NULL, 0, 0, q->ref);
+        c->errors = 0;
+        return;
+    }
     /* From memory when it holds limit + 1 messages before `before`, or when
      * there is nothing else to ask. */
     room *r = room_find(&w->rooms, q->room, q->room_len);
@@ -720,9 +754,9 @@ static void on_json(conn *c, const uint8_t *data, size_t len) {
             conn_error(c, q.ref, "unavailable", "earlier answers are still being sent");
             break;
         }
-        if (join(c, q.room, q.room_len, q.history, q.has_since, q.since, q.epoch, q.ref) < 0)
-            conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
-        else c->errors = 0;
+        rc = join(c, q.room, q.room_len, q.history, q.has_since, q.since, q.epoch, q.ref);
+        if (rc < 0) conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
+        else if (rc > 0) c->errors = 0;
         break;
     case PROTO_LEAVE:
         if ((mb = find_member(c, q.room, q.room_len)) == NULL) {

@@ -47,7 +47,9 @@
  * key ttl, 10 ts, 11 history_max, 12 history_ttl ms, 13 an epoch to set if
  * there is none, 14 what a join wants back (x nothing, n members, l members
  * and the latest messages, s members and what follows an id), 15 how many
- * messages, 16 that id, 17 presence_max, 18 holder id, 19 heartbeat ttl ms.
+ * messages, 16 that id, 17 presence_max, 18 holder id, 19 heartbeat ttl ms,
+ * 20 bytes a join's messages may have (max_output_buffer: a recovery
+ * larger than that is a gap), 21 history_max.
  * Returns the entry id, 0 when nothing was appended (stored already, or a
  * presence change that changes nothing), or for a join that wants an
  * answer {id, the stream's newest id, epoch, members count, members,
@@ -62,8 +64,52 @@ static const char pub_script[] =
     "  end\n"
     "  return redis.call('XADD', KEYS[1], '*', unpack(f))\n"
     "end\n"
+    "local budget = tonumber(ARGV[20])\n"
+    "local function size(e)\n"
+    "  local b = 0\n"
+    "  for i = 2, #e[2], 2 do b = b + #e[2][i] end\n"
+    "  return b\n"
+    "end\n"
+    /* The messages after id, oldest first, in pages: up to n within the
+     * budget; complete when nothing is left after them. */
+    "local function after(from, n)\n"
+    "  local out, bytes, lo = {}, 0, '(' .. from\n"
+    "  while true do\n"
+    "    local page = redis.call('XRANGE', KEYS[4], lo, '+', 'COUNT', 64)\n"
+    "    for _, e in ipairs(page) do\n"
+    "      bytes = bytes + size(e)\n"
+    "      if #out >= n or bytes > budget then return out, false end\n"
+    "      out[#out + 1] = e\n"
+    "    end\n"
+    "    if #page < 64 then return out, true end\n"
+    "    lo = '(' .. page[#page][1]\n"
+    "  end\n"
+    "end\n"
+    /* The latest n within the budget, oldest first. */
+    "local function latest(n)\n"
+    "  local out, bytes, hi = {}, 0, '+'\n"
+    "  while #out < n do\n"
+    "    local page = redis.call('XREVRANGE', KEYS[4], hi, '-', 'COUNT', math.min(64, n - #out))\n"
+    "    if #page == 0 then break end\n"
+    "    for _, e in ipairs(page) do\n"
+    "      bytes = bytes + size(e)\n"
+    "      if bytes > budget then n = #out; break end\n"
+    "      out[#out + 1] = e\n"
+    "    end\n"
+    "    hi = '(' .. page[#page][1]\n"
+    "  end\n"
+    "  for i = 1, math.floor(#out / 2) do out[i], out[#out + 1 - i] = out[#out + 1 - i], out[i] end\n"
+    "  return out\n"
+    "end\n"
+    /* A new epoch whenever there is none: this node's random part and the
+     * time, so that the same node never makes the same one twice. */
     "local epoch = redis.call('GET', KEYS[3])\n"
-    "if not epoch then epoch = ARGV[13]; redis.call('SET', KEYS[3], epoch) end\n"
+    "if not epoch then\n"
+    "  local t = redis.call('TIME')\n"
+    "  epoch = string.sub(ARGV[13], 1, 8) ..\n"
+    "          string.format('%08x', (tonumber(t[1]) * 1000000 + tonumber(t[2])) % 4294967296)\n"
+    "  redis.call('SET', KEYS[3], epoch)\n"
+    "end\n"
     "local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
     "local seq, oldest = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "if oldest - 1 > last then last = oldest - 1 end\n"
@@ -113,13 +159,12 @@ static const char pub_script[] =
     "if count <= tonumber(ARGV[17]) then members = redis.call('HKEYS', KEYS[5]) end\n"
     "local found, msgs = 0, {}\n"
     "if ARGV[14] == 's' and #redis.call('XRANGE', KEYS[4], ARGV[16], ARGV[16]) == 1 then\n"
-    "  found = 1\n"
-    "  msgs = redis.call('XRANGE', KEYS[4], '(' .. ARGV[16], '+')\n"
-    "elseif ARGV[14] ~= 'n' and tonumber(ARGV[15]) > 0 then\n"
-    "  msgs = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', ARGV[15])\n"
-    "  for i = 1, math.floor(#msgs / 2) do\n"
-    "    msgs[i], msgs[#msgs + 1 - i] = msgs[#msgs + 1 - i], msgs[i]\n"
-    "  end\n"
+    "  local complete\n"
+    "  msgs, complete = after(ARGV[16], tonumber(ARGV[21]))\n"
+    "  if complete then found = 1 else msgs = {} end\n"
+    "end\n"
+    "if found == 0 and ARGV[14] ~= 'n' and tonumber(ARGV[15]) > 0 then\n"
+    "  msgs = latest(tonumber(ARGV[15]))\n"
     "end\n"
     "return {id, at, epoch, count, members, found, msgs}\n";
 
@@ -243,6 +288,11 @@ static size_t pub_key(char *out, size_t cap, const char *stream, const char *wha
 
 static void pub_send(publisher *p, pub_item *it) {
     const config *cfg = p->b->cfg;
+    if (it->wait && !chat_wait_alive(it->wait)) { /* nobody to answer: no reads */
+        join_answer a = {.failed = 1};
+        chat_join_answer(p->b->workers[p->wid - 1], it->wait, &a);
+        it->wait = NULL;
+    }
     char seq[24], oldest[24], maxlen[24], mid[80], ts[24], hmax[24], httl[24], n[24], since[48],
         pmax[24], pttl[24], hkey[512], pkey[512];
     snprintf(seq, sizeof(seq), "%" PRIu64, it->seq);
@@ -256,6 +306,8 @@ static void pub_send(publisher *p, pub_item *it) {
     snprintf(since, sizeof(since), "%" PRIu64 "-%" PRIu64, it->id_ms, it->id_seq);
     snprintf(pmax, sizeof(pmax), "%d", cfg->presence_max);
     snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms / 2); /* see redis.h */
+    char budget[24];
+    snprintf(budget, sizeof(budget), "%" PRId64, cfg->max_output_buffer);
     const char *rname = it->data, *user = it->data + it->room_len,
                *text = it->data + it->room_len + it->user_len;
     size_t hlen = pub_key(hkey, sizeof(hkey), cfg->stream, "history", rname, it->room_len);
@@ -268,14 +320,15 @@ static void pub_send(publisher *p, pub_item *it) {
     const char *argv[] = {"EVALSHA", pub_sha, "8", cfg->stream, p->key, p->epoch_key, hkey, pkey,
                           p->held_key, p->holders_key, p->alive_key, seq, oldest, maxlen, kind,
                           rname, user, text, mid, PUB_KEY_TTL, ts, hmax, httl,
-                          p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl};
+                          p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl,
+                          budget, hmax};
     size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(cfg->stream), strlen(p->key),
                     strlen(p->epoch_key), hlen, plen, strlen(p->held_key),
                     strlen(p->holders_key), strlen(p->alive_key), strlen(seq), strlen(oldest),
                     strlen(maxlen), 1, it->room_len, it->user_len, it->text_len, strlen(mid),
                     sizeof(PUB_KEY_TTL) - 1, strlen(ts), strlen(hmax), strlen(httl),
                     strlen(p->rb->epoch_candidate), 1, strlen(n), strlen(since), strlen(pmax),
-                    strlen(p->holder), strlen(pttl)};
+                    strlen(p->holder), strlen(pttl), strlen(budget), strlen(hmax)};
     it->sent_ms = clock_ms();
     /* The reply callback knows its message by sequence number: a reply for
      * anything but the queue's head is stale (sent before a refusal). */
