@@ -132,7 +132,10 @@ class JsonClient:
 
     async def send(self, obj):
         """Sends obj as JSON (a str is sent as it is)."""
-        await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False))
+        try:
+            await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False))
+        except websockets.ConnectionClosed:
+            raise Closed(f"{self.name} sending", self.ws.close_code, self.ws.close_reason) from None
 
     async def req(self, op, **fields):
         await self.send(dict(op=op, **fields))
