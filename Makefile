@@ -64,11 +64,13 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
 UNIT_DEPS_test_config    := config log
-UNIT_DEPS_test_handshake := handshake auth config log ws
+UNIT_DEPS_test_handshake := handshake auth config log ws proto names
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
 UNIT_DEPS_test_redis_link := redis_link
+UNIT_DEPS_test_names     := names ws
+UNIT_DEPS_test_proto     := proto names ws
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
@@ -127,7 +129,7 @@ chaos: deps
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := ws utf8 handshake config auth
+FUZZ_TARGETS := ws utf8 handshake config auth proto
 FUZZ_PKGS    := openssl jansson
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -I$(LLHTTP_INCLUDE) \
@@ -136,13 +138,15 @@ FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $
 # What each target links besides its own file.
 FUZZ_SRC_ws        := src/ws.c
 FUZZ_SRC_utf8      := src/ws.c
-FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c \
+FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c src/proto.c src/names.c \
                       $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
+FUZZ_SRC_proto     := src/proto.c src/names.c src/ws.c
 FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS_config    = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_auth      = $(FUZZ_LIBS_handshake)
+FUZZ_LIBS_proto     = $(FUZZ_LIBS_handshake)
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)

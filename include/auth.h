@@ -30,4 +30,24 @@
 int auth_verify(const char *secret, size_t secret_len, const char *token, size_t len, time_t now,
                 char *user_out, size_t user_cap, const char **why);
 
+#define AUTH_ROOMS_MAX 2048 /* bytes of a token's rooms claim, as kept */
+
+/* The rooms a token's holder may join: the claim "rooms", a list of room
+ * names (1..256 bytes of UTF-8 without control characters), a trailing
+ * '*' matching any rest. Kept NUL-separated, ending with an empty one. */
+typedef struct auth_rooms {
+    int present;                /* 0: no claim, any room */
+    char list[AUTH_ROOMS_MAX];
+} auth_rooms;
+
+/* auth_verify that also reads the rooms claim into *rooms (not a list of
+ * valid names, or longer than AUTH_ROOMS_MAX: the token is refused). */
+int auth_verify_rooms(const char *secret, size_t secret_len, const char *token, size_t len,
+                      time_t now, char *user_out, size_t user_cap, auth_rooms *rooms,
+                      const char **why);
+
+/* 1 if a rooms claim's list (auth_rooms.list; NULL: no claim) lets its
+ * holder into room[0..len). */
+int auth_rooms_allow(const char *list, const char *room, size_t len);
+
 #endif

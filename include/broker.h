@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "msg.h"
 #include "worker.h"
 
 struct event_base;
@@ -55,13 +56,39 @@ int broker_attach(broker *b, int wid, struct event_base *base);
 /* Worker thread wid, at its end. */
 void broker_detach(broker *b, int wid);
 
-/* Worker thread wid: publishes one text message of user in room, sent by
- * connection conn_id (closed through worker_refuse with 1011 if Redis can
- * never store it). Returns the message's ticket (>= 0; see broker_stored)
- * when queued, -1 when the publish queue is full (tell the client 1013). */
-int64_t broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
-                       size_t room_len, const char *user, size_t user_len, const char *text,
-                       size_t text_len);
+/* What a worker asks the broker to put in the order. */
+enum { HIST_NONE = 0, HIST_LATEST, HIST_SINCE, HIST_BEFORE };
+typedef struct broker_req {
+    int kind;                  /* MSG_CHAT, MSG_JOIN, MSG_LEAVE, MSG_TYPING */
+    uint64_t conn_id;          /* the sender */
+    const char *room;
+    size_t room_len;
+    const char *user;
+    size_t user_len;
+    const char *text;          /* MSG_CHAT */
+    size_t text_len;
+    int64_t ts;                /* wall ms it was accepted */
+    void *wait;                /* MSG_JOIN: answered through chat_join_answer
+                                  (members; history when hist is set);
+                                  NULL: no answer wanted */
+    int hist;                  /* MSG_JOIN: HIST_NONE, HIST_LATEST, HIST_SINCE */
+    uint32_t n;                /* messages wanted */
+    uint64_t id_ms, id_seq;    /* HIST_SINCE: after this id; HIST_BEFORE: before */
+} broker_req;
+
+/* Worker thread wid: puts r in the order: a message of user in room, a
+ * presence change, a typing notice (never stored). A message whose sender
+ * can never be stored is refused through worker_refuse with 1011. Returns
+ * the request's ticket (>= 0; see broker_stored) when queued, -1 when the
+ * publish queue is full (the client is told to try again). */
+int64_t broker_publish(broker *b, int wid, const broker_req *r);
+
+/* Worker thread wid: reads up to r->n messages of r->room's stored history
+ * before r->id (HIST_BEFORE; id 0-0: the newest), newest first, answered
+ * through chat_history_answer. Returns 0, or -1 when there is no stored
+ * history (local broker, history_max 0) or it cannot be read now. */
+int broker_read_history(broker *b, int wid, const broker_req *r);
+
 /* Worker thread wid: messages it published that are not stored yet. */
 int broker_pending(broker *b, int wid);
 /* Worker thread wid: every message of this worker whose ticket is at most
@@ -74,6 +101,9 @@ uint64_t broker_stored(broker *b, int wid, int *failing);
  * rings each doorbell once at the end of a batch with broker_flush_wakes.
  * Returns 0, or -1 if stop was requested while waiting (m dropped). */
 int broker_fanout(broker *b, msg *m);
+/* The same for one worker (1..n) only: a private answer, in order with the
+ * fan-out. */
+int broker_push_one(broker *b, int wid, msg *m);
 void broker_flush_wakes(broker *b);
 
 #endif

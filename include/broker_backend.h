@@ -21,9 +21,9 @@ typedef struct broker_ops {
     /* worker thread wid */
     int (*attach)(broker *b, int wid, struct event_base *base);
     void (*detach)(broker *b, int wid);
-    int64_t (*publish)(broker *b, int wid, uint64_t conn_id, const char *rname,
-                       size_t room_len, const char *user, size_t user_len, const char *text,
-                       size_t text_len);
+    int64_t (*publish)(broker *b, int wid, const broker_req *r);
+    /* worker thread wid: see broker_read_history (NULL: no stored history) */
+    int (*read_history)(broker *b, int wid, const broker_req *r);
     /* worker thread wid: its messages not yet stored (NULL: none ever wait) */
     int (*pending)(broker *b, int wid);
     /* worker thread wid: every ticket up to this is stored (NULL: all are);

@@ -50,6 +50,15 @@ typedef struct config {
     int ping_interval_ms;       /* ping a connection idle this long */
     int ping_timeout_ms;        /* close it if no pong within this */
     int64_t max_output_buffer;  /* bytes queued for one client (→ 1008) */
+    int max_rooms_per_conn;     /* chatd.v1: rooms one connection may be in */
+
+    /* history and presence */
+    int history_size;           /* per room, in each node's memory; 0: none */
+    int64_t history_bytes;      /* node memory for it */
+    int history_max;            /* per room, in Redis; 0: none */
+    int64_t history_ttl_ms;     /* Redis history of a quiet room expires */
+    int presence_ttl_ms;        /* a silent node's members go within this */
+    int presence_max;           /* members listed in `joined`; past it a count */
 
     /* broker */
     broker_kind broker;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "msg.h"
+#include "room.h"
 #include "ws.h"
 
 struct worker;
@@ -30,12 +31,15 @@ typedef struct conn {
     uint64_t id;
     int fd;
     uint8_t state;             /* conn_state */
+    uint8_t json;              /* speaks chatd.v1 (else the text protocol) */
     uint8_t want_write;        /* ev also waits for EV_WRITE */
     uint8_t ping_outstanding;
     uint8_t close_queued;      /* our close frame is in ctl */
     uint8_t close_after_flush; /* the peer's close was answered: close TCP
                                   once ctl is written */
     uint8_t shut_wr;           /* our close frame is out: SHUT_WR done */
+    uint8_t errors;            /* chatd.v1: failed requests in a row */
+    uint16_t nrooms;
     uint16_t ctl_len;          /* control frame bytes queued in ctl */
     uint16_t ctl_off;          /* of which already written */
     uint8_t *ctl;              /* the 101, then pong/ping/close bytes
@@ -43,13 +47,22 @@ typedef struct conn {
     uint8_t *msgbuf;           /* fragments of the message being received */
     size_t msg_len;
     size_t msg_cap;
-    struct room *room;
-    struct conn *room_next, *room_prev;  /* room membership */
-    struct conn *next, *prev;            /* worker's list of connections */
-    uint64_t cursor;           /* next room log entry to write */
-    uint32_t off;              /* bytes of that entry (or of tail) written */
-    msg *tail;                 /* after leaving the room mid-frame: the
-                                  frame to finish before the close frame */
+    member first;              /* the first room, inline: a text client has
+                                  one and needs no other allocation */
+    member *rooms;             /* every membership, first among them */
+    struct conn *next, *prev;  /* worker's list of connections */
+    msg *part;                 /* the frame being written, held by reference
+                                  (its log entry may be gone), or NULL */
+    uint32_t off;              /* bytes of part already written */
+    uint32_t outq_head, outq_len, outq_cap; /* private frames (answers,
+                                  replays), a ring written before room
+                                  entries; malloc'd on need */
+    msg **outq;
+    uint64_t outq_bytes;
+    uint32_t waits;            /* joins and reads the broker still owes */
+    uint32_t acks;             /* sends still to be acknowledged */
+    char *claim;               /* the token's rooms, NUL-separated, "" ends;
+                                  NULL: any room */
     void *ssl;                 /* SSL * for wss, else NULL */
     uint8_t *tls_out;          /* bytes of a TLS write the kernel refused,
                                   offered again as they were (OpenSSL wants
@@ -81,6 +94,14 @@ int conn_flush(conn *c);
  * bytes queued behind the frame it writes next passed max_output_buffer,
  * else flushes. Returns 0, or -1 if c was closed and freed. */
 int conn_pump(conn *c);
+
+/* Takes one message from c's rate_limit bucket: 0, or -1 when it is empty. */
+int conn_take_token(conn *c);
+
+/* Queues a private frame (taking over the reference) for c. */
+void conn_queue(conn *c, msg *m);
+/* Queues a chatd.v1 error frame for c; past 16 in a row c is closed. */
+void conn_error(conn *c, const char *ref, const char *code, const char *reason);
 
 /* Starts the closing handshake with code (1001 on shutdown). */
 void conn_close(conn *c, unsigned code, const char *why);

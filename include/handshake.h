@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "auth.h"
 #include "config.h"
 
 #define HS_NAME_MAX 256        /* hard cap on decoded username and room */
@@ -39,7 +40,15 @@ typedef struct hs_result {
     int status;         /* 101 on upgrade; else the HTTP status sent */
     int upgrade;        /* 1: the connection is now a WebSocket */
     char username[HS_NAME_MAX + 1]; /* decoded, valid when upgrade */
-    char room[HS_NAME_MAX + 1];     /* decoded (or default_room) */
+    char room[HS_NAME_MAX + 1];     /* decoded (or default_room; "" for a
+                                       chatd.v1 client that names none) */
+    int json;           /* the client speaks chatd.v1 (Sec-WebSocket-Protocol) */
+    int has_room;       /* room is to be joined at once */
+    int64_t history;    /* ?history=N, -1 when absent */
+    int has_since;      /* chatd.v1: ?since=ID&epoch=E */
+    uint64_t since_ms, since_seq;
+    char epoch[33];
+    auth_rooms rooms;   /* the token's rooms claim */
     char response[HS_RESPONSE_MAX]; /* the whole HTTP response */
     size_t response_len;
     const char *reason; /* static: why a request was refused */

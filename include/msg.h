@@ -1,10 +1,13 @@
-/* msg — one chat message, immutable once published, reference counted.
+/* msg — one frame's worth of chat, immutable once published, reference
+ * counted.
  *
- * Built once per node (by the broker for Redis, by the sending worker for
- * the local broker) with its outgoing WebSocket frame already encoded:
- * "NAME: TEXT" as one unmasked text frame. Workers write the frame bytes by
- * reference to every local client of the room. The last thread to drop a
- * reference frees it.
+ * Room traffic (messages, presence) is built once per node by the broker
+ * thread with its outgoing WebSocket frames already encoded, one per wire
+ * protocol: "NAME: TEXT" for text clients, a chatd.v1 object for JSON
+ * clients. Workers write the frame bytes by reference to every local client
+ * of the room, and keep messages by reference as the room's recent history.
+ * A private frame (an answer to one client) is a msg of its own with one
+ * frame. The last thread to drop a reference frees it.
  */
 #ifndef CHATD_MSG_H
 #define CHATD_MSG_H
@@ -13,24 +16,60 @@
 #include <stddef.h>
 #include <stdint.h>
 
+enum msg_kind {
+    MSG_CHAT = 0,  /* a message of a room: history, both frames */
+    MSG_JOIN,      /* presence: a user's first connection to a room came */
+    MSG_LEAVE,     /* presence: its last went; JSON frame only */
+    MSG_TYPING,    /* someone types: JSON frame only, never kept */
+    MSG_PRIVATE,   /* a frame for one connection (joined, ack, error, ...) */
+    MSG_MARK,      /* broker → workers: reading (re)starts at id, in epoch */
+    MSG_SNAPSHOT,  /* local broker → one worker: a join's member list */
+};
+
 typedef struct msg {
-    _Atomic uint32_t refs;   /* one per holder: ring slots, worker room logs */
-    uint32_t frame_len;      /* bytes of frame[] */
+    _Atomic uint32_t refs;   /* one per holder: rings, room logs, histories */
+    uint8_t kind;            /* enum msg_kind */
+    uint16_t origin_wid;     /* the worker of this node that published it, or 0 */
     uint16_t room_len;
     uint16_t user_len;
-    uint64_t id_ms;          /* stream id "<ms>-<seq>" (local broker: 0-<seq>) */
-    uint64_t id_seq;
-    const char *room;        /* points into frame storage, after the frame */
-    const char *user;        /* points into the frame's payload */
-    const char *text;        /* points into the frame's payload */
     uint32_t text_len;
-    uint8_t frame[];         /* header, "user: text", then room */
+    uint32_t frame_len;      /* text protocol frame; 0: none for text clients */
+    uint32_t jframe_len;     /* chatd.v1 frame */
+    uint64_t origin_seq;     /* its publisher sequence, when origin_wid */
+    uint64_t conn_id;        /* the sender (typing: not told its own) */
+    uint64_t id_ms, id_seq;  /* place in the order "<ms>-<seq>" */
+    int64_t ts;              /* wall ms when a node accepted it */
+    void *wait;              /* MSG_SNAPSHOT: the worker's join in waiting */
+    uint32_t count;          /* MSG_SNAPSHOT: members */
+    const char *room;        /* NUL-terminated copies, after the frames */
+    const char *user;
+    const char *text;        /* MSG_SNAPSHOT: the members as a JSON array */
+    const uint8_t *frame;
+    const uint8_t *jframe;
+    uint8_t data[];
 } msg;
 
-/* Builds a message: encodes the text frame "user: text" and copies room.
- * refs starts at 1. NULL when out of memory. Any thread. */
-msg *msg_new(const char *room, size_t room_len, const char *user, size_t user_len,
+/* Builds a room message of kind (CHAT, JOIN, LEAVE, TYPING) with id, ts and
+ * its frames encoded. refs starts at 1. NULL when out of memory. Any
+ * thread. */
+msg *msg_new(int kind, const char *room, size_t room_len, const char *user, size_t user_len,
+             const char *text, size_t text_len, uint64_t id_ms, uint64_t id_seq, int64_t ts);
+
+/* Builds a msg of kind without frames: room, user and text copied (a
+ * request on its way to the local broker, a mark, a snapshot). */
+msg *msg_raw(int kind, const char *room, size_t room_len, const char *user, size_t user_len,
              const char *text, size_t text_len);
+
+/* Builds a private msg whose one frame is the text frame of payload (the
+ * same bytes serve both protocols). */
+msg *msg_private(const char *payload, size_t len);
+
+/* The frame of m for a client of the protocol (json 0 or 1); *len 0 when m
+ * has none for it. */
+static inline const uint8_t *msg_frame(const msg *m, int json, uint32_t *len) {
+    *len = json ? m->jframe_len : m->frame_len;
+    return json ? m->jframe : m->frame;
+}
 
 /* Adds n references. Any thread holding a reference. */
 static inline void msg_ref(msg *m, uint32_t n) {
@@ -40,5 +79,15 @@ static inline void msg_ref(msg *m, uint32_t n) {
 
 /* Drops one reference; frees the message on the last. Any thread. */
 void msg_unref(msg *m);
+
+/* Bytes m holds, for history's memory budget. */
+static inline size_t msg_size(const msg *m) {
+    return sizeof(*m) + m->frame_len + m->jframe_len + m->room_len + m->user_len + m->text_len + 3;
+}
+
+/* 1 if id a comes before id b. */
+static inline int msg_id_before(uint64_t ams, uint64_t aseq, uint64_t bms, uint64_t bseq) {
+    return ams < bms || (ams == bms && aseq < bseq);
+}
 
 #endif

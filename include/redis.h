@@ -78,6 +78,8 @@ struct publisher;
 typedef struct rbroker {
     redis_link link;
     char node[17];               /* random, hex: this process's publisher id */
+    char epoch_candidate[17];    /* random, hex: the epoch this node sets
+                                    when Redis has none */
     struct publisher *pubs;      /* one per worker */
     /* Consumer state others read (relaxed unless said). */
     _Atomic int started;         /* the consumer fixed its start id (release) */
@@ -88,6 +90,8 @@ typedef struct rbroker {
     void *ctx;                   /* redisContext * */
     char last_id[64];            /* last delivered entry id, "" until fixed */
     uint64_t pos;                /* entries-added count at last_id (gap check) */
+    uint64_t epoch;              /* as the workers were last told */
+    int64_t swept_ms;            /* monotonic: last presence sweep */
     int counted;                 /* Redis reports entries-added (7.0 and later) */
 } rbroker;
 
@@ -96,9 +100,8 @@ int redis_pub_init(broker *b, char *err, size_t errlen);
 void redis_pub_free(broker *b);
 int redis_pub_attach(broker *b, int wid, struct event_base *base);
 void redis_pub_detach(broker *b, int wid);
-int64_t redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
-                          size_t room_len, const char *user, size_t user_len, const char *text,
-                          size_t text_len);
+int64_t redis_pub_publish(broker *b, int wid, const broker_req *q);
+int redis_pub_read_history(broker *b, int wid, const broker_req *q);
 int redis_pub_pending(broker *b, int wid);
 uint64_t redis_pub_stored(broker *b, int wid, int *failing);
 /* Any thread: messages not yet stored, and the age of the oldest (ms). */

@@ -35,6 +35,13 @@ typedef struct handoff {
     char *user;
     char *reply;           /* the 101 response, for the worker to write */
     size_t reply_len;
+    int json;              /* the client speaks chatd.v1 */
+    int has_room;          /* join room at once (always, for text clients) */
+    int64_t history;       /* ?history=N, or -1 */
+    int has_since;         /* ?since=ID&epoch=E (chatd.v1) */
+    uint64_t since_ms, since_seq;
+    char epoch[33];
+    char *claim;           /* the token's rooms (see conn.h), malloc'd, or NULL */
     _Atomic int *ip_count; /* clients from this address, or NULL */
 } handoff;
 
@@ -53,6 +60,7 @@ typedef struct worker {
     ring *inbox;                 /* msg *: from the broker */
     ring *handoffs;              /* handoff *: from the acceptor */
     room_index rooms;
+    struct chat *chat;           /* chat.c's state: waits, acks, presence */
     struct conn *conns;          /* every connection, for the tick */
     uint8_t *rbuf;               /* shared read buffer */
     size_t rbuf_size;

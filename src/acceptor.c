@@ -246,6 +246,25 @@ static void pending_handoff(pending *p) {
     h->reply = names + rlen + ulen + 2;
     memcpy(h->reply, res->response, res->response_len);
     h->reply_len = res->response_len;
+    h->json = res->json;
+    h->has_room = res->has_room;
+    h->history = res->history;
+    h->has_since = res->has_since;
+    h->since_ms = res->since_ms;
+    h->since_seq = res->since_seq;
+    memcpy(h->epoch, res->epoch, sizeof(h->epoch));
+    if (res->rooms.present) { /* the list ends with an empty name */
+        const char *q = res->rooms.list;
+        while (*q) q += strlen(q) + 1;
+        size_t n = (size_t)(q - res->rooms.list) + 1;
+        if ((h->claim = malloc(n)) == NULL) {
+            free(h);
+            free(names);
+            pending_free(p);
+            return;
+        }
+        memcpy(h->claim, res->rooms.list, n);
+    }
     h->fd = p->fd;
     h->ssl = p->ssl;
     p->ssl = NULL;

@@ -114,8 +114,50 @@ static int claims_ok(json_t *p, time_t now, char *user_out, size_t user_cap, con
     return 0;
 }
 
+static int rooms_ok(json_t *p, auth_rooms *rooms, const char **why) {
+    json_t *list = json_object_get(p, "rooms");
+    rooms->present = list != NULL;
+    rooms->list[0] = '\0';
+    if (list == NULL)
+        return 0;
+    if (!json_is_array(list))
+        return fail(why, "token rooms must be a list of room names");
+    size_t used = 0, i;
+    json_t *v;
+    json_array_foreach(list, i, v) {
+        size_t n = json_is_string(v) ? json_string_length(v) : 0;
+        if (!name_ok(json_string_value(v), n, 256))
+            return fail(why, "token rooms must be a list of room names");
+        if (used + n + 2 > sizeof rooms->list)
+            return fail(why, "token rooms is too long");
+        memcpy(rooms->list + used, json_string_value(v), n);
+        rooms->list[used + n] = '\0';
+        used += n + 1;
+    }
+    rooms->list[used] = '\0';
+    return 0;
+}
+
+int auth_rooms_allow(const char *list, const char *room, size_t len) {
+    if (list == NULL)
+        return 1;
+    for (const char *p = list; *p; p += strlen(p) + 1) {
+        size_t n = strlen(p);
+        if (p[n - 1] == '*' ? len >= n - 1 && memcmp(room, p, n - 1) == 0
+                            : n == len && memcmp(room, p, len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 int auth_verify(const char *secret, size_t secret_len, const char *token, size_t len, time_t now,
                 char *user_out, size_t user_cap, const char **why) {
+    return auth_verify_rooms(secret, secret_len, token, len, now, user_out, user_cap, NULL, why);
+}
+
+int auth_verify_rooms(const char *secret, size_t secret_len, const char *token, size_t len,
+                      time_t now, char *user_out, size_t user_cap, auth_rooms *rooms,
+                      const char **why) {
     if (user_cap == 0 || secret_len > INT_MAX)
         return fail(why, "internal error");
     user_out[0] = '\0';
@@ -168,6 +210,10 @@ int auth_verify(const char *secret, size_t secret_len, const char *token, size_t
     if (!p)
         return fail(why, "token payload is not a JSON object");
     rc = claims_ok(p, now, user_out, user_cap, why);
+    if (rc == 0 && rooms)
+        rc = rooms_ok(p, rooms, why);
+    if (rc < 0)
+        user_out[0] = '\0';
     json_decref(p);
     return rc;
 }

@@ -77,10 +77,12 @@ int broker_attach(broker *b, int wid, struct event_base *base) {
 
 void broker_detach(broker *b, int wid) { b->ops->detach(b, wid); }
 
-int64_t broker_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
-                       size_t room_len, const char *user, size_t user_len, const char *text,
-                       size_t text_len) {
-    return b->ops->publish(b, wid, conn_id, rname, room_len, user, user_len, text, text_len);
+int64_t broker_publish(broker *b, int wid, const broker_req *r) {
+    return b->ops->publish(b, wid, r);
+}
+
+int broker_read_history(broker *b, int wid, const broker_req *r) {
+    return b->ops->read_history ? b->ops->read_history(b, wid, r) : -1;
 }
 
 int broker_pending(broker *b, int wid) { return b->ops->pending ? b->ops->pending(b, wid) : 0; }
@@ -99,7 +101,24 @@ void broker_flush_wakes(broker *b) {
     }
 }
 
+int broker_push_one(broker *b, int wid, msg *m) {
+    int rc;
+    while ((rc = worker_push(b->workers[wid - 1], m)) == -1) {
+        if (atomic_load_explicit(&b->stop, memory_order_acquire)) { /* see broker_stop */
+            msg_unref(m);
+            return -1;
+        }
+        broker_flush_wakes(b);
+        struct timespec ts = {0, 100 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (rc == -2) msg_unref(m); /* that worker has stopped */
+    else if (rc == 1) b->wake[wid - 1] = 1;
+    return 0;
+}
+
 int broker_fanout(broker *b, msg *m) {
+    int chat = m->kind == MSG_CHAT; /* m is the workers' once pushed */
     if (b->nworkers > 1) msg_ref(m, (uint32_t)(b->nworkers - 1));
     for (int i = 0; i < b->nworkers; i++) {
         int rc;
@@ -117,6 +136,7 @@ int broker_fanout(broker *b, msg *m) {
         if (rc == -2) msg_unref(m); /* that worker has stopped */
         else if (rc == 1) b->wake[i] = 1;
     }
-    atomic_fetch_add_explicit(&b->delivered, 1, memory_order_relaxed); /* a counter */
+    if (chat)
+        atomic_fetch_add_explicit(&b->delivered, 1, memory_order_relaxed); /* a counter */
     return 0;
 }

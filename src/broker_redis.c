@@ -31,6 +31,9 @@ static int redis_init(broker *b, char *err, size_t errlen) {
     if (getrandom(&node, sizeof(node), 0) != sizeof(node))
         node = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     snprintf(rb->node, sizeof(rb->node), "%016" PRIx64, node);
+    uint64_t cand;
+    if (getrandom(&cand, sizeof(cand), 0) != sizeof(cand)) cand = node * 0x9E3779B97F4A7C15ULL;
+    snprintf(rb->epoch_candidate, sizeof(rb->epoch_candidate), "%016" PRIx64, cand | 1);
     if (redis_pub_init(b, err, errlen) < 0) {
         redis_free(b);
         return -1;
@@ -94,6 +97,7 @@ const broker_ops broker_redis_ops = {
     .attach = redis_pub_attach,
     .detach = redis_pub_detach,
     .publish = redis_pub_publish,
+    .read_history = redis_pub_read_history,
     .pending = redis_pub_pending,
     .stored = redis_pub_stored,
     .ready = redis_ready,

@@ -57,6 +57,7 @@ typedef struct directive {
 #define SEC 1000LL
 #define MIN (60 * SEC)
 #define HOUR (60 * MIN)
+#define DAY (24 * HOUR)
 
 static const directive directives[] = {
     /* network */
@@ -110,6 +111,22 @@ static const directive directives[] = {
      "close a connection whose pong does not come within this"},
     {"max_output_buffer", T_SIZE, 0, 4 * KIB, 1 * GIB, "1m", FIELD(max_output_buffer),
      "bytes queued for one slow client before it is closed with 1008"},
+    {"max_rooms_per_conn", T_INT, 0, 1, 10000, "64", FIELD(max_rooms_per_conn),
+     "rooms one chatd.v1 connection may be in at once"},
+
+    /* history and presence */
+    {"history_size", T_INT, 0, 0, 100000, "100", FIELD(history_size),
+     "recent messages per room each node keeps in memory; 0 = none"},
+    {"history_bytes", T_SIZE, 0, 0, 64 * GIB, "64m", FIELD(history_bytes),
+     "memory for those recent messages, per node; the oldest go first"},
+    {"history_max", T_INT, 0, 0, 10000000, "1000", FIELD(history_max),
+     "messages per room kept in Redis for scroll-back and recovery; 0 = none"},
+    {"history_ttl", T_DURATION, 0, SEC, 365 * DAY, "7d", FIELD(history_ttl_ms),
+     "Redis forgets the history of a room quiet this long"},
+    {"presence_ttl", T_DURATION, 0, 500, HOUR, "15s", FIELD(presence_ttl_ms),
+     "members of a node that stopped answering disappear within this"},
+    {"presence_max", T_INT, 0, 0, 100000, "100", FIELD(presence_max),
+     "members listed when joining a room; past it only their count"},
 
     /* broker */
     {"broker", T_BROKER, 0, 0, 0, "local", FIELD(broker),
@@ -199,7 +216,7 @@ static const char *fmt_duration(int64_t ms, char *buf, size_t len) {
     static const struct {
         int64_t mul;
         const char *suffix;
-    } units[] = {{HOUR, "h"}, {MIN, "m"}, {SEC, "s"}};
+    } units[] = {{DAY, "d"}, {HOUR, "h"}, {MIN, "m"}, {SEC, "s"}};
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
         if (ms != 0 && ms % units[i].mul == 0) {
             snprintf(buf, len, "%" PRId64 "%s", ms / units[i].mul, units[i].suffix);
@@ -225,7 +242,7 @@ static void describe(const directive *d, char *buf, size_t len) {
                  fmt_size(d->min, lo, sizeof lo), fmt_size(d->max, hi, sizeof hi));
         break;
     case T_DURATION:
-        snprintf(buf, len, "a duration %s..%s: seconds or a number with ms, s, m or h",
+        snprintf(buf, len, "a duration %s..%s: seconds or a number with ms, s, m, h or d",
                  fmt_duration(d->min, lo, sizeof lo), fmt_duration(d->max, hi, sizeof hi));
         break;
     case T_STRING:
@@ -339,6 +356,8 @@ static const char *parse_duration(const directive *d, const char *s, int64_t *ou
         mul = MIN;
     else if (strcmp(end, "h") == 0)
         mul = HOUR;
+    else if (strcmp(end, "d") == 0)
+        mul = DAY;
     else
         return "unknown unit";
     return scale(d, v, mul, out);

@@ -20,6 +20,7 @@
 #include <openssl/ssl.h>
 
 #include "broker.h"
+#include "chat.h"
 #include "clock.h"
 #include "log.h"
 #include "room.h"
@@ -74,16 +75,13 @@ static int conn_queue_ctl(conn *c, const uint8_t *p, size_t len, size_t reserve)
     return 0;
 }
 
-/* Leaves the room at once, so its log need not wait for us; a frame we are
- * in the middle of writing is kept (by reference) to finish first. */
-static void conn_leave(conn *c) {
-    room *r = c->room;
-    if (r == NULL) return;
-    if (c->off > 0) {
-        c->tail = room_entry_at(r, c->cursor)->m;
-        msg_ref(c->tail, 1);
-    }
-    room_leave(&c->w->rooms, c);
+/* Drops every private frame still queued. */
+static void conn_drop_outq(conn *c) {
+    for (; c->outq_len; c->outq_len--) msg_unref(c->outq[c->outq_head++ % c->outq_cap]);
+    free(c->outq);
+    c->outq = NULL;
+    c->outq_head = c->outq_cap = 0;
+    c->outq_bytes = 0;
 }
 
 static void conn_free_msgbuf(conn *c) {
@@ -95,8 +93,10 @@ static void conn_free_msgbuf(conn *c) {
 void conn_free(conn *c) {
     worker *w = c->w;
     event_del(&c->ev);
-    room_leave(&w->rooms, c);
-    if (c->tail) msg_unref(c->tail);
+    chat_close(c);
+    conn_drop_outq(c);
+    if (c->part) msg_unref(c->part);
+    free(c->claim);
     if (c->ssl) {
         SSL_free(c->ssl);
         ERR_clear_error();
@@ -125,12 +125,13 @@ void conn_close(conn *c, unsigned code, const char *why) {
     c->deadline_ms = clock_ms() + CONN_CLOSE_WAIT_MS;
     conn_set_state(c, CONN_CLOSING);
     conn_free_msgbuf(c);
-    conn_leave(c);
+    conn_drop_outq(c);
+    chat_close(c); /* leave the rooms at once: their logs need not wait */
 }
 
 /* Token bucket: refilled at rate_limit per second, holding rate_burst.
  * Returns 0 if the client may send one more message now. */
-static int conn_take_token(conn *c) {
+int conn_take_token(conn *c) {
     const config *cfg = c->w->cfg;
     if (cfg->rate_limit <= 0) return 0;
     int64_t burst = (int64_t)(cfg->rate_burst > 0 ? cfg->rate_burst : cfg->rate_limit) * 1000;
@@ -146,31 +147,9 @@ static int conn_take_token(conn *c) {
     return 0;
 }
 
-static int conn_publish(conn *c, const uint8_t *text, size_t len) {
-    worker *w = c->w;
-    atomic_fetch_add_explicit(&w->msgs_in, 1, memory_order_relaxed); /* a counter */
-    room *r = c->room;
-    if (conn_take_token(c) < 0) {
-        atomic_fetch_add_explicit(&w->rate_closes, 1, memory_order_relaxed); /* a counter */
-        log_info("conn %llu: over rate_limit, closing with 1008", (unsigned long long)c->id);
-        conn_close(c, WS_CLOSE_POLICY, "rate limit exceeded");
-        return 0;
-    }
-    int64_t ticket = broker_publish(w->broker, w->id, c->id, r->name, strlen(r->name), c->user,
-                                    c->user_len, (const char *)text, len);
-    if (ticket >= 0) {
-        c->ticket = (uint64_t)ticket;
-    } else {
-        atomic_fetch_add_explicit(&w->busy_closes, 1, memory_order_relaxed); /* a counter */
-        log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
-        conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");
-    }
-    return 0;
-}
-
 static int conn_on_data(conn *c, const ws_event *ev) {
     if (c->state != CONN_OPEN) return 0; /* data after our close is ignored */
-    if (ev->first && ev->fin) return conn_publish(c, ev->data, ev->len);
+    if (ev->first && ev->fin) return chat_on_message(c, ev->data, ev->len);
     if (c->msg_len + ev->len > c->msg_cap) {
         size_t cap = c->msg_cap ? c->msg_cap : 256;
         while (cap < c->msg_len + ev->len) cap *= 2;
@@ -185,7 +164,7 @@ static int conn_on_data(conn *c, const ws_event *ev) {
     if (ev->len) memcpy(c->msgbuf + c->msg_len, ev->data, ev->len);
     c->msg_len += ev->len;
     if (ev->fin) {
-        conn_publish(c, c->msgbuf, c->msg_len);
+        chat_on_message(c, c->msgbuf, c->msg_len);
         conn_free_msgbuf(c);
     }
     return 0;
@@ -245,7 +224,8 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
                 c->deadline_ms = clock_ms() + CONN_CLOSE_WAIT_MS;
                 conn_set_state(c, CONN_CLOSING);
                 conn_free_msgbuf(c);
-                conn_leave(c);
+                conn_drop_outq(c);
+                chat_close(c);
             } else {
                 conn_close(c, ev.code, NULL);
             }
@@ -261,46 +241,96 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
     return 0;
 }
 
-/* Accounts for `left` bytes written, in the order conn_flush queued them:
- * the rest of a partly written entry, control frames, further entries. */
-/* Moves c past `left` bytes written. Returns the message frames finished. */
-static size_t conn_advance(conn *c, size_t left) {
-    room *r = c->room;
+/* What one iovec of a write is, so that the bytes the kernel took can be
+ * accounted for in the order they were queued. */
+enum { STEP_PART, STEP_CTL, STEP_OUTQ, STEP_ENTRY, STEP_SKIP };
+typedef struct step {
+    member *mb;        /* STEP_ENTRY, STEP_SKIP */
+    uint32_t len;      /* bytes of the iovec */
+    uint8_t kind;
+} step;
+
+#define CONN_STEPS (CONN_IOV * 4)
+
+/* Moves c past `left` bytes written, walking the steps conn_flush queued.
+ * A frame written in part is kept by reference in c->part and finished
+ * first next time. Returns the frames finished. */
+static size_t conn_advance(conn *c, size_t left, const step *st, int nst) {
     size_t done = 0;
-    if (c->off > 0) {
-        const msg *m = c->tail ? c->tail : room_entry_at(r, c->cursor)->m;
-        size_t rest = m->frame_len - c->off;
-        if (left < rest) {
-            c->off += (uint32_t)left;
-            return 0;
+    for (int i = 0; i < nst; i++) {
+        const step *s = &st[i];
+        if (left == 0 && s->kind != STEP_SKIP) return done; /* not begun */
+        if (s->kind == STEP_SKIP) {
+            room_advance(s->mb->room, s->mb);
+            continue;
         }
-        left -= rest;
-        done++;
-        if (c->tail) {
-            msg_unref(c->tail);
-            c->tail = NULL;
-            c->off = 0;
-        } else {
-            room_advance(r, c);
+        if (s->kind == STEP_CTL) {
+            size_t k = left < s->len ? left : s->len;
+            c->ctl_off = (uint16_t)(c->ctl_off + k);
+            left -= k;
+            if (k < s->len) return done;
+            continue;
         }
-    }
-    if (c->ctl_len > c->ctl_off) {
-        size_t k = c->ctl_len - c->ctl_off;
-        if (left < k) k = left;
-        c->ctl_off = (uint16_t)(c->ctl_off + k);
-        left -= k;
-    }
-    while (left > 0 && r) {
-        size_t rest = room_entry_at(r, c->cursor)->m->frame_len - c->off;
-        if (left < rest) {
-            c->off += (uint32_t)left;
-            return done;
+        msg *m = NULL;
+        if (s->kind == STEP_OUTQ) {
+            m = c->outq[c->outq_head % c->outq_cap];
+            c->outq_head++;
+            c->outq_len--;
+            uint32_t len;
+            msg_frame(m, c->json, &len);
+            c->outq_bytes -= len;
+        } else if (s->kind == STEP_ENTRY) {
+            m = room_entry_at(s->mb->room, s->mb->cursor)->m;
+            if (left < s->len) msg_ref(m, 1); /* kept as part; the log may let it go */
+            room_advance(s->mb->room, s->mb);
         }
-        left -= rest;
-        done++;
-        room_advance(r, c);
+        if (left >= s->len) {
+            left -= s->len;
+            done++;
+            if (s->kind == STEP_PART) {
+                msg_unref(c->part);
+                c->part = NULL;
+                c->off = 0;
+            } else if (s->kind == STEP_OUTQ) {
+                msg_unref(m);
+            }
+            continue;
+        }
+        if (s->kind == STEP_PART) c->off += (uint32_t)left;
+        else {
+            c->part = m;
+            c->off = (uint32_t)left;
+        }
+        return done;
     }
     return done;
+}
+
+/* The membership whose next entry (at its look position) came first, or
+ * NULL when none has one. */
+static member *conn_next_member(conn *c) {
+    member *best = NULL;
+    uint64_t best_wseq = UINT64_MAX;
+    for (member *mb = c->rooms; mb; mb = mb->next) {
+        room *r = mb->room;
+        if (mb->wait || r == NULL || mb->look >= r->head) continue;
+        uint64_t ws = room_entry_at(r, mb->look)->wseq;
+        if (ws < best_wseq) {
+            best_wseq = ws;
+            best = mb;
+        }
+    }
+    return best;
+}
+
+/* 1 if mb's client must not get m: a text client gets no presence, and
+ * presence the joined snapshot already counted is not told again. */
+static int conn_skips(const conn *c, const member *mb, const msg *m) {
+    uint32_t len;
+    msg_frame(m, c->json, &len);
+    if (len == 0) return 1;
+    return (m->kind == MSG_JOIN || m->kind == MSG_LEAVE) &&
+           !msg_id_before(mb->skip_ms, mb->skip_seq, m->id_ms, m->id_seq);
 }
 
 #define CONN_TLS_KEPT -2
@@ -368,34 +398,57 @@ int conn_flush(conn *c) {
             continue;
         }
         struct iovec iov[CONN_IOV];
-        int n = 0;
+        step st[CONN_STEPS];
+        int n = 0, nst = 0;
         size_t total = 0;
-        room *r = c->room;
-        uint64_t s = c->cursor;
-        if (c->off > 0) { /* finish the frame in progress first */
-            msg *m = c->tail ? c->tail : room_entry_at(r, s++)->m;
-            iov[n].iov_base = m->frame + c->off;
-            iov[n].iov_len = m->frame_len - c->off;
+        uint32_t len;
+        if (c->part) { /* finish the frame in progress first */
+            const uint8_t *f = msg_frame(c->part, c->json, &len);
+            iov[n] = (struct iovec){(void *)(f + c->off), len - c->off};
+            st[nst++] = (step){NULL, len - c->off, STEP_PART};
             total += iov[n++].iov_len;
         }
         if (c->ctl_len > c->ctl_off) {
-            iov[n].iov_base = c->ctl + c->ctl_off;
-            iov[n].iov_len = (size_t)(c->ctl_len - c->ctl_off);
+            iov[n] = (struct iovec){c->ctl + c->ctl_off, (size_t)(c->ctl_len - c->ctl_off)};
+            st[nst++] = (step){NULL, (uint32_t)iov[n].iov_len, STEP_CTL};
             total += iov[n++].iov_len;
         }
-        if (r && c->state == CONN_OPEN) {
-            for (; s < r->head && n < CONN_IOV && total < CONN_WRITE_CAP; s++) {
-                room_entry *e = room_entry_at(r, s);
-                iov[n].iov_base = e->m->frame;
-                iov[n].iov_len = e->m->frame_len;
+        if (c->state == CONN_OPEN) {
+            uint32_t i = 0; /* private frames queued in this write */
+            for (; i < c->outq_len && n < CONN_IOV && total < CONN_WRITE_CAP; i++) {
+                const uint8_t *f = msg_frame(c->outq[(c->outq_head + i) % c->outq_cap], c->json, &len);
+                iov[n] = (struct iovec){(void *)f, len};
+                st[nst++] = (step){NULL, len, STEP_OUTQ};
                 total += iov[n++].iov_len;
             }
+            /* Room entries, merged across rooms in the order they came,
+             * once nothing private waits in front of them. */
+            if (i == c->outq_len) {
+                for (member *mb = c->rooms; mb; mb = mb->next) mb->look = mb->cursor;
+                member *mb;
+                while (n < CONN_IOV && nst < CONN_STEPS && total < CONN_WRITE_CAP &&
+                       (mb = conn_next_member(c)) != NULL) {
+                    msg *m = room_entry_at(mb->room, mb->look++)->m;
+                    if (conn_skips(c, mb, m)) {
+                        st[nst++] = (step){mb, 0, STEP_SKIP};
+                        continue;
+                    }
+                    const uint8_t *f = msg_frame(m, c->json, &len);
+                    iov[n] = (struct iovec){(void *)f, len};
+                    st[nst++] = (step){mb, len, STEP_ENTRY};
+                    total += iov[n++].iov_len;
+                }
+            }
         }
-        if (n == 0) break;
+        if (n == 0) {
+            if (nst == 0) break;
+            conn_advance(c, 0, st, nst); /* only skips */
+            continue;
+        }
         wr = c->ssl ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
         if (wr == CONN_TLS_KEPT) wr = (ssize_t)total; /* owed, in tls_out */
         else if (wr < 0) goto write_failed;
-        size_t frames = conn_advance(c, (size_t)wr);
+        size_t frames = conn_advance(c, (size_t)wr, st, nst);
         atomic_fetch_add_explicit(&w->frames_out, frames, memory_order_relaxed); /* a counter */
         turn += (size_t)wr;
         if ((size_t)wr < total || c->tls_out) conn_want_write(c, 1); /* the kernel is full */
@@ -435,17 +488,44 @@ int conn_flush(conn *c) {
 }
 
 int conn_pump(conn *c) {
-    room *r = c->room;
-    /* The frame being written does not count: one entry larger than
-     * max_output_buffer (from a node with a larger max_message) would
-     * otherwise make every member of the room "slow" at once. */
-    if (r && room_backlog_behind(r, c) > (uint64_t)c->w->cfg->max_output_buffer) {
+    /* The frame being written does not count (it is c->part): one entry
+     * larger than max_output_buffer (from a node with a larger max_message)
+     * would otherwise make every member of the room "slow" at once. */
+    uint64_t queued = 0;
+    for (member *mb = c->rooms; mb; mb = mb->next)
+        if (mb->room) queued += room_backlog(mb->room, mb, c->json);
+    if (queued > (uint64_t)c->w->cfg->max_output_buffer) {
         atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: slow consumer, %llu bytes queued, closing with 1008",
-                 (unsigned long long)c->id, (unsigned long long)room_backlog(r, c));
+                 (unsigned long long)c->id, (unsigned long long)queued);
         conn_close(c, WS_CLOSE_POLICY, "too slow: output limit");
     }
     return conn_flush(c);
+}
+
+void conn_queue(conn *c, msg *m) {
+    if (c->state != CONN_OPEN) {
+        msg_unref(m);
+        return;
+    }
+    if (c->outq_len == c->outq_cap) {
+        uint32_t cap = c->outq_cap ? c->outq_cap * 2 : 8;
+        msg **q = malloc(cap * sizeof(*q));
+        if (q == NULL) {
+            msg_unref(m);
+            conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
+            return;
+        }
+        for (uint32_t i = 0; i < c->outq_len; i++) q[i] = c->outq[(c->outq_head + i) % c->outq_cap];
+        free(c->outq);
+        c->outq = q;
+        c->outq_head = 0;
+        c->outq_cap = cap;
+    }
+    uint32_t len;
+    msg_frame(m, c->json, &len);
+    c->outq_bytes += len;
+    c->outq[(c->outq_head + c->outq_len++) % c->outq_cap] = m;
 }
 
 /* Reads and processes what the TLS session has, a few records at most per
@@ -537,17 +617,17 @@ conn *conn_new(worker *w, handoff *h) {
     c->w = w;
     c->id = h->id;
     c->fd = h->fd;
+    c->json = (uint8_t)h->json;
     c->user_len = (uint16_t)ulen;
     memcpy(c->user, h->user, ulen + 1);
-    ws_parser_init(&c->parser, (uint64_t)w->cfg->max_message);
-    if (room_join(&w->rooms, h->room, strlen(h->room), c) == NULL) {
-        close(c->fd);
-        free(c);
-        atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
-        return NULL;
-    }
+    /* A chatd.v1 frame carries the text JSON-escaped: up to six bytes for
+     * one; the text itself is held to max_message when parsed. */
+    uint64_t max = (uint64_t)w->cfg->max_message;
+    ws_parser_init(&c->parser, c->json ? max * 6 + 1024 : max);
+    c->claim = h->claim;
+    h->claim = NULL; /* ours now */
     c->ssl = h->ssl;
-    h->ssl = NULL; /* ours now */
+    h->ssl = NULL;
     c->ip_count = h->ip_count;
     h->ip_count = NULL;
     c->rate_ms = clock_ms();
@@ -559,14 +639,13 @@ conn *conn_new(worker *w, handoff *h) {
     event_assign(&c->ev, w->base, c->fd, EV_READ | EV_PERSIST, conn_on_event, c);
     event_add(&c->ev, NULL);
     c->last_read_ms = clock_ms();
-    log_debug("conn %llu: %s joined %s on worker %d", (unsigned long long)c->id, c->user,
-              h->room, w->id);
-    /* The 101 goes first, before any frame: the room is joined, so the
-     * client hears every message sent after it has its answer. */
-    if (conn_queue_ctl(c, (const uint8_t *)h->reply, h->reply_len, 0) < 0) {
+    /* The 101 goes first, before any frame; then the URL's room is joined,
+     * so the client hears every message sent after it has its answer. */
+    if (conn_queue_ctl(c, (const uint8_t *)h->reply, h->reply_len, 0) < 0 || chat_open(c, h) < 0) {
         conn_free(c);
         return NULL;
     }
+    log_debug("conn %llu: %s on worker %d", (unsigned long long)c->id, c->user, w->id);
     if (h->extra_len > 0 && conn_feed(c, h->extra, h->extra_len) < 0) return NULL;
     if (conn_flush(c) < 0) return NULL;
     /* TLS: the session may hold decrypted bytes the socket will not

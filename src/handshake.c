@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "auth.h"
+#include "proto.h"
 #include "ws.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -565,8 +566,9 @@ static const char *judge_token(const char *q, size_t qlen, const config *cfg, ti
         return "token is not validly percent-encoded";
     if (rc == -2)
         return "token is too long";
-    if (auth_verify(cfg->auth_secret, strlen(cfg->auth_secret), token, strlen(token), now,
-                    out->username, (size_t)clamp_max(cfg->max_username) + 1, &why) < 0)
+    if (auth_verify_rooms(cfg->auth_secret, strlen(cfg->auth_secret), token, strlen(token), now,
+                          out->username, (size_t)clamp_max(cfg->max_username) + 1, &out->rooms,
+                          &why) < 0)
         return why;
     return NULL;
 }
@@ -600,16 +602,61 @@ static const char *judge_query(const char *q, size_t qlen, const config *cfg, ti
         return why;
 
     *status = 400;
-    int rc = query_param(q, qlen, "room", out->room, sizeof out->room);
-    if (rc == 0) {
-        snprintf(out->room, sizeof out->room, "%s", cfg->default_room);
-        return NULL;
+    char num[64];
+    out->history = -1;
+    int rc = query_param(q, qlen, "history", num, sizeof num);
+    if (rc != 0) {
+        char *end;
+        long long n = rc > 0 ? strtoll(num, &end, 10) : -1;
+        if (rc < 0 || num[0] < '0' || num[0] > '9' || *end || n > PROTO_HISTORY_MAX)
+            return "history must be a number of messages, 0 to 10000";
+        out->history = n;
     }
-    if (rc == -1)
+    rc = query_param(q, qlen, "since", num, sizeof num);
+    if (rc != 0) {
+        proto_id id;
+        if (!out->json)
+            return "since is for chatd.v1 clients";
+        if (rc < 0 || proto_parse_id(num, strlen(num), &id) < 0)
+            return "since must be a message id";
+        rc = query_param(q, qlen, "epoch", out->epoch, sizeof out->epoch);
+        if (rc <= 0 || out->epoch[0] == '\0')
+            return "since needs epoch";
+        out->has_since = 1;
+        out->since_ms = id.ms;
+        out->since_seq = id.seq;
+    }
+    rc = query_param(q, qlen, "room", out->room, sizeof out->room);
+    if (rc == 0) {
+        /* A text client is always in a room; a chatd.v1 client joins its
+         * rooms when it likes. */
+        if (!out->json)
+            snprintf(out->room, sizeof out->room, "%s", cfg->default_room);
+        out->has_room = !out->json;
+    } else if (rc == -1) {
         return "room is not validly percent-encoded";
-    if (rc == -2)
+    } else if (rc == -2) {
         return room_why[1];
-    return name_problem(out->room, clamp_max(cfg->max_room), room_why);
+    } else {
+        const char *problem = name_problem(out->room, clamp_max(cfg->max_room), room_why);
+        if (problem)
+            return problem;
+        out->has_room = 1;
+    }
+    if (out->has_room &&
+        !auth_rooms_allow(out->rooms.present ? out->rooms.list : NULL, out->room, strlen(out->room))) {
+        *status = 403;
+        return "the token does not allow this room";
+    }
+    return NULL;
+}
+
+/* 1 if the client offers the chatd.v1 subprotocol (RFC 6455 4.1: a
+ * comma-separated list of tokens, over one or more headers). */
+static int offers_json(const hs_request *r) {
+    size_t n;
+    const char *v = field(r, H_PROTOCOL, &n);
+    return v && has_token(v, n, PROTO_SUBPROTOCOL);
 }
 
 static int origin_allowed(const config *cfg, const char *o, size_t n) {
@@ -744,6 +791,7 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
     }
 
     int status;
+    out->json = offers_json(r);
     const char *why = judge_query(q, qlen, cfg, now, out, &status);
     if (why) {
         refuse(out, status, why);
@@ -761,8 +809,9 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
                        "Upgrade: websocket\r\n"
                        "Connection: Upgrade\r\n"
                        "Sec-WebSocket-Accept: %s\r\n"
+                       "%s"
                        "\r\n",
-                       accept);
+                       accept, out->json ? "Sec-WebSocket-Protocol: " PROTO_SUBPROTOCOL "\r\n" : "");
     out->response_len = (size_t)len;
     out->status = 101;
     out->upgrade = 1;

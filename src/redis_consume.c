@@ -54,6 +54,9 @@ typedef struct consumer {
     unsigned nrecent;
 } consumer;
 
+static void mark(consumer *c);
+static redisReply *cmd(consumer *c, const char *fmt, ...);
+
 static int64_t wall_ms(void) {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -182,6 +185,7 @@ static int check_stream(consumer *c, redisReply *info, size_t read) {
         snprintf(rb->last_id, sizeof(rb->last_id), "%s", e->element[0]->str);
         int found;
         rb->pos = (uint64_t)field_int(info, "entries-added", &found);
+        mark(c);
         return 1;
     }
     if (delivered && (gone || back)) {
@@ -191,6 +195,7 @@ static int check_stream(consumer *c, redisReply *info, size_t read) {
         snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
         rb->pos = 0;
         atomic_store_explicit(&rb->read_lag, 0, memory_order_relaxed); /* a gauge */
+        mark(c);
         return 1;
     }
     int has_added, has_len;
@@ -236,18 +241,25 @@ static void consume_entry(consumer *c, redisReply *e) {
     rec->seq = id_seq;
     rec->print = fingerprint(e->element[1]);
     redisReply *f = e->element[1];
-    redisReply *rm = NULL, *user = NULL, *text = NULL;
+    redisReply *rm = NULL, *user = NULL, *text = NULL, *kind = NULL, *mid = NULL;
+    int64_t ts = 0;
     for (size_t i = 0; i + 1 < f->elements; i += 2) {
         redisReply *k = f->element[i], *v = f->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
         if (strcmp(k->str, "room") == 0) rm = v;
         else if (strcmp(k->str, "user") == 0) user = v;
         else if (strcmp(k->str, "text") == 0) text = v;
+        else if (strcmp(k->str, "kind") == 0) kind = v;
+        else if (strcmp(k->str, "mid") == 0) mid = v;
+        else if (strcmp(k->str, "ts") == 0) ts = strtoll(v->str, NULL, 10);
     }
+    /* A presence change: kind j or l, room and user. */
+    int mk = MSG_CHAT;
+    if (kind) mk = strcmp(kind->str, "j") == 0 ? MSG_JOIN : strcmp(kind->str, "l") == 0 ? MSG_LEAVE : -1;
     /* Written by a node with a larger max_message, or by anything else that
      * can write the stream: this node's clients were promised no more. */
-    int big = rm && user && text && (int64_t)text->len > b->cfg->max_message;
-    if (!rm || !user || !text || big) {
+    int big = text && (int64_t)text->len > b->cfg->max_message;
+    if (!rm || !user || (mk == MSG_CHAT && !text) || mk < 0 || big) {
         if (big) atomic_fetch_add_explicit(&b->oversize, 1, memory_order_relaxed); /* counter */
         c->refused_unlogged++;
         int64_t now = clock_ms();
@@ -257,21 +269,106 @@ static void consume_entry(consumer *c, redisReply *e) {
                          " entries refused since the last such line", id, text->len,
                          c->refused_unlogged);
             else
-                log_warn("redis: entry %s lacks room, user or text; %" PRIu64
+                log_warn("redis: entry %s is neither a message nor a presence change; %" PRIu64
                          " entries refused since the last such line", id, c->refused_unlogged);
             c->refused_logged_ms = now;
             c->refused_unlogged = 0;
         }
         return;
     }
-    msg *m = msg_new(rm->str, rm->len, user->str, user->len, text->str, text->len);
+    if (rm->len > UINT16_MAX || user->len > UINT16_MAX) return;
+    msg *m = msg_new(mk, rm->str, rm->len, user->str, user->len, text ? text->str : "",
+                     text ? text->len : 0, id_ms, id_seq, ts);
     if (m == NULL) {
         log_error("redis: out of memory for entry %s", id);
         return;
     }
-    m->id_ms = id_ms;
-    m->id_seq = id_seq;
+    /* This node's own: "<node>.<worker>.<seq>", acknowledged to its sender. */
+    size_t nl = strlen(rb->node);
+    if (mid && mid->len > nl + 1 && memcmp(mid->str, rb->node, nl) == 0 && mid->str[nl] == '.') {
+        unsigned wid = 0;
+        uint64_t seq = 0;
+        if (sscanf(mid->str + nl + 1, "%u.%" SCNu64, &wid, &seq) == 2 && wid >= 1 &&
+            wid <= (unsigned)b->nworkers) {
+            m->origin_wid = (uint16_t)wid;
+            m->origin_seq = seq;
+        }
+    }
     broker_fanout(b, m);
+}
+
+/* Tells every worker where reading (re)starts and in which epoch: what
+ * they remember from another epoch is forgotten, and joins replay up to
+ * here from Redis. */
+static void mark(consumer *c) {
+    rbroker *rb = c->rb;
+    msg *m = msg_raw(MSG_MARK, "", 0, "", 0, "", 0);
+    if (m == NULL) return;
+    sscanf(rb->last_id, "%" SCNu64 "-%" SCNu64, &m->id_ms, &m->id_seq);
+    m->origin_seq = rb->epoch;
+    broker_fanout(c->b, m);
+    broker_flush_wakes(c->b);
+}
+
+/* The epoch Redis holds (set to this node's candidate when it has none).
+ * A change means Redis lost the data the old one named. */
+static void epoch_seen(consumer *c, redisReply *r) {
+    rbroker *rb = c->rb;
+    uint64_t e = 0;
+    if (r && r->type == REDIS_REPLY_STRING) e = strtoull(r->str, NULL, 16);
+    if (e == 0) { /* none (yet): the next publish sets it; ask again soon */
+        redisReply *set = cmd(c, "SET %s:epoch %s NX", c->b->cfg->stream, rb->epoch_candidate);
+        if (set) freeReplyObject(set);
+        c->check = 1;
+        return;
+    }
+    if (e == rb->epoch) return;
+    if (rb->epoch) log_warn("redis: the epoch changed (Redis lost its data?): clients cannot recover "
+                            "what they missed before it");
+    rb->epoch = e;
+    mark(c);
+}
+
+/* Removes the presence of holders (workers of any node) whose heartbeat
+ * stopped: their members leave, in the order, within presence_ttl. Any
+ * node may do it; the script does it once. */
+static const char sweep_script[] =
+    "local out = 0\n"
+    "for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  if redis.call('EXISTS', ARGV[1] .. ':alive:' .. h) == 0 then\n"
+    "    local held = ARGV[1] .. ':held:' .. h\n"
+    "    for _, ru in ipairs(redis.call('SMEMBERS', held)) do\n"
+    "      local nl = string.find(ru, '\\n', 1, true)\n"
+    "      local room, user = string.sub(ru, 1, nl - 1), string.sub(ru, nl + 1)\n"
+    "      local pk = ARGV[1] .. ':presence:' .. room\n"
+    "      if redis.call('HINCRBY', pk, user, -1) <= 0 then\n"
+    "        redis.call('HDEL', pk, user)\n"
+    "        if ARGV[2] ~= '0' then\n"
+    "          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'l', 'room', room,\n"
+    "                     'user', user, 'mid', 'sweep')\n"
+    "        else\n"
+    "          redis.call('XADD', KEYS[2], '*', 'kind', 'l', 'room', room, 'user', user,\n"
+    "                     'mid', 'sweep')\n"
+    "        end\n"
+    "      end\n"
+    "      out = out + 1\n"
+    "    end\n"
+    "    redis.call('DEL', held)\n"
+    "    redis.call('SREM', KEYS[1], h)\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+static void sweep(consumer *c) {
+    const config *cfg = c->b->cfg;
+    int64_t now = clock_ms();
+    if (now - c->rb->swept_ms < cfg->presence_ttl_ms / 3) return;
+    c->rb->swept_ms = now;
+    redisReply *r = cmd(c, "EVAL %s 2 %s:holders %s %s %lld", sweep_script, cfg->stream, cfg->stream,
+                        cfg->stream, (long long)cfg->stream_maxlen);
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+        log_info("redis: presence of %lld members of silent nodes removed", r->integer);
+    if (r) freeReplyObject(r);
 }
 
 /* Delivers the entries of an XREAD reply; returns how many there were. */
@@ -334,7 +431,15 @@ static int consumer_connect(consumer *c, char *err, size_t errlen) {
         freeReplyObject(r);
     }
     if (rb->last_id[0] == '\0') {
-        /* First contact: start after the newest entry; no replay. */
+        /* First contact: the epoch (set if there is none), then start after
+         * the newest entry; no replay. */
+        r = cmd(c, "SET %s:epoch %s NX", b->cfg->stream, rb->epoch_candidate);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
+        freeReplyObject(r);
+        r = cmd(c, "GET %s:epoch", b->cfg->stream);
+        if (r == NULL || r->type != REDIS_REPLY_STRING) goto fail_reply;
+        uint64_t epoch = strtoull(r->str, NULL, 16);
+        freeReplyObject(r);
         r = cmd(c, "XINFO STREAM %s", b->cfg->stream);
         if (r == NULL) goto fail_reply;
         if (r->type == REDIS_REPLY_ARRAY) {
@@ -352,6 +457,8 @@ static int consumer_connect(consumer *c, char *err, size_t errlen) {
         freeReplyObject(r);
         if (rb->last_id[0] == '\0') snprintf(rb->last_id, sizeof(rb->last_id), "0-0");
         if (!rb->counted) log_warn("redis: server older than 7.0: trimmed gaps are not detected");
+        rb->epoch = epoch;
+        mark(c); /* the workers know the epoch and where reading starts */
         log_info("redis: reading %s after %s", b->cfg->stream, rb->last_id);
         /* release: publishers may send now; entries they add come after */
         atomic_store_explicit(&rb->started, 1, memory_order_release);
@@ -388,11 +495,12 @@ static long read_once(consumer *c) {
     if (due && clock_ms() >= c->plain_until_ms) {
         redisAppendCommand(c->ctx, "MULTI");
         redisAppendCommand(c->ctx, "XINFO STREAM %s", b->cfg->stream);
+        redisAppendCommand(c->ctx, "GET %s:epoch", b->cfg->stream);
         redisAppendCommand(c->ctx, "XREAD COUNT %d STREAMS %s %s", READ_COUNT, b->cfg->stream,
                            rb->last_id);
         redisAppendCommand(c->ctx, "EXEC");
         redisReply *first_error = NULL; /* a refused MULTI says why EXEC fails */
-        for (int i = 0; i < 4; i++) { /* OK, QUEUED, QUEUED, then the result */
+        for (int i = 0; i < 5; i++) { /* OK, QUEUED x 3, then the result */
             if (r && r->type == REDIS_REPLY_ERROR && first_error == NULL) first_error = r;
             else if (r) freeReplyObject(r);
             if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK) {
@@ -413,8 +521,10 @@ static long read_once(consumer *c) {
             c->plain_until_ms = clock_ms() + CHECK_EVERY_MS;
             return 0;
         }
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-            xr = r->element[1];
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+            /* The epoch first: entries read after a change belong to it. */
+            epoch_seen(c, r->element[1]);
+            xr = r->element[2];
             size_t got = xr->type == REDIS_REPLY_ARRAY && xr->elements == 1 &&
                                  xr->element[0]->elements == 2
                              ? xr->element[0]->element[1]->elements
@@ -429,7 +539,7 @@ static long read_once(consumer *c) {
                 freeReplyObject(r);
                 return (long)n;
             }
-            r->element[1] = NULL; /* report the read's error below */
+            r->element[2] = NULL; /* report the read's error below */
             freeReplyObject(r);
             r = xr;
         }
@@ -498,6 +608,7 @@ void *redis_consume_run(void *arg) {
             c->down_logged = 0;
             c->backoff_ms = REDIS_BACKOFF_MIN_MS;
             set_up(c, 1);
+            sweep(c);
         }
     }
     disconnect(c);

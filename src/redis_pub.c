@@ -24,7 +24,9 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "chat.h"
 #include "log.h"
+#include "proto.h"
 #include "redis.h"
 #include "worker.h"
 #include "ws.h"
@@ -33,35 +35,107 @@
 #define PUB_KEY_TTL "86400"         /* a publisher's last sequence is kept a day */
 #define PUB_WAIT_START_MS 20        /* poll for the consumer's start id */
 
-/* KEYS: stream, publisher key. ARGV: seq, oldest seq still queued, maxlen
- * (0: none), room, user, text, mid, key ttl. Returns the entry id, 0 when
- * the message is stored already, or an OUTOFORDER error when an earlier
- * message of the publisher is missing (it comes again first). The shebang
- * makes Redis refuse the whole script up front under OOM, never halfway. */
+/* The publish script: a message, or a presence change, put in the order
+ * once and in its publisher's order.
+ * KEYS: 1 stream, 2 publisher key, 3 epoch, 4 the room's history, 5 the
+ * room's presence, 6 what this publisher holds, 7 the holders, 8 this
+ * holder's heartbeat.
+ * ARGV: 1 seq, 2 oldest seq still queued, 3 stream maxlen (0: none), 4 kind
+ * (m message, j join, l leave), 5 room, 6 user, 7 text, 8 mid, 9 publisher
+ * key ttl, 10 ts, 11 history_max, 12 history_ttl ms, 13 an epoch to set if
+ * there is none, 14 what a join wants back (x nothing, n members, l members
+ * and the latest messages, s members and what follows an id), 15 how many
+ * messages, 16 that id, 17 presence_max, 18 holder id, 19 presence_ttl ms.
+ * Returns the entry id, 0 when nothing was appended (stored already, or a
+ * presence change that changes nothing), or for a join that wants an
+ * answer {id, the stream's newest id, epoch, members count, members,
+ * found, messages}; an OUTOFORDER error when an earlier message of the
+ * publisher is missing (it comes again first). The shebang makes Redis
+ * refuse the whole script up front under OOM, never halfway. */
 static const char pub_script[] =
     "#!lua\n"
+    "local function xadd(f)\n"
+    "  if ARGV[3] ~= '0' then\n"
+    "    return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(f))\n"
+    "  end\n"
+    "  return redis.call('XADD', KEYS[1], '*', unpack(f))\n"
+    "end\n"
+    "local epoch = redis.call('GET', KEYS[3])\n"
+    "if not epoch then epoch = ARGV[13]; redis.call('SET', KEYS[3], epoch) end\n"
     "local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
     "local seq, oldest = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "if oldest - 1 > last then last = oldest - 1 end\n"
-    "if seq <= last then return 0 end\n"
-    "if seq ~= last + 1 then\n"
+    "if seq > last + 1 then\n"
     "  return redis.error_reply('OUTOFORDER message ' .. seq .. ' after ' .. last)\n"
     "end\n"
-    "local id\n"
-    "if ARGV[3] ~= '0' then\n"
-    "  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'room', ARGV[4],\n"
-    "                  'user', ARGV[5], 'text', ARGV[6], 'mid', ARGV[7])\n"
-    "else\n"
-    "  id = redis.call('XADD', KEYS[1], '*', 'room', ARGV[4], 'user', ARGV[5],\n"
-    "                  'text', ARGV[6], 'mid', ARGV[7])\n"
+    "local kind, id = ARGV[4], 0\n"
+    "if seq == last + 1 then\n"
+    "  if kind == 'm' then\n"
+    "    id = xadd({'room', ARGV[5], 'user', ARGV[6], 'text', ARGV[7], 'mid', ARGV[8],\n"
+    "               'ts', ARGV[10]})\n"
+    "    if ARGV[11] ~= '0' then\n"
+    "      local h = {KEYS[4], 'MAXLEN', '~', ARGV[11], id, 'user', ARGV[6], 'text', ARGV[7],\n"
+    "                 'ts', ARGV[10]}\n"
+    "      local ok = redis.pcall('XADD', unpack(h))\n"
+    "      if type(ok) == 'table' and ok.err then\n"
+    "        redis.call('DEL', KEYS[4])\n"  /* ids went back: a stream made anew */
+    "        redis.call('XADD', unpack(h))\n"
+    "      end\n"
+    "      redis.call('PEXPIRE', KEYS[4], ARGV[12])\n"
+    "    end\n"
+    "  elseif kind == 'j' then\n"
+    "    redis.call('SADD', KEYS[7], ARGV[18])\n"
+    "    redis.call('SET', KEYS[8], '1', 'PX', ARGV[19])\n"
+    "    if redis.call('SADD', KEYS[6], ARGV[5] .. '\\n' .. ARGV[6]) == 1 and\n"
+    "       redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 then\n"
+    "      id = xadd({'kind', 'j', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
+    "    end\n"
+    "  elseif kind == 'l' then\n"
+    "    if redis.call('SREM', KEYS[6], ARGV[5] .. '\\n' .. ARGV[6]) == 1 and\n"
+    "       redis.call('HINCRBY', KEYS[5], ARGV[6], -1) <= 0 then\n"
+    "      redis.call('HDEL', KEYS[5], ARGV[6])\n"
+    "      id = xadd({'kind', 'l', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('SET', KEYS[2], seq, 'EX', ARGV[9])\n"
     "end\n"
-    "redis.call('SET', KEYS[2], seq, 'EX', ARGV[8])\n"
-    "return id\n";
+    "if kind ~= 'j' or ARGV[14] == 'x' then return id end\n"
+    "local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)\n"
+    "local at = newest[1] and newest[1][1] or '0-0'\n"
+    "local count = redis.call('HLEN', KEYS[5])\n"
+    "local members = {}\n"
+    "if count <= tonumber(ARGV[17]) then members = redis.call('HKEYS', KEYS[5]) end\n"
+    "local found, msgs = 0, {}\n"
+    "if ARGV[14] == 's' and #redis.call('XRANGE', KEYS[4], ARGV[16], ARGV[16]) == 1 then\n"
+    "  found = 1\n"
+    "  msgs = redis.call('XRANGE', KEYS[4], '(' .. ARGV[16], '+')\n"
+    "elseif ARGV[14] ~= 'n' and tonumber(ARGV[15]) > 0 then\n"
+    "  msgs = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', ARGV[15])\n"
+    "  for i = 1, math.floor(#msgs / 2) do\n"
+    "    msgs[i], msgs[#msgs + 1 - i] = msgs[#msgs + 1 - i], msgs[i]\n"
+    "  end\n"
+    "end\n"
+    "return {id, at, epoch, count, members, found, msgs}\n";
+
+/* The heartbeat of a holder of presence. KEYS: its heartbeat key, the
+ * holders. ARGV: holder id, presence_ttl ms. Returns 1 if the heartbeat
+ * was still there (else whatever the holder held may have been swept). */
+static const char alive_script[] =
+    "local had = redis.call('EXISTS', KEYS[1])\n"
+    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])\n"
+    "redis.call('SADD', KEYS[2], ARGV[1])\n"
+    "return had\n";
 
 /* A message waiting for Redis to store it. */
 typedef struct pub_item {
     struct pub_item *next;
     uint64_t seq;
+    int kind;                    /* MSG_CHAT, MSG_JOIN, MSG_LEAVE */
+    void *wait;                  /* a join's waiting membership, or NULL */
+    int hist;                    /* a join: HIST_* wanted back */
+    uint32_t n;
+    uint64_t id_ms, id_seq;      /* HIST_SINCE */
+    int64_t ts;
     uint64_t conn_id;            /* the sender, told if it can never be stored */
     int64_t accepted_ms;         /* monotonic: when the client's message came */
     int64_t sent_ms;             /* monotonic: when last sent */
@@ -86,6 +160,16 @@ typedef struct publisher {
     uint64_t seq;
     char key[192];               /* "<stream>:pub:<node>.<wid>" */
     char mid[48];                /* "<node>.<wid>." */
+    char holder[40];             /* "<node>.<wid>": holds presence */
+    char held_key[192];          /* "<stream>:held:<holder>" */
+    char alive_key[192];         /* "<stream>:alive:<holder>" */
+    char holders_key[160];       /* "<stream>:holders" */
+    char epoch_key[160];         /* "<stream>:epoch" */
+    char channel[160];           /* "<stream>:typing" */
+    struct event *alive_ev;      /* the presence heartbeat */
+    int alive_once;              /* a heartbeat was answered before */
+    redisAsyncContext *sub;      /* subscribed to typing, or NULL */
+    struct event *sub_ev;        /* subscribe again */
     struct event *retry_ev;      /* reconnect, or send again after a refusal */
     struct event *watch_ev;
     _Atomic int queued;          /* read by /metrics (relaxed: a gauge) */
@@ -144,23 +228,53 @@ static void pub_script_sha(void) {
     for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(pub_sha + 2 * i, 3, "%02x", d[i]);
 }
 
+/* "<stream>:<what>:<name>" into out. */
+static size_t pub_key(char *out, size_t cap, const char *stream, const char *what, const char *name,
+                      size_t len) {
+    int n = snprintf(out, cap, "%s:%s:%.*s", stream, what, (int)len, name);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
 static void pub_send(publisher *p, pub_item *it) {
     const config *cfg = p->b->cfg;
-    char seq[24], oldest[24], maxlen[24], mid[80];
+    char seq[24], oldest[24], maxlen[24], mid[80], ts[24], hmax[24], httl[24], n[24], since[48],
+        pmax[24], pttl[24], hkey[512], pkey[512];
     snprintf(seq, sizeof(seq), "%" PRIu64, it->seq);
     snprintf(oldest, sizeof(oldest), "%" PRIu64, p->head->seq);
     snprintf(maxlen, sizeof(maxlen), "%" PRId64, cfg->stream_maxlen);
     snprintf(mid, sizeof(mid), "%s%" PRIu64, p->mid, it->seq);
-    const char *argv[] = {"EVALSHA", pub_sha, "2", cfg->stream, p->key, seq, oldest, maxlen,
-                          it->data, it->data + it->room_len,
-                          it->data + it->room_len + it->user_len, mid, PUB_KEY_TTL};
+    snprintf(ts, sizeof(ts), "%" PRId64, it->ts);
+    snprintf(hmax, sizeof(hmax), "%d", cfg->history_max);
+    snprintf(httl, sizeof(httl), "%" PRId64, cfg->history_ttl_ms);
+    snprintf(n, sizeof(n), "%u", it->n);
+    snprintf(since, sizeof(since), "%" PRIu64 "-%" PRIu64, it->id_ms, it->id_seq);
+    snprintf(pmax, sizeof(pmax), "%d", cfg->presence_max);
+    snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms);
+    const char *rname = it->data, *user = it->data + it->room_len,
+               *text = it->data + it->room_len + it->user_len;
+    size_t hlen = pub_key(hkey, sizeof(hkey), cfg->stream, "history", rname, it->room_len);
+    size_t plen = pub_key(pkey, sizeof(pkey), cfg->stream, "presence", rname, it->room_len);
+    const char *kind = it->kind == MSG_JOIN ? "j" : it->kind == MSG_LEAVE ? "l" : "m";
+    const char *want = it->wait == NULL ? "x"
+                       : it->hist == HIST_LATEST ? "l"
+                       : it->hist == HIST_SINCE ? "s"
+                                                : "n";
+    const char *argv[] = {"EVALSHA", pub_sha, "8", cfg->stream, p->key, p->epoch_key, hkey, pkey,
+                          p->held_key, p->holders_key, p->alive_key, seq, oldest, maxlen, kind,
+                          rname, user, text, mid, PUB_KEY_TTL, ts, hmax, httl,
+                          p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl};
     size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(cfg->stream), strlen(p->key),
-                    strlen(seq), strlen(oldest), strlen(maxlen), it->room_len, it->user_len,
-                    it->text_len, strlen(mid), sizeof(PUB_KEY_TTL) - 1};
+                    strlen(p->epoch_key), hlen, plen, strlen(p->held_key),
+                    strlen(p->holders_key), strlen(p->alive_key), strlen(seq), strlen(oldest),
+                    strlen(maxlen), 1, it->room_len, it->user_len, it->text_len, strlen(mid),
+                    sizeof(PUB_KEY_TTL) - 1, strlen(ts), strlen(hmax), strlen(httl),
+                    strlen(p->rb->epoch_candidate), 1, strlen(n), strlen(since), strlen(pmax),
+                    strlen(p->holder), strlen(pttl)};
     it->sent_ms = clock_ms();
     /* The reply callback knows its message by sequence number: a reply for
      * anything but the queue's head is stale (sent before a refusal). */
-    redisAsyncCommandArgv(p->ac, pub_on_reply, (void *)(uintptr_t)it->seq, 13, argv, len);
+    redisAsyncCommandArgv(p->ac, pub_on_reply, (void *)(uintptr_t)it->seq,
+                          (int)(sizeof(argv) / sizeof(argv[0])), argv, len);
 }
 
 /* Sends everything not yet sent on this connection, unless a refusal holds
@@ -190,9 +304,79 @@ static void pub_abandon_head(publisher *p, const char *why) {
     if (redis_link_set_problem(&p->rb->link, REDIS_PROBLEM_WRITE, problem))
         log_error("redis: worker %d: %s", p->wid, problem);
     pub_item *it = pub_pop(p);
-    worker_refuse(p->b->workers[p->wid - 1], it->conn_id, WS_CLOSE_INTERNAL,
-                  "message cannot be stored");
+    worker *w = p->b->workers[p->wid - 1];
+    if (it->kind == MSG_CHAT) {
+        worker_refuse(w, it->conn_id, WS_CLOSE_INTERNAL, "message cannot be stored");
+    } else if (it->wait) {
+        join_answer a = {.failed = 1};
+        chat_join_answer(w, it->wait, &a);
+    }
     free(it);
+}
+
+/* Stored history entries ([id, [field, value, ...]], oldest first) as
+ * messages of room. Returns the number made; *out is malloc'd. */
+static uint32_t pub_entries(const char *rname, size_t room_len, redisReply *r, msg ***out) {
+    *out = NULL;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0) return 0;
+    msg **v = malloc(r->elements * sizeof(*v));
+    uint32_t n = 0;
+    for (size_t i = 0; v && i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        uint64_t ms, seq;
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_ARRAY ||
+            sscanf(e->element[0]->str, "%" SCNu64 "-%" SCNu64, &ms, &seq) != 2)
+            continue;
+        redisReply *f = e->element[1], *user = NULL, *text = NULL;
+        int64_t ts = 0;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            redisReply *key = f->element[k], *val = f->element[k + 1];
+            if (key->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING) continue;
+            if (strcmp(key->str, "user") == 0) user = val;
+            else if (strcmp(key->str, "text") == 0) text = val;
+            else if (strcmp(key->str, "ts") == 0) ts = strtoll(val->str, NULL, 10);
+        }
+        if (user == NULL || text == NULL) continue;
+        msg *m = msg_new(MSG_CHAT, rname, room_len, user->str, user->len, text->str, text->len, ms,
+                         seq, ts);
+        if (m) v[n++] = m;
+    }
+    *out = v;
+    return n;
+}
+
+/* A join's answer from the publish script: {id, at, epoch, count, members,
+ * found, messages}. */
+static void pub_answer_join(publisher *p, pub_item *it, redisReply *r) {
+    worker *w = p->b->workers[p->wid - 1];
+    join_answer a = {0};
+    jbuf j = {0};
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7 ||
+        r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING ||
+        sscanf(r->element[1]->str, "%" SCNu64 "-%" SCNu64, &a.at_ms, &a.at_seq) != 2) {
+        log_warn("redis: worker %d: a join got an answer it cannot read", p->wid);
+        a.failed = 1;
+        chat_join_answer(w, it->wait, &a);
+        return;
+    }
+    a.epoch = strtoull(r->element[2]->str, NULL, 16);
+    a.count = r->element[3]->type == REDIS_REPLY_INTEGER ? (uint32_t)r->element[3]->integer : 0;
+    redisReply *mem = r->element[4];
+    JB_LIT(&j, "[");
+    for (size_t i = 0; mem->type == REDIS_REPLY_ARRAY && i < mem->elements; i++) {
+        if (mem->element[i]->type != REDIS_REPLY_STRING) continue;
+        if (j.len > 1) JB_LIT(&j, ",");
+        jb_str(&j, mem->element[i]->str, mem->element[i]->len);
+    }
+    JB_LIT(&j, "]");
+    a.members = j.oom ? NULL : j.p;
+    a.members_len = j.len;
+    a.found = r->element[5]->type == REDIS_REPLY_INTEGER && r->element[5]->integer == 1;
+    a.nhist = pub_entries(it->data, it->room_len, r->element[6], &a.hist);
+    chat_join_answer(w, it->wait, &a);
+    free(a.hist);
+    jb_free(&j);
 }
 
 static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
@@ -233,7 +417,9 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
     if (p->troubled) log_info("redis: worker %d: messages stored again", p->wid);
     p->troubled = 0;
     p->backoff_ms = REDIS_BACKOFF_MIN_MS; /* stored: Redis is well */
-    free(pub_pop(p));
+    pub_item *it = pub_pop(p);
+    if (it->wait) pub_answer_join(p, it, reply);
+    free(it);
     if (redis_link_set_problem(&p->rb->link, REDIS_PROBLEM_WRITE, NULL))
         log_info("redis: worker %d: writes accepted again", p->wid);
 }
@@ -361,8 +547,126 @@ int redis_pub_init(broker *b, char *err, size_t errlen) {
         p->wid = i + 1;
         snprintf(p->key, sizeof(p->key), "%s:pub:%s.%d", b->cfg->stream, rb->node, p->wid);
         snprintf(p->mid, sizeof(p->mid), "%s.%d.", rb->node, p->wid);
+        snprintf(p->holder, sizeof(p->holder), "%s.%d", rb->node, p->wid);
+        snprintf(p->held_key, sizeof(p->held_key), "%s:held:%s", b->cfg->stream, p->holder);
+        snprintf(p->alive_key, sizeof(p->alive_key), "%s:alive:%s", b->cfg->stream, p->holder);
+        snprintf(p->holders_key, sizeof(p->holders_key), "%s:holders", b->cfg->stream);
+        snprintf(p->epoch_key, sizeof(p->epoch_key), "%s:epoch", b->cfg->stream);
+        snprintf(p->channel, sizeof(p->channel), "%s:typing", b->cfg->stream);
     }
     return 0;
+}
+
+/* ---- presence heartbeat and typing ------------------------------------- */
+
+static void pub_on_alive(redisAsyncContext *ac, void *r, void *priv) {
+    publisher *p = ac->data;
+    redisReply *reply = r;
+    (void)priv;
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER || p->ac != ac) return;
+    /* The heartbeat had lapsed (Redis away longer than presence_ttl, or it
+     * lost its data): another node may have swept what this worker holds.
+     * Say it again; what is still there stays as it is. */
+    if (reply->integer == 0 && p->alive_once) {
+        log_info("redis: worker %d: presence heartbeat had lapsed; announcing members again", p->wid);
+        chat_presence_reassert(p->b->workers[p->wid - 1]);
+    }
+    p->alive_once = 1;
+}
+
+static void pub_on_alive_tick(evutil_socket_t fd, short what, void *arg) {
+    publisher *p = arg;
+    (void)fd, (void)what;
+    if (!p->up) return;
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%d", p->b->cfg->presence_ttl_ms);
+    const char *argv[] = {"EVAL", alive_script, "2", p->alive_key, p->holders_key, p->holder, ttl};
+    size_t len[] = {4, sizeof(alive_script) - 1, 1, strlen(p->alive_key), strlen(p->holders_key),
+                    strlen(p->holder), strlen(ttl)};
+    redisAsyncCommandArgv(p->ac, pub_on_alive, NULL, 7, argv, len);
+}
+
+static void pub_sub_connect(publisher *p);
+
+static void pub_sub_later(publisher *p) {
+    struct timeval tv = {1, 0};
+    evtimer_add(p->sub_ev, &tv);
+}
+
+/* A message on the typing channel: "<holder>\n<conn id>\n<room>\n<user>". */
+static void pub_on_sub(redisAsyncContext *ac, void *r, void *priv) {
+    publisher *p = priv;
+    redisReply *reply = r;
+    (void)ac;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "message") != 0 || reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    const char *s = reply->element[2]->str, *end = s + reply->element[2]->len;
+    const char *f[4];
+    size_t fl[4];
+    for (int i = 0; i < 4; i++) {
+        const char *nl = i < 3 ? memchr(s, '\n', (size_t)(end - s)) : end;
+        if (nl == NULL) return;
+        f[i] = s;
+        fl[i] = (size_t)(nl - s);
+        s = nl + (i < 3);
+    }
+    msg *m = msg_new(MSG_TYPING, f[2], fl[2], f[3], fl[3], "", 0, 0, 0, 0);
+    if (m == NULL) return;
+    if (fl[0] == strlen(p->holder) && memcmp(f[0], p->holder, fl[0]) == 0) {
+        m->origin_wid = (uint16_t)p->wid;
+        m->conn_id = strtoull(f[1], NULL, 10);
+    }
+    chat_deliver(p->b->workers[p->wid - 1], m);
+}
+
+static void pub_on_sub_connect(const redisAsyncContext *ac, int status) {
+    publisher *p = ac->data;
+    if (status != REDIS_OK && p->sub == ac) {
+        p->sub = NULL; /* hiredis frees it */
+        pub_sub_later(p);
+    }
+}
+
+static void pub_on_sub_disconnect(const redisAsyncContext *ac, int status) {
+    publisher *p = ac->data;
+    (void)status;
+    if (p->sub != ac) return;
+    p->sub = NULL;
+    pub_sub_later(p);
+}
+
+static void pub_on_sub_retry(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    pub_sub_connect(arg);
+}
+
+static void pub_sub_connect(publisher *p) {
+    rbroker *rb = p->rb;
+    char ip[64];
+    if (redis_link_ip(&rb->link, ip, sizeof(ip)) < 0) {
+        pub_sub_later(p);
+        return;
+    }
+    redisAsyncContext *ac = redisAsyncConnect(ip, rb->link.port);
+    if (ac == NULL || ac->err) {
+        if (ac) redisAsyncFree(ac);
+        pub_sub_later(p);
+        return;
+    }
+    p->sub = ac;
+    ac->data = p;
+    redis_link_tune(&rb->link, ac->c.fd);
+    redisLibeventAttach(ac, p->base);
+    redisAsyncSetConnectCallback(ac, pub_on_sub_connect);
+    redisAsyncSetDisconnectCallback(ac, pub_on_sub_disconnect);
+    if (rb->link.pass[0]) {
+        if (rb->link.user[0])
+            redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", rb->link.user, rb->link.pass);
+        else redisAsyncCommand(ac, NULL, NULL, "AUTH %s", rb->link.pass);
+    }
+    redisAsyncCommand(ac, pub_on_sub, p, "SUBSCRIBE %s", p->channel);
 }
 
 void redis_pub_free(broker *b) {
@@ -378,9 +682,16 @@ int redis_pub_attach(broker *b, int wid, struct event_base *base) {
     p->backoff_ms = REDIS_BACKOFF_MIN_MS;
     p->retry_ev = evtimer_new(base, pub_on_retry, p);
     p->watch_ev = event_new(base, -1, EV_PERSIST, pub_on_watch, p);
-    if (p->retry_ev == NULL || p->watch_ev == NULL) return -1;
+    p->alive_ev = event_new(base, -1, EV_PERSIST, pub_on_alive_tick, p);
+    p->sub_ev = evtimer_new(base, pub_on_sub_retry, p);
+    if (p->retry_ev == NULL || p->watch_ev == NULL || p->alive_ev == NULL || p->sub_ev == NULL)
+        return -1;
     event_add(p->watch_ev, &watch);
+    int beat = b->cfg->presence_ttl_ms / 3;
+    struct timeval alive = {beat / 1000, (beat % 1000) * 1000};
+    event_add(p->alive_ev, &alive);
     pub_connect(p);
+    pub_sub_connect(p);
     return 0;
 }
 
@@ -393,31 +704,63 @@ void redis_pub_detach(broker *b, int wid) {
         p->ac = NULL;
         redisAsyncFree(ac); /* callbacks see reply NULL */
     }
+    if (p->sub) {
+        redisAsyncContext *ac = p->sub;
+        p->sub = NULL;
+        redisAsyncFree(ac);
+    }
     while (p->head) free(pub_pop(p));
     if (p->retry_ev) event_free(p->retry_ev);
     if (p->watch_ev) event_free(p->watch_ev);
-    p->retry_ev = p->watch_ev = NULL;
+    if (p->alive_ev) event_free(p->alive_ev);
+    if (p->sub_ev) event_free(p->sub_ev);
+    p->retry_ev = p->watch_ev = p->alive_ev = p->sub_ev = NULL;
 }
 
-int64_t redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rname,
-                          size_t room_len, const char *user, size_t user_len, const char *text,
-                          size_t text_len) {
+/* Typing: published to the channel every worker of every node listens to,
+ * as "<holder>\n<conn id>\n<room>\n<user>". Ephemeral: with no connection
+ * it is dropped. */
+static void pub_typing(publisher *p, const broker_req *q) {
+    if (!p->up) return;
+    size_t cap = strlen(p->holder) + 24 + q->room_len + q->user_len + 4;
+    char *buf = malloc(cap);
+    if (buf == NULL) return;
+    int n = snprintf(buf, cap, "%s\n%" PRIu64 "\n%.*s\n%.*s", p->holder, q->conn_id,
+                     (int)q->room_len, q->room, (int)q->user_len, q->user);
+    const char *argv[] = {"PUBLISH", p->channel, buf};
+    size_t len[] = {7, strlen(p->channel), (size_t)n};
+    redisAsyncCommandArgv(p->ac, NULL, NULL, 3, argv, len);
+    free(buf);
+}
+
+int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
     publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+    if (q->kind == MSG_TYPING) {
+        pub_typing(p, q);
+        return 0;
+    }
     if (atomic_load_explicit(&p->queued, memory_order_relaxed) >= b->cfg->publish_queue)
         return -1;
-    pub_item *it = malloc(sizeof(*it) + room_len + user_len + text_len);
+    pub_item *it = malloc(sizeof(*it) + q->room_len + q->user_len + q->text_len);
     if (it == NULL) return -1;
     it->next = NULL;
     it->seq = ++p->seq;
-    it->conn_id = conn_id;
+    it->kind = q->kind;
+    it->wait = q->wait;
+    it->hist = q->hist;
+    it->n = q->n;
+    it->id_ms = q->id_ms;
+    it->id_seq = q->id_seq;
+    it->ts = q->ts;
+    it->conn_id = q->conn_id;
     it->accepted_ms = clock_ms();
     it->sent_ms = 0;
-    it->room_len = (uint32_t)room_len;
-    it->user_len = (uint32_t)user_len;
-    it->text_len = (uint32_t)text_len;
-    memcpy(it->data, rname, room_len);
-    memcpy(it->data + room_len, user, user_len);
-    memcpy(it->data + room_len + user_len, text, text_len);
+    it->room_len = (uint32_t)q->room_len;
+    it->user_len = (uint32_t)q->user_len;
+    it->text_len = (uint32_t)q->text_len;
+    memcpy(it->data, q->room, q->room_len);
+    memcpy(it->data + q->room_len, q->user, q->user_len);
+    if (q->text_len) memcpy(it->data + q->room_len + q->user_len, q->text, q->text_len);
     if (p->tail) p->tail->next = it;
     else {
         p->head = it;
@@ -428,6 +771,64 @@ int64_t redis_pub_publish(broker *b, int wid, uint64_t conn_id, const char *rnam
     if (p->unsent == NULL) p->unsent = it;
     pub_flush(p);
     return (int64_t)it->seq;
+}
+
+/* A scroll-back read on its way: the room, for the messages it makes. */
+typedef struct pub_read {
+    publisher *p;
+    void *wait;
+    uint32_t n;
+    uint16_t room_len;
+    char room[];
+} pub_read;
+
+static void pub_on_read(redisAsyncContext *ac, void *r, void *priv) {
+    pub_read *rd = priv;
+    redisReply *reply = r;
+    worker *w = rd->p->b->workers[rd->p->wid - 1];
+    join_answer a = {0};
+    (void)ac;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        a.failed = 1;
+    } else {
+        a.nhist = pub_entries(rd->room, rd->room_len, reply, &a.hist); /* newest first */
+        if (a.nhist > rd->n) { /* the one past the page only tells there are more */
+            a.more = 1;
+            msg_unref(a.hist[--a.nhist]);
+        }
+        for (uint32_t i = 0; i < a.nhist / 2; i++) {
+            msg *t = a.hist[i];
+            a.hist[i] = a.hist[a.nhist - 1 - i];
+            a.hist[a.nhist - 1 - i] = t;
+        }
+    }
+    chat_history_answer(w, rd->wait, &a);
+    free(a.hist);
+    free(rd);
+}
+
+int redis_pub_read_history(broker *b, int wid, const broker_req *q) {
+    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+    if (!p->up || b->cfg->history_max == 0) return -1;
+    pub_read *rd = malloc(sizeof(*rd) + q->room_len + 1);
+    if (rd == NULL) return -1;
+    rd->p = p;
+    rd->wait = q->wait;
+    rd->n = q->n;
+    rd->room_len = (uint16_t)q->room_len;
+    memcpy(rd->room, q->room, q->room_len);
+    char key[512], end[48], count[24];
+    size_t klen = pub_key(key, sizeof(key), b->cfg->stream, "history", q->room, q->room_len);
+    if (q->id_ms || q->id_seq) snprintf(end, sizeof(end), "(%" PRIu64 "-%" PRIu64, q->id_ms, q->id_seq);
+    else snprintf(end, sizeof(end), "+");
+    snprintf(count, sizeof(count), "%u", q->n + 1);
+    const char *argv[] = {"XREVRANGE", key, end, "-", "COUNT", count};
+    size_t len[] = {9, klen, strlen(end), 1, 5, strlen(count)};
+    if (redisAsyncCommandArgv(p->ac, pub_on_read, rd, 6, argv, len) != REDIS_OK) {
+        free(rd);
+        return -1;
+    }
+    return 0;
 }
 
 uint64_t redis_pub_stored(broker *b, int wid, int *failing) {

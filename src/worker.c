@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include "broker.h"
+#include "chat.h"
 #include "clock.h"
 #include "conn.h"
 #include "log.h"
@@ -37,6 +38,7 @@ void handoff_free(handoff *h) {
     if (h == NULL) return;
     free(h->extra);
     free(h->room); /* user lives in the same block */
+    free(h->claim);
     if (h->ip_count) atomic_fetch_sub_explicit(h->ip_count, 1, memory_order_relaxed); /* count */
     if (h->ssl) SSL_free(h->ssl);
     free(h);
@@ -73,7 +75,8 @@ worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     w->rbuf = malloc(w->rbuf_size);
     w->tlsbuf = malloc(WORKER_TLS_RECORD);
     if (!w->tlsbuf || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
-        room_index_init(&w->rooms) < 0)
+        room_index_init(&w->rooms, (uint32_t)cfg->history_size, (uint64_t)cfg->history_bytes) < 0 ||
+        chat_init(w) < 0)
         goto oom;
     struct timeval tick = {0, WORKER_TICK_MS * 1000};
     event_add(w->bell_ev, NULL);
@@ -102,6 +105,7 @@ void worker_free(worker *w) {
         while ((m = ring_pop(w->inbox))) msg_unref(m);
         ring_free(w->inbox);
     }
+    chat_free(w);
     if (w->rooms.bucket) room_index_free(&w->rooms);
     if (w->bell_ev) event_free(w->bell_ev);
     if (w->tick_ev) event_free(w->tick_ev);
@@ -248,10 +252,10 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
 static void worker_pump_rooms(worker *w) {
     room *r;
     while ((r = room_next_dirty(&w->rooms))) {
-        conn *c = r->conns, *next;
-        for (; c; c = next) {
-            next = c->room_next;
-            conn_pump(c);
+        member *mb = r->members, *next;
+        for (; mb; mb = next) {
+            next = mb->room_next; /* conn_pump may free mb's connection */
+            conn_pump(mb->conn);
         }
         room_settle(&w->rooms, r);
     }
@@ -268,6 +272,14 @@ static void worker_on_bell(evutil_socket_t fd, short what, void *arg) {
     if (!w->stopping && atomic_load_explicit(&w->stop_requested, memory_order_acquire))
         worker_begin_shutdown(w);
 
+    /* The inbox first: a connection joins knowing everything delivered
+     * before its handoff (the broker's mark of where reading starts). */
+    msg *m;
+    int n = 0;
+    while (n < WORKER_BATCH && (m = ring_pop(w->inbox))) {
+        chat_deliver(w, m);
+        n++;
+    }
     handoff *h;
     while ((h = ring_pop(w->handoffs))) {
         conn *c = conn_new(w, h);
@@ -276,15 +288,6 @@ static void worker_on_bell(evutil_socket_t fd, short what, void *arg) {
             conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
             conn_flush(c);
         }
-    }
-
-    msg *m;
-    int n = 0;
-    while (n < WORKER_BATCH && (m = ring_pop(w->inbox))) {
-        room *r = room_find(&w->rooms, m->room, m->room_len);
-        if (r) room_append(&w->rooms, r, m);
-        else msg_unref(m);
-        n++;
     }
     worker_pump_rooms(w);
     /* More waiting: serve the sockets first, then come back. */

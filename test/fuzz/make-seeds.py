@@ -11,6 +11,7 @@ Input layouts (see each fuzz_<target>.c):
   config     the file's text
   auth       byte 0 mode (bit 0) and name buffer size, a token (mode 0) or
              header JSON, NUL, payload JSON to be signed (mode 1)
+  proto      byte 0 max_room (% 6) and max_message (/ 6 % 6) indices, a frame
 """
 import base64
 import hashlib
@@ -201,9 +202,31 @@ def auth_seeds():
     }
 
 
+def proto_seeds():
+    lim = bytes([3 + 6 * 3])  # max_room 16, max_message 64
+    return {
+        "join": lim + b'{"op":"join","room":"lobby"}',
+        "join-history": lim + b'{"op":"join","room":"lobby","history":50,"ref":1}',
+        "join-since": lim + b'{"op":"join","room":"lobby","since":"1700000000000-3","epoch":"e1","history":20}',
+        "join-since-no-epoch": lim + b'{"op":"join","room":"lobby","since":"1-2"}',
+        "leave": lim + b'{"op":"leave","room":"lobby","ref":"x"}',
+        "send": lim + b'{"op":"send","room":"lobby","text":"hello","ref":"m1"}',
+        "send-escapes": lim + r'{"op":"send","room":"J\u00fcrgen","text":"a\u0000b\n\"\\\u007f\ud83d\ude00é","ref":1.5}'.encode(),
+        "send-too-large": bytes([3 + 6 * 1]) + b'{"op":"send","room":"r","text":"0123456789"}',
+        "history": lim + b'{"op":"history","room":"lobby","before":"18446744073709551615-0","limit":100}',
+        "typing": lim + b'{"op":"typing","room":"lobby"}',
+        "ping": lim + b'{"op":"ping"}',
+        "unknown-op": lim + b'{"op":"nope","ref":{"a":1}}',
+        "bad-room": lim + b'{"op":"join","room":"a\u0001b"}',
+        "duplicate": lim + b'{"op":"ping","x":{"a":1,"a":[true,false,null]}}',
+        "not-object": lim + b'[1,2.5e3,"s"]',
+        "id": lim + b"00012-0003",
+    }
+
+
 def main():
     seeds = {"ws": ws_seeds(), "utf8": utf8_seeds(), "handshake": handshake_seeds(),
-             "config": config_seeds(), "auth": auth_seeds()}
+             "config": config_seeds(), "auth": auth_seeds(), "proto": proto_seeds()}
     total = 0
     for target, files in seeds.items():
         d = os.path.join(CORPUS, target)

@@ -26,7 +26,8 @@ static const char *const all_directives[] = {
     "default_room", "max_username", "max_room",         "max_message",
     "ping_interval", "ping_timeout",  "max_output_buffer", "broker",       "redis_url",
     "stream",        "stream_maxlen", "publish_queue", "ring_size",        "log_level",
-    "shutdown_timeout",
+    "shutdown_timeout", "max_rooms_per_conn", "history_size", "history_bytes", "history_max",
+    "history_ttl", "presence_ttl", "presence_max",
 };
 
 static int set(config *cfg, const char *key, const char *value) {
@@ -159,7 +160,7 @@ static void test_durations(void **state) {
     assert_int_equal(cfg.ping_timeout_ms, 500);
 
     expect_bad("handshake_timeout", "10x", "unknown unit");
-    expect_bad("handshake_timeout", "1d", "unknown unit");
+    expect_bad("handshake_timeout", "1w", "unknown unit");
     expect_bad("handshake_timeout", "1.5s", "unknown unit");
     expect_bad("handshake_timeout", "s", "not a number");
     expect_bad("handshake_timeout", "99ms", "out of range");
@@ -479,7 +480,7 @@ static void test_errors(void **state) {
          "256..1m: bytes or a number with k, m or g)"},
         {"handshake_timeout = 2h",
          "t.conf:1: bad value '2h' for 'handshake_timeout': out of range (expected a duration "
-         "100ms..1h: seconds or a number with ms, s, m or h)"},
+         "100ms..1h: seconds or a number with ms, s, m, h or d)"},
         {"workers = 999",
          "t.conf:1: bad value '999' for 'workers': out of range (expected auto or an integer "
          "1..256)"},

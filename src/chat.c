@@ -1,0 +1,842 @@
+/* chat — clients' requests and the broker's deliveries on a worker (see
+ * chat.h). */
+#include "chat.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "auth.h"
+#include "broker.h"
+#include "clock.h"
+#include "conn.h"
+#include "log.h"
+#include "proto.h"
+#include "room.h"
+#include "worker.h"
+
+#define CHAT_MAX_ERRORS 16     /* failed requests in a row before 1008 */
+#define CHAT_TYPING_MS 1000    /* typing relayed at most this often per room */
+
+/* A join or history read the broker still owes an answer. */
+typedef struct join_wait {
+    struct join_wait *next, *prev;  /* the worker's list */
+    conn *c;                        /* NULL once the connection is gone */
+    member *mb;                     /* a join's membership; NULL once left */
+    int history_op;                 /* a scroll-back read, not a join */
+    char ref[PROTO_REF_MAX + 1];
+    int mode;                       /* HIST_NONE, HIST_LATEST, HIST_SINCE */
+    uint32_t n;                     /* messages wanted */
+    proto_id since;
+    uint64_t epoch;                 /* the client's, for HIST_SINCE */
+    proto_id upto;                  /* newest id the worker had seen */
+    int mem;                        /* replay decided from memory: */
+    int mem_recovered;
+    msg **replay;
+    uint32_t nreplay;
+    uint16_t room_len;
+    char room[];                    /* history reads: the room */
+} join_wait;
+
+typedef struct ack_entry {
+    uint64_t seq;                   /* the publish ticket */
+    conn *c;                        /* NULL once the connection is gone */
+    char *ref;                      /* NULL: the send had none */
+} ack_entry;
+
+/* How many local connections of a user are in a room: presence goes to
+ * the broker on the first and the last. */
+typedef struct pres_entry {
+    struct pres_entry *next;
+    const room *r;
+    uint32_t count;
+    uint16_t user_len;
+    char user[];
+} pres_entry;
+
+typedef struct chat {
+    join_wait *waits;
+    ack_entry *acks;                /* a ring, oldest first */
+    size_t acks_cap, acks_head, acks_len;
+    pres_entry **pres;
+    size_t npres_buckets, npres;
+    proto_id pos;                   /* newest id delivered to this worker */
+    uint64_t epoch;
+} chat;
+
+static int64_t wall_ms(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+void chat_epoch_str(uint64_t epoch, char out[17]) { snprintf(out, 17, "%016" PRIx64, epoch); }
+
+int chat_init(worker *w) {
+    chat *ch = calloc(1, sizeof(*ch));
+    if (ch == NULL) return -1;
+    ch->npres_buckets = 256;
+    ch->pres = calloc(ch->npres_buckets, sizeof(*ch->pres));
+    if (ch->pres == NULL) {
+        free(ch);
+        return -1;
+    }
+    w->chat = ch;
+    return 0;
+}
+
+static void wait_free(join_wait *jw) {
+    for (uint32_t i = 0; i < jw->nreplay; i++) msg_unref(jw->replay[i]);
+    free(jw->replay);
+    free(jw);
+}
+
+void chat_free(worker *w) {
+    chat *ch = w->chat;
+    if (ch == NULL) return;
+    while (ch->waits) {
+        join_wait *jw = ch->waits;
+        ch->waits = jw->next;
+        wait_free(jw);
+    }
+    for (size_t i = 0; i < ch->acks_len; i++) free(ch->acks[(ch->acks_head + i) % ch->acks_cap].ref);
+    free(ch->acks);
+    for (size_t i = 0; i < ch->npres_buckets; i++)
+        for (pres_entry *p = ch->pres[i], *next; p; p = next) {
+            next = p->next;
+            free(p);
+        }
+    free(ch->pres);
+    free(ch);
+    w->chat = NULL;
+}
+
+/* ---- frames --------------------------------------------------------- */
+
+static void queue_jbuf(conn *c, jbuf *j) {
+    msg *m = j->oom ? NULL : msg_private(j->p, j->len);
+    jb_free(j);
+    if (m == NULL) {
+        conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
+    conn_queue(c, m);
+}
+
+static void jb_ref(jbuf *j, const char *ref) {
+    if (ref == NULL || ref[0] == '\0') return;
+    JB_LIT(j, ",\"ref\":");
+    jb_raw(j, ref, strlen(ref));
+}
+
+void conn_error(conn *c, const char *ref, const char *code, const char *reason) {
+    jbuf j = {0};
+    JB_LIT(&j, "{\"op\":\"error\"");
+    jb_ref(&j, ref);
+    JB_LIT(&j, ",\"code\":");
+    jb_str(&j, code, strlen(code));
+    JB_LIT(&j, ",\"reason\":");
+    jb_str(&j, reason, strlen(reason));
+    JB_LIT(&j, "}");
+    queue_jbuf(c, &j);
+    if (++c->errors >= CHAT_MAX_ERRORS) {
+        log_info("conn %llu: %d failed requests in a row, closing with 1008",
+                 (unsigned long long)c->id, CHAT_MAX_ERRORS);
+        conn_close(c, WS_CLOSE_POLICY, "too many failed requests");
+    }
+}
+
+/* {"op":OP,"room":R[,"ref":X]} */
+static void queue_simple(conn *c, const char *op, const char *name, size_t name_len,
+                         const char *ref) {
+    jbuf j = {0};
+    JB_LIT(&j, "{\"op\":");
+    jb_str(&j, op, strlen(op));
+    if (name) {
+        JB_LIT(&j, ",\"room\":");
+        jb_str(&j, name, name_len);
+    }
+    jb_ref(&j, ref);
+    JB_LIT(&j, "}");
+    queue_jbuf(c, &j);
+}
+
+/* One stored message as an element of a history answer. */
+static void jb_hist_msg(jbuf *j, const msg *m) {
+    JB_LIT(j, "{\"id\":");
+    jb_id(j, (proto_id){m->id_ms, m->id_seq});
+    JB_LIT(j, ",\"user\":");
+    jb_str(j, m->user, m->user_len);
+    JB_LIT(j, ",\"text\":");
+    jb_str(j, m->text, m->text_len);
+    JB_LIT(j, ",\"ts\":");
+    jb_u64(j, (uint64_t)(m->ts > 0 ? m->ts : 0));
+    JB_LIT(j, "}");
+}
+
+/* ---- presence counts ------------------------------------------------ */
+
+static size_t pres_slot(const chat *ch, const room *r, const char *user, size_t len) {
+    uint64_t h = (uint64_t)(uintptr_t)r * 0x9E3779B97F4A7C15ULL;
+    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)user[i]) * 1099511628211ULL;
+    return (size_t)(h >> 17) & (ch->npres_buckets - 1);
+}
+
+static pres_entry **pres_find(chat *ch, const room *r, const char *user, size_t len) {
+    pres_entry **p = &ch->pres[pres_slot(ch, r, user, len)];
+    for (; *p; p = &(*p)->next)
+        if ((*p)->r == r && (*p)->user_len == len && memcmp((*p)->user, user, len) == 0) break;
+    return p;
+}
+
+static void pres_grow(chat *ch) {
+    size_t n = ch->npres_buckets * 2;
+    pres_entry **b = calloc(n, sizeof(*b)), **old = ch->pres;
+    size_t oldn = ch->npres_buckets;
+    if (b == NULL) return;
+    ch->pres = b;
+    ch->npres_buckets = n;
+    for (size_t i = 0; i < oldn; i++)
+        for (pres_entry *p = old[i], *next; p; p = next) {
+            next = p->next;
+            size_t s = pres_slot(ch, p->r, p->user, p->user_len);
+            p->next = b[s];
+            b[s] = p;
+        }
+    free(old);
+}
+
+/* Counts one more (delta 1) or one less (-1) connection of user in r.
+ * Returns the count after, or -1 when out of memory. */
+static long pres_add(chat *ch, const room *r, const char *user, size_t len, int delta) {
+    pres_entry **p = pres_find(ch, r, user, len);
+    if (*p == NULL) {
+        if (delta < 0) return 0;
+        if (ch->npres >= ch->npres_buckets) {
+            pres_grow(ch);
+            p = pres_find(ch, r, user, len);
+        }
+        pres_entry *e = calloc(1, sizeof(*e) + len + 1);
+        if (e == NULL) return -1;
+        e->r = r;
+        e->user_len = (uint16_t)len;
+        memcpy(e->user, user, len);
+        *p = e;
+        ch->npres++;
+    }
+    pres_entry *e = *p;
+    e->count = (uint32_t)((long)e->count + delta);
+    long n = e->count;
+    if (n == 0) {
+        *p = e->next;
+        free(e);
+        ch->npres--;
+    }
+    return n;
+}
+
+void chat_presence_reassert(worker *w) {
+    chat *ch = w->chat;
+    for (size_t i = 0; i < ch->npres_buckets; i++)
+        for (pres_entry *p = ch->pres[i]; p; p = p->next) {
+            broker_req q = {.kind = MSG_JOIN, .room = p->r->name, .room_len = p->r->name_len,
+                            .user = p->user, .user_len = p->user_len, .ts = wall_ms()};
+            broker_publish(w->broker, w->id, &q);
+        }
+}
+
+/* ---- rooms ---------------------------------------------------------- */
+
+static member *find_member(conn *c, const char *name, size_t len) {
+    for (member *mb = c->rooms; mb; mb = mb->next)
+        if (mb->room->name_len == len && memcmp(mb->room->name, name, len) == 0) return mb;
+    return NULL;
+}
+
+/* 1 if the token's rooms claim lets c into the room. */
+static int claim_allows(const conn *c, const char *name, size_t len) {
+    return auth_rooms_allow(c->claim, name, len);
+}
+
+static void wait_link(chat *ch, join_wait *jw) {
+    jw->prev = NULL;
+    jw->next = ch->waits;
+    if (ch->waits) ch->waits->prev = jw;
+    ch->waits = jw;
+}
+
+static void wait_unlink(chat *ch, join_wait *jw) {
+    if (jw->prev) jw->prev->next = jw->next;
+    else ch->waits = jw->next;
+    if (jw->next) jw->next->prev = jw->prev;
+}
+
+/* Tells the broker that user's presence in r changed (first connection
+ * came, last went). A leave that cannot be queued is logged: the member
+ * then stays listed until this node stops. */
+static void pres_publish(worker *w, conn *c, const room *r, int kind) {
+    broker_req q = {.kind = kind, .conn_id = c->id, .room = r->name, .room_len = r->name_len,
+                    .user = c->user, .user_len = c->user_len, .ts = wall_ms()};
+    if (broker_publish(w->broker, w->id, &q) < 0)
+        log_warn("conn %llu: publish queue full: presence of %s in %s not told",
+                 (unsigned long long)c->id, c->user, r->name);
+}
+
+/* Takes mb out of its room and off c; tells presence when c was the user's
+ * last connection there. */
+static void leave(conn *c, member *mb) {
+    worker *w = c->w;
+    room *r = mb->room;
+    if (mb->wait) {
+        mb->wait->mb = NULL; /* its answer finds nobody */
+        mb->wait = NULL;
+    }
+    if (pres_add(w->chat, r, c->user, c->user_len, -1) == 0) pres_publish(w, c, r, MSG_LEAVE);
+    member **p = &c->rooms;
+    while (*p != mb) p = &(*p)->next;
+    *p = mb->next;
+    c->nrooms--;
+    room_leave(&w->rooms, mb);
+    if (mb == &c->first) memset(mb, 0, sizeof(*mb));
+    else free(mb);
+}
+
+/* Queues r's history for mb's join: the messages after `since` if since is
+ * among them (returns 1: recovered), else the latest n (returns 0). *all
+ * is set when memory surely holds what was asked (since found, or n
+ * messages). */
+static int replay_from_memory(join_wait *jw, room *r, int *all) {
+    uint32_t from = r->hist_len, i;
+    int recovered = 0;
+    *all = 0;
+    if (jw->mode == HIST_SINCE) {
+        for (i = r->hist_len; i-- > 0;) {
+            const msg *m = room_hist_at(r, i);
+            if (m->id_ms == jw->since.ms && m->id_seq == jw->since.seq) {
+                from = i + 1;
+                recovered = 1;
+                *all = 1;
+                break;
+            }
+            if (msg_id_before(m->id_ms, m->id_seq, jw->since.ms, jw->since.seq)) break;
+        }
+    }
+    if (!recovered) {
+        from = r->hist_len > jw->n ? r->hist_len - jw->n : 0;
+        *all = r->hist_len >= jw->n;
+        /* A since older than memory reaches may still be kept in Redis;
+         * one within memory's reach that is not there was never an id. */
+        if (jw->mode == HIST_SINCE &&
+            (r->hist_len == 0 || msg_id_before(jw->since.ms, jw->since.seq,
+                                               room_hist_at(r, 0)->id_ms, room_hist_at(r, 0)->id_seq)))
+            *all = 0;
+    }
+    if (r->hist_len > from) {
+        jw->replay = malloc((r->hist_len - from) * sizeof(*jw->replay));
+        if (jw->replay == NULL) return recovered;
+        for (i = from; i < r->hist_len; i++) {
+            msg *m = room_hist_at(r, i);
+            msg_ref(m, 1);
+            jw->replay[jw->nreplay++] = m;
+        }
+    }
+    return recovered;
+}
+
+/* Joins c to room. The parameters are a join request's (history n, since
+ * with epoch). Answers errors itself for chatd.v1. Returns -1 when out of
+ * memory. */
+static int join(conn *c, const char *name, size_t len, int64_t history, int has_since,
+                proto_id since, const char *epoch, const char *ref) {
+    worker *w = c->w;
+    chat *ch = w->chat;
+    const config *cfg = w->cfg;
+    if (find_member(c, name, len)) {
+        conn_error(c, ref, "already_member", "already in this room");
+        return 0;
+    }
+    if (c->nrooms >= (uint32_t)cfg->max_rooms_per_conn) {
+        conn_error(c, ref, "too_many_rooms", "max_rooms_per_conn reached");
+        return 0;
+    }
+    if (!claim_allows(c, name, len)) {
+        conn_error(c, ref, "forbidden", "the token does not allow this room");
+        return 0;
+    }
+    room *r = room_get(&w->rooms, name, len);
+    member *mb = c->first.room == NULL ? &c->first : calloc(1, sizeof(*mb));
+    join_wait *jw = calloc(1, sizeof(*jw));
+    if (r == NULL || mb == NULL || jw == NULL) {
+        if (mb != &c->first) free(mb);
+        free(jw);
+        return -1;
+    }
+    /* How many messages to replay: what was asked, or after a since that
+     * cannot be recovered, the default page; never more than is kept. */
+    int64_t n = history >= 0 ? history : has_since ? PROTO_LIMIT_DEFAULT : 0;
+    int64_t kept = cfg->history_size > cfg->history_max ? cfg->history_size : cfg->history_max;
+    if (cfg->broker != BROKER_REDIS) kept = cfg->history_size;
+    if (n > kept) n = kept;
+    jw->n = (uint32_t)n;
+    jw->mode = has_since ? HIST_SINCE : n > 0 ? HIST_LATEST : HIST_NONE;
+    jw->since = since;
+    jw->epoch = has_since ? strtoull(epoch, NULL, 16) : 0;
+    if (has_since && (strlen(epoch) != 16 || jw->epoch != ch->epoch)) jw->mode = n ? HIST_LATEST : HIST_NONE;
+    jw->upto = ch->pos;
+    snprintf(jw->ref, sizeof(jw->ref), "%s", ref ? ref : "");
+    jw->c = c;
+    jw->mb = mb;
+
+    mb->conn = c;
+    room_join(r, mb);
+    mb->next = c->rooms;
+    c->rooms = mb;
+    c->nrooms++;
+
+    int all = 1;
+    if (jw->mode != HIST_NONE) jw->mem_recovered = replay_from_memory(jw, r, &all);
+    /* Not all in memory: Redis keeps more (it has it, or knows it lacks it). */
+    int redis_hist = !all && cfg->broker == BROKER_REDIS && cfg->history_max > 0;
+    jw->mem = !redis_hist;
+    if (redis_hist) { /* Redis answers it all: what memory had is not used */
+        for (uint32_t i = 0; i < jw->nreplay; i++) msg_unref(jw->replay[i]);
+        jw->nreplay = 0;
+    }
+    long count = pres_add(ch, r, c->user, c->user_len, 1);
+    if (count < 0) {
+        leave(c, mb);
+        wait_free(jw);
+        return -1;
+    }
+    int need_answer = c->json || redis_hist;
+    if (need_answer || count == 1) {
+        broker_req q = {.kind = MSG_JOIN, .conn_id = c->id, .room = r->name,
+                        .room_len = r->name_len, .user = c->user, .user_len = c->user_len,
+                        .ts = wall_ms(), .wait = need_answer ? jw : NULL,
+                        .hist = redis_hist ? jw->mode : HIST_NONE, .n = jw->n,
+                        .id_ms = since.ms, .id_seq = since.seq};
+        if (broker_publish(w->broker, w->id, &q) < 0) {
+            mb->wait = NULL;
+            leave(c, mb);
+            wait_free(jw);
+            if (c->json) conn_error(c, ref, "unavailable", "publish queue full, try again");
+            else conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");
+            return 0;
+        }
+    }
+    if (need_answer) {
+        mb->wait = jw;
+        wait_link(ch, jw);
+        c->waits++;
+        return 0;
+    }
+    /* A text client with what it asked for in memory: replay it now. */
+    for (uint32_t i = 0; i < jw->nreplay; i++) conn_queue(c, jw->replay[i]);
+    jw->nreplay = 0;
+    wait_free(jw);
+    return 0;
+}
+
+int chat_open(conn *c, handoff *h) {
+    if (!h->has_room) return 0;
+    proto_id since = {h->since_ms, h->since_seq};
+    return join(c, h->room, strlen(h->room), h->history, h->has_since, since, h->epoch, NULL);
+}
+
+void chat_close(conn *c) {
+    chat *ch = c->w->chat;
+    while (c->rooms) leave(c, c->rooms);
+    if (c->waits) {
+        for (join_wait *jw = ch->waits; jw; jw = jw->next)
+            if (jw->c == c) jw->c = NULL;
+        c->waits = 0;
+    }
+    if (c->acks) {
+        for (size_t i = 0; i < ch->acks_len; i++) {
+            ack_entry *a = &ch->acks[(ch->acks_head + i) % ch->acks_cap];
+            if (a->c == c) a->c = NULL;
+        }
+        c->acks = 0;
+    }
+}
+
+/* ---- answers -------------------------------------------------------- */
+
+void chat_join_answer(worker *w, void *wait, join_answer *a) {
+    chat *ch = w->chat;
+    join_wait *jw = wait;
+    conn *c = jw->c;
+    member *mb = jw->mb;
+    wait_unlink(ch, jw);
+    if (c) c->waits--;
+    if (c == NULL || mb == NULL || c->state != CONN_OPEN) goto done;
+    mb->wait = NULL;
+    if (a->failed) {
+        leave(c, mb);
+        if (c->json) conn_error(c, jw->ref, "unavailable", "the room cannot be joined now, try again");
+        else conn_close(c, WS_CLOSE_TRY_AGAIN, "history not available");
+        goto done;
+    }
+    uint64_t epoch = a->epoch ? a->epoch : ch->epoch;
+    int recovered = 0;
+    msg **replay = jw->replay;
+    uint32_t nreplay = jw->nreplay, first = 0;
+    if (jw->mem) {
+        recovered = jw->mem_recovered && epoch == ch->epoch;
+    } else {
+        /* From Redis: up to what the worker had seen when it joined; the
+         * rest comes through the room's log. */
+        recovered = jw->mode == HIST_SINCE && a->found && epoch == jw->epoch;
+        replay = a->hist;
+        nreplay = a->nhist;
+        while (nreplay > 0 && msg_id_before(jw->upto.ms, jw->upto.seq, replay[nreplay - 1]->id_ms,
+                                            replay[nreplay - 1]->id_seq))
+            nreplay--;
+        if (recovered)
+            while (first < nreplay && !msg_id_before(jw->since.ms, jw->since.seq,
+                                                     replay[first]->id_ms, replay[first]->id_seq))
+                first++;
+    }
+    if (c->json) {
+        char ep[17];
+        chat_epoch_str(epoch, ep);
+        jbuf j = {0};
+        JB_LIT(&j, "{\"op\":\"joined\",\"room\":");
+        jb_str(&j, mb->room->name, mb->room->name_len);
+        JB_LIT(&j, ",\"epoch\":\"");
+        jb_raw(&j, ep, 16);
+        jb_raw(&j, recovered ? "\",\"recovered\":true" : "\",\"recovered\":false",
+               recovered ? 18 : 19);
+        JB_LIT(&j, ",\"count\":");
+        jb_u64(&j, a->count);
+        if (a->count <= (uint32_t)w->cfg->presence_max && a->members) {
+            JB_LIT(&j, ",\"members\":");
+            jb_raw(&j, a->members, a->members_len);
+        }
+        jb_ref(&j, jw->ref);
+        JB_LIT(&j, "}");
+        queue_jbuf(c, &j);
+    }
+    for (uint32_t i = first; i < nreplay && c->state == CONN_OPEN; i++) {
+        msg_ref(replay[i], 1);
+        conn_queue(c, replay[i]);
+    }
+    mb->skip_ms = a->at_ms;
+    mb->skip_seq = a->at_seq;
+    conn_pump(c); /* may free c: nothing after */
+done:
+    for (uint32_t i = 0; i < a->nhist; i++) msg_unref(a->hist[i]);
+    a->nhist = 0;
+    wait_free(jw);
+}
+
+static void history_reply(conn *c, const char *name, size_t name_len, msg **hist, uint32_t n,
+                          int more, const char *ref) {
+    jbuf j = {0};
+    JB_LIT(&j, "{\"op\":\"history\",\"room\":");
+    jb_str(&j, name, name_len);
+    JB_LIT(&j, ",\"messages\":[");
+    for (uint32_t i = 0; i < n; i++) {
+        if (i) JB_LIT(&j, ",");
+        jb_hist_msg(&j, hist[i]);
+    }
+    jb_raw(&j, more ? "],\"more\":true" : "],\"more\":false", more ? 13 : 14);
+    jb_ref(&j, ref);
+    JB_LIT(&j, "}");
+    queue_jbuf(c, &j);
+}
+
+void chat_history_answer(worker *w, void *wait, join_answer *a) {
+    join_wait *jw = wait;
+    conn *c = jw->c;
+    wait_unlink(w->chat, jw);
+    if (c) c->waits--;
+    if (c && c->state == CONN_OPEN) {
+        if (a->failed) {
+            conn_error(c, jw->ref, "unavailable", "history cannot be read now, try again");
+        } else {
+            history_reply(c, jw->room, jw->room_len, a->hist, a->nhist, a->more, jw->ref);
+            c->errors = 0;
+        }
+        conn_flush(c);
+    }
+    for (uint32_t i = 0; i < a->nhist; i++) msg_unref(a->hist[i]);
+    a->nhist = 0;
+    wait_free(jw);
+}
+
+/* ---- requests ------------------------------------------------------- */
+
+/* Sends text to mb's room. Returns the ticket, -1 when refused (the caller
+ * tells the client). */
+static int64_t send_text(conn *c, member *mb, const uint8_t *text, size_t len) {
+    broker_req q = {.kind = MSG_CHAT, .conn_id = c->id, .room = mb->room->name,
+                    .room_len = mb->room->name_len, .user = c->user, .user_len = c->user_len,
+                    .text = (const char *)text, .text_len = len, .ts = wall_ms()};
+    int64_t ticket = broker_publish(c->w->broker, c->w->id, &q);
+    if (ticket >= 0) c->ticket = (uint64_t)ticket;
+    return ticket;
+}
+
+static void ack_push(chat *ch, conn *c, uint64_t seq, const char *ref) {
+    if (ch->acks_len == ch->acks_cap) {
+        size_t cap = ch->acks_cap ? ch->acks_cap * 2 : 64;
+        ack_entry *q = malloc(cap * sizeof(*q));
+        if (q == NULL) return; /* no ack: the msg itself still comes */
+        for (size_t i = 0; i < ch->acks_len; i++) q[i] = ch->acks[(ch->acks_head + i) % ch->acks_cap];
+        free(ch->acks);
+        ch->acks = q;
+        ch->acks_head = 0;
+        ch->acks_cap = cap;
+    }
+    ack_entry *a = &ch->acks[(ch->acks_head + ch->acks_len++) % ch->acks_cap];
+    a->seq = seq;
+    a->c = c;
+    a->ref = ref && ref[0] ? strdup(ref) : NULL;
+    c->acks++;
+}
+
+static void op_send(conn *c, const proto_req *q) {
+    member *mb = find_member(c, q->room, q->room_len);
+    if (mb == NULL) {
+        conn_error(c, q->ref, "not_member", "join the room first");
+        return;
+    }
+    if (conn_take_token(c) < 0) {
+        atomic_fetch_add_explicit(&c->w->rate_closes, 1, memory_order_relaxed); /* a counter */
+        conn_error(c, q->ref, "rate_limited", "over rate_limit: message not sent");
+        return;
+    }
+    int64_t ticket = send_text(c, mb, (const uint8_t *)q->text, q->text_len);
+    if (ticket < 0) {
+        atomic_fetch_add_explicit(&c->w->busy_closes, 1, memory_order_relaxed); /* a counter */
+        conn_error(c, q->ref, "unavailable", "publish queue full: message not sent, try again");
+        return;
+    }
+    ack_push(c->w->chat, c, (uint64_t)ticket, q->ref);
+    c->errors = 0;
+}
+
+static void op_history(conn *c, const proto_req *q) {
+    worker *w = c->w;
+    if (!claim_allows(c, q->room, q->room_len)) {
+        conn_error(c, q->ref, "forbidden", "the token does not allow this room");
+        return;
+    }
+    if (c->outq_bytes > (uint64_t)w->cfg->max_output_buffer) {
+        conn_error(c, q->ref, "unavailable", "earlier answers are still being sent");
+        return;
+    }
+    uint32_t limit = (uint32_t)q->limit;
+    /* From memory when it holds limit + 1 messages before `before`, or when
+     * there is nothing else to ask. */
+    room *r = room_find(&w->rooms, q->room, q->room_len);
+    uint32_t end = 0;
+    if (r) {
+        end = r->hist_len;
+        if (q->has_before) {
+            while (end > 0 && !msg_id_before(room_hist_at(r, end - 1)->id_ms,
+                                             room_hist_at(r, end - 1)->id_seq, q->before.ms,
+                                             q->before.seq))
+                end--;
+        }
+    }
+    int stored = w->cfg->broker == BROKER_REDIS && w->cfg->history_max > 0;
+    if (end > limit || !stored) {
+        uint32_t from = end > limit ? end - limit : 0;
+        msg *page[PROTO_LIMIT_MAX];
+        for (uint32_t i = from; i < end; i++) page[i - from] = room_hist_at(r, i);
+        history_reply(c, q->room, q->room_len, page, end - from, from > 0, q->ref);
+        c->errors = 0;
+        return;
+    }
+    join_wait *jw = calloc(1, sizeof(*jw) + q->room_len + 1);
+    if (jw == NULL) {
+        conn_error(c, q->ref, "unavailable", "out of memory");
+        return;
+    }
+    jw->history_op = 1;
+    jw->c = c;
+    memcpy(jw->room, q->room, q->room_len);
+    jw->room_len = (uint16_t)q->room_len;
+    snprintf(jw->ref, sizeof(jw->ref), "%s", q->ref);
+    broker_req bq = {.kind = MSG_CHAT, .conn_id = c->id, .room = q->room, .room_len = q->room_len,
+                     .wait = jw, .hist = HIST_BEFORE, .n = limit,
+                     .id_ms = q->has_before ? q->before.ms : 0,
+                     .id_seq = q->has_before ? q->before.seq : 0};
+    if (broker_read_history(w->broker, w->id, &bq) < 0) {
+        free(jw);
+        conn_error(c, q->ref, "unavailable", "history cannot be read now, try again");
+        return;
+    }
+    wait_link(w->chat, jw);
+    c->waits++;
+}
+
+static void op_typing(conn *c, const proto_req *q) {
+    member *mb = find_member(c, q->room, q->room_len);
+    if (mb == NULL) {
+        conn_error(c, q->ref, "not_member", "join the room first");
+        return;
+    }
+    c->errors = 0;
+    int64_t now = clock_ms();
+    if (mb->typing_ms && now - mb->typing_ms < CHAT_TYPING_MS) return; /* a hint: one will do */
+    mb->typing_ms = now;
+    broker_req bq = {.kind = MSG_TYPING, .conn_id = c->id, .room = mb->room->name,
+                     .room_len = mb->room->name_len, .user = c->user, .user_len = c->user_len};
+    broker_publish(c->w->broker, c->w->id, &bq); /* ephemeral: a full queue drops it */
+}
+
+static void on_json(conn *c, const uint8_t *data, size_t len) {
+    const config *cfg = c->w->cfg;
+    proto_limits lim = {(size_t)cfg->max_room, (size_t)cfg->max_message};
+    proto_req q;
+    const char *why = NULL;
+    int rc = proto_parse((const char *)data, len, &lim, &q, &why);
+    if (rc != PROTO_OK) {
+        conn_error(c, q.ref, proto_err_code(rc), why ? why : "bad request");
+        proto_req_free(&q);
+        return;
+    }
+    member *mb;
+    switch (q.op) {
+    case PROTO_JOIN:
+        if (c->outq_bytes > (uint64_t)cfg->max_output_buffer) {
+            conn_error(c, q.ref, "unavailable", "earlier answers are still being sent");
+            break;
+        }
+        if (join(c, q.room, q.room_len, q.history, q.has_since, q.since, q.epoch, q.ref) < 0)
+            conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
+        else c->errors = 0;
+        break;
+    case PROTO_LEAVE:
+        if ((mb = find_member(c, q.room, q.room_len)) == NULL) {
+            conn_error(c, q.ref, "not_member", "not in this room");
+            break;
+        }
+        leave(c, mb);
+        queue_simple(c, "left", q.room, q.room_len, q.ref);
+        c->errors = 0;
+        break;
+    case PROTO_SEND:
+        op_send(c, &q);
+        break;
+    case PROTO_HISTORY:
+        op_history(c, &q);
+        break;
+    case PROTO_TYPING:
+        op_typing(c, &q);
+        break;
+    case PROTO_PING:
+        queue_simple(c, "pong", NULL, 0, q.ref);
+        c->errors = 0;
+        break;
+    }
+    proto_req_free(&q);
+}
+
+int chat_on_message(conn *c, const uint8_t *data, size_t len) {
+    worker *w = c->w;
+    atomic_fetch_add_explicit(&w->msgs_in, 1, memory_order_relaxed); /* a counter */
+    if (c->json) {
+        on_json(c, data, len);
+        return 0;
+    }
+    if (c->rooms == NULL) return 0; /* a text client is always in its room */
+    if (conn_take_token(c) < 0) {
+        atomic_fetch_add_explicit(&w->rate_closes, 1, memory_order_relaxed); /* a counter */
+        log_info("conn %llu: over rate_limit, closing with 1008", (unsigned long long)c->id);
+        conn_close(c, WS_CLOSE_POLICY, "rate limit exceeded");
+        return 0;
+    }
+    if (send_text(c, c->rooms, data, len) < 0) {
+        atomic_fetch_add_explicit(&w->busy_closes, 1, memory_order_relaxed); /* a counter */
+        log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
+        conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");
+    }
+    return 0;
+}
+
+/* ---- deliveries ----------------------------------------------------- */
+
+/* m was published by this worker: acknowledge it to its sender. Tickets
+ * come back in order; any before m's were never stored (their senders
+ * were closed with 1011). */
+static void ack(worker *w, const msg *m) {
+    chat *ch = w->chat;
+    while (ch->acks_len) {
+        ack_entry *a = &ch->acks[ch->acks_head % ch->acks_cap];
+        if (a->seq > m->origin_seq) return;
+        conn *c = a->c;
+        if (a->seq == m->origin_seq && c && c->state == CONN_OPEN) {
+            jbuf j = {0};
+            JB_LIT(&j, "{\"op\":\"ack\"");
+            jb_ref(&j, a->ref);
+            JB_LIT(&j, ",\"id\":");
+            jb_id(&j, (proto_id){m->id_ms, m->id_seq});
+            JB_LIT(&j, "}");
+            queue_jbuf(c, &j);
+        }
+        if (c && c->acks) c->acks--;
+        free(a->ref);
+        ch->acks_head++;
+        ch->acks_len--;
+        if (a->seq == m->origin_seq && c && c->state == CONN_OPEN) conn_flush(c); /* may free c */
+    }
+}
+
+static void relay_typing(worker *w, msg *m) {
+    room *r = room_find(&w->rooms, m->room, m->room_len);
+    if (r == NULL) return;
+    for (member *mb = r->members, *next; mb; mb = next) {
+        next = mb->room_next;
+        conn *c = mb->conn;
+        if (!c->json || mb->wait || (m->origin_wid == w->id && m->conn_id == c->id)) continue;
+        msg_ref(m, 1);
+        conn_queue(c, m);
+        conn_flush(c); /* may free c and its membership: next is kept */
+    }
+}
+
+void chat_deliver(worker *w, msg *m) {
+    chat *ch = w->chat;
+    switch (m->kind) {
+    case MSG_MARK:
+        if (m->origin_seq != ch->epoch && ch->epoch != 0) {
+            log_info("worker %d: the epoch changed: recent history forgotten", w->id);
+            room_forget_all(&w->rooms);
+        }
+        ch->epoch = m->origin_seq;
+        ch->pos = (proto_id){m->id_ms, m->id_seq};
+        msg_unref(m);
+        return;
+    case MSG_SNAPSHOT: {
+        join_answer a = {.at_ms = m->id_ms, .at_seq = m->id_seq, .count = m->count,
+                         .members = m->text, .members_len = m->text_len};
+        chat_join_answer(w, m->wait, &a);
+        msg_unref(m);
+        return;
+    }
+    case MSG_TYPING:
+        relay_typing(w, m);
+        msg_unref(m);
+        return;
+    default:
+        break;
+    }
+    ch->pos = (proto_id){m->id_ms, m->id_seq};
+    if (m->origin_wid == w->id && m->kind == MSG_CHAT) ack(w, m);
+    room *r = room_find(&w->rooms, m->room, m->room_len);
+    if (m->kind == MSG_CHAT && w->cfg->history_size > 0) {
+        if (r == NULL) r = room_get(&w->rooms, m->room, m->room_len);
+        if (r != NULL) {
+            msg_ref(m, 1);
+            room_remember(&w->rooms, r, m);
+        }
+    }
+    if (r != NULL && r->nmembers) room_append(&w->rooms, r, m);
+    else msg_unref(m);
+}
