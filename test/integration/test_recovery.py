@@ -427,6 +427,41 @@ def test_redis_restart_without_its_data_changes_the_epoch(redis, chatd):
     arun(main(), 120)
 
 
+@pytest.mark.redis
+def test_join_with_history_is_exact_at_the_seam(redis, chatd):
+    """Joins with history=N while 50 msg/s flow, on both nodes: the replay
+    and the live messages after it are one run of the acked messages,
+    without a gap or a repeat, at least N long."""
+    r = redis()
+    a = redis_node(chatd, r, "a")
+    b = redis_node(chatd, r, "b")
+
+    async def main():
+        await nodes_delivering([a, b])
+        flow = Flow(await sender(a, "hseam"), "hseam", 50)
+        flow.start()
+        await flow.wait_acks_after(30, 10)
+        joiners = []
+        for k in range(10):
+            c = await JsonClient.connect_retry(url((a, b)[k % 2], f"j{k}"), f"j{k}")
+            j = await c.join("hseam", history=10 + k)
+            assert c.log[0] is j and j["recovered"] is False, j
+            joiners.append(c)
+            await asyncio.sleep(0.13)
+        await asyncio.sleep(0.3)
+        await flow.stop()
+        last = flow.last_id()
+        for k, c in enumerate(joiners):
+            rcv = Receiver(c.name, "hseam")
+            rcv.c = c
+            await rcv.read_until(last)
+            verify(rcv, flow, f"join with history={10 + k}")
+            assert len(rcv.got) >= 10 + k, len(rcv.got)
+            await c.close()
+
+    arun(main(), 60)
+
+
 # --------------------------------------------------------------------------
 # scroll-back and what is kept
 
