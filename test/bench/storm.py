@@ -243,12 +243,13 @@ async def client_proc(a):
     tasks = [asyncio.ensure_future(run(c)) for c in clients]
     loop = asyncio.get_running_loop()
     t_status = 0.0
+    reading = loop.run_in_executor(None, sys.stdin.readline)  # one reader at a time
     while True:
         line = None
-        try:
-            line = await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), 0.5)
-        except asyncio.TimeoutError:
-            pass
+        done, _ = await asyncio.wait([reading], timeout=0.5)
+        if done:
+            line = reading.result() or "stop"
+            reading = loop.run_in_executor(None, sys.stdin.readline)
         if time.monotonic() - t_status >= 0.5 or line:
             t_status = time.monotonic()
             out("status", joined=sum(1 for c in clients if c.joined_once),
@@ -513,6 +514,8 @@ def orchestrate(a):
                 f"cut {pool.total('cut')}, back {pool.total('back')}, recovered {pool.total('recovered')}")
             break
     t_all = time.monotonic() - t_kill
+    log(f"cut {pool.total('cut')}, back {pool.total('back')}, recovered {pool.total('recovered')} "
+        f"after {t_all:.2f}s; traffic for {a.hold}s more")
     c2 = commandstats(rport)
     storm = delta(c2, c1)
     run_loop_for(a.hold)
@@ -525,6 +528,11 @@ def orchestrate(a):
     pool.tell(f"check {truth_path}")
     wait(lambda: len(pool.results) == len(pool.procs), 60, "the client processes' results")
     pool.tell("stop")
+    for proc in pool.procs:
+        try:
+            proc.stdin.close()  # ends the process' stdin reader thread too
+        except OSError:
+            pass
     for proc in pool.procs:
         try:
             proc.wait(20)
@@ -554,7 +562,10 @@ def orchestrate(a):
         "redis commands during recovery": storm_calls,
         "traffic's own (baseline) commands/s": round(base_rate, 1),
         "redis commands per recovered client": round(extra / recovered, 2) if recovered else None,
-        "top commands over baseline": {k: round(v) for k, v in top},
+        "scripts (evalsha) per recovered client": round(
+            (storm.get("evalsha", 0) - base.get("evalsha", 0) / base_s * storm_dur) / recovered, 2)
+        if recovered and base_s else None,
+        "top commands over baseline (calls inside scripts count)": {k: round(v) for k, v in top},
         "messages acked": sum(len(v) for v in sender.truth.values()),
         "sender errors": len(sender.errors),
         "received": s("received"),
