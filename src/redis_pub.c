@@ -49,7 +49,7 @@
  * and the latest messages, s members and what follows an id), 15 how many
  * messages, 16 that id, 17 presence_max, 18 holder id, 19 heartbeat ttl ms,
  * 20 bytes a join's messages may have (max_output_buffer: a recovery
- * larger than that is a gap), 21 history_max.
+ * larger than that is a gap).
  * Returns the entry id, 0 when nothing was appended (stored already, or a
  * presence change that changes nothing), or for a join that wants an
  * answer {id, the stream's newest id, epoch, members count, members,
@@ -70,15 +70,16 @@ static const char pub_script[] =
     "  for i = 2, #e[2], 2 do b = b + #e[2][i] end\n"
     "  return b\n"
     "end\n"
-    /* The messages after id, oldest first, in pages: up to n within the
-     * budget; complete when nothing is left after them. */
-    "local function after(from, n)\n"
+    /* The messages after id, oldest first, in pages, within the budget
+     * (the history stream itself holds about history_max); complete when
+     * nothing is left after them. */
+    "local function after(from)\n"
     "  local out, bytes, lo = {}, 0, '(' .. from\n"
     "  while true do\n"
     "    local page = redis.call('XRANGE', KEYS[4], lo, '+', 'COUNT', 64)\n"
     "    for _, e in ipairs(page) do\n"
     "      bytes = bytes + size(e)\n"
-    "      if #out >= n or bytes > budget then return out, false end\n"
+    "      if bytes > budget then return out, false end\n"
     "      out[#out + 1] = e\n"
     "    end\n"
     "    if #page < 64 then return out, true end\n"
@@ -160,7 +161,7 @@ static const char pub_script[] =
     "local found, msgs = 0, {}\n"
     "if ARGV[14] == 's' and #redis.call('XRANGE', KEYS[4], ARGV[16], ARGV[16]) == 1 then\n"
     "  local complete\n"
-    "  msgs, complete = after(ARGV[16], tonumber(ARGV[21]))\n"
+    "  msgs, complete = after(ARGV[16])\n"
     "  if complete then found = 1 else msgs = {} end\n"
     "end\n"
     "if found == 0 and ARGV[14] ~= 'n' and tonumber(ARGV[15]) > 0 then\n"
@@ -321,14 +322,14 @@ static void pub_send(publisher *p, pub_item *it) {
                           p->held_key, p->holders_key, p->alive_key, seq, oldest, maxlen, kind,
                           rname, user, text, mid, PUB_KEY_TTL, ts, hmax, httl,
                           p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl,
-                          budget, hmax};
+                          budget};
     size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(cfg->stream), strlen(p->key),
                     strlen(p->epoch_key), hlen, plen, strlen(p->held_key),
                     strlen(p->holders_key), strlen(p->alive_key), strlen(seq), strlen(oldest),
                     strlen(maxlen), 1, it->room_len, it->user_len, it->text_len, strlen(mid),
                     sizeof(PUB_KEY_TTL) - 1, strlen(ts), strlen(hmax), strlen(httl),
                     strlen(p->rb->epoch_candidate), 1, strlen(n), strlen(since), strlen(pmax),
-                    strlen(p->holder), strlen(pttl), strlen(budget), strlen(hmax)};
+                    strlen(p->holder), strlen(pttl), strlen(budget)};
     it->sent_ms = clock_ms();
     /* The reply callback knows its message by sequence number: a reply for
      * anything but the queue's head is stale (sent before a refusal). */
