@@ -68,6 +68,7 @@ async def wait_event(c, room, kind, user, timeout):
     return await c.expect("presence", room=room, timeout=timeout, **{kind: user})
 
 
+@pytest.mark.tsan
 def test_presence_across_two_nodes_in_the_rooms_order(redis, chatd):
     r = redis()
     a = redis_node(chatd, r, "a")

@@ -6,6 +6,7 @@ client beside JSON clients, the token's rooms claim, presence_max."""
 import asyncio
 import json
 import time
+import pytest
 
 from conftest import (
     OP_TEXT, RawWs, arun, expect_close, expect_silence, http_request_bytes, recv_text, ws_connect,
@@ -336,6 +337,7 @@ def test_history_op_pages_back_to_the_start_of_what_is_kept(chatd):
     arun(main(), 40)
 
 
+@pytest.mark.tsan
 def test_two_rooms_on_one_connection_interleaved_in_order(chatd):
     node = chatd(workers=2)
 
