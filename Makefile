@@ -81,6 +81,7 @@ UNIT_DEPS_test_net       := net
 UNIT_DEPS_test_redis_link := redis_link
 UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
+UNIT_DEPS_test_room      := room msg proto names ws
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit

@@ -57,6 +57,9 @@ int chat_on_message(struct conn *c, const uint8_t *data, size_t len);
 
 /* A msg from the inbox (the caller's reference passes). */
 void chat_deliver(struct worker *w, msg *m);
+/* 0 when nobody waits for this answer any more (the connection closed, the
+ * room was left): the broker may answer it failed at once. */
+int chat_wait_alive(void *wait);
 /* Answers from the broker, on the worker's thread. */
 void chat_join_answer(struct worker *w, void *wait, join_answer *a);
 void chat_history_answer(struct worker *w, void *wait, join_answer *a);

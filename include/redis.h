@@ -12,6 +12,13 @@
  * and a server-side script appends message n only when n - 1 is the last
  * one of that publisher stored, answering "stored already" for a repeat.
  * A publisher may then re-send anything it has no answer for.
+ *
+ * Presence: each worker is a holder ("<node>.<worker>") of its users'
+ * presence. It renews its heartbeat key every presence_ttl / 4, with a
+ * lifetime of presence_ttl / 2; every node sweeps holders whose heartbeat
+ * lapsed every presence_ttl / 4. So a dead worker's members leave at most
+ * presence_ttl / 2 + presence_ttl / 4 after its last heartbeat, within
+ * presence_ttl, and a live one has presence_ttl / 4 of slack per beat.
  */
 #ifndef CHATD_REDIS_H
 #define CHATD_REDIS_H
@@ -78,8 +85,9 @@ struct publisher;
 typedef struct rbroker {
     redis_link link;
     char node[17];               /* random, hex: this process's publisher id */
-    char epoch_candidate[17];    /* random, hex: the epoch this node sets
-                                    when Redis has none */
+    char epoch_candidate[17];    /* random, hex: the publish script makes a
+                                    new epoch from its first half and the
+                                    time when Redis has none */
     struct publisher *pubs;      /* one per worker */
     /* Consumer state others read (relaxed unless said). */
     _Atomic int started;         /* the consumer fixed its start id (release) */

@@ -47,6 +47,8 @@ typedef struct member {
     uint64_t look;                         /* conn_flush: next entry to queue */
     uint64_t skip_ms, skip_seq;            /* presence up to this id is in the
                                               joined snapshot: not written */
+    uint64_t seen_ms, seen_seq;            /* a recovery's since: messages up
+                                              to it the client has */
     int64_t typing_ms;                     /* last typing relayed (monotonic) */
     struct join_wait *wait;                /* until the join is answered:
                                               nothing of the room is written */
@@ -62,6 +64,8 @@ typedef struct room {
     struct room *dirty_next;   /* rooms with new entries this turn */
     member *members;
     uint32_t nmembers;
+    uint32_t njson;            /* members speaking chatd.v1: only they are
+                                  told presence */
     uint8_t dirty;
     uint64_t head;             /* sequence of the next entry to append */
     uint64_t tail;             /* oldest entry still held */

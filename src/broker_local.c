@@ -66,9 +66,10 @@ static pres_room **pres_room_slot(local *l, const char *name, size_t n) {
 }
 
 /* Worker wid's user came to (join 1) or left (0) room. Returns 1 when that
- * changes who is in the room (the first holder came, the last went), 0
+ * changes who is in the room (the first holder came, the last went) and the
+ * room has at most max members (larger rooms are not told one by one), 0
  * when not, -1 when out of memory. */
-static int pres_change(local *l, int wid, const msg *m, int join) {
+static int pres_change(local *l, int wid, const msg *m, int join, uint32_t max) {
     pres_room **rp = pres_room_slot(l, m->room, m->room_len), *r = *rp;
     if (r == NULL) {
         if (!join) return 0;
@@ -102,8 +103,9 @@ static int pres_change(local *l, int wid, const msg *m, int join) {
     if (join == held) return 0;
     u->holders[wid / 8] ^= bit;
     u->count += join ? 1 : -1;
-    if (join) return u->count == 1;
+    if (join) return u->count == 1 && r->nusers <= max;
     if (u->count > 0) return 0;
+    int told = r->nusers <= max;
     free(u);
     r->users[i] = r->users[--r->nusers];
     if (r->nusers == 0) {
@@ -111,7 +113,7 @@ static int pres_change(local *l, int wid, const msg *m, int join) {
         free(r->users);
         free(r);
     }
-    return 1;
+    return told;
 }
 
 /* The members of m's room as a JSON array of at most max names. */
@@ -225,7 +227,7 @@ static void local_next_id(local *l, uint64_t *ms, uint64_t *seq) {
 static int local_order(broker *b, local *l, int wid, msg *r) {
     int rc = 0, change = 0;
     if (r->kind == MSG_JOIN || r->kind == MSG_LEAVE) {
-        change = pres_change(l, wid, r, r->kind == MSG_JOIN);
+        change = pres_change(l, wid, r, r->kind == MSG_JOIN, (uint32_t)b->cfg->presence_max);
         if (change < 0) log_error("local broker: out of memory for presence in %s", r->room);
     }
     if (r->kind == MSG_CHAT || r->kind == MSG_TYPING || change > 0) {

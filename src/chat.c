@@ -19,6 +19,7 @@
 
 #define CHAT_MAX_ERRORS 16     /* failed requests in a row before 1008 */
 #define CHAT_TYPING_MS 1000    /* typing relayed at most this often per room */
+#define CHAT_LOG_EVERY_MS 10000 /* one line per this for a repeated problem */
 
 /* A join or history read the broker still owes an answer. */
 typedef struct join_wait {
@@ -64,6 +65,8 @@ typedef struct chat {
     size_t npres_buckets, npres;
     proto_id pos;                   /* newest id delivered to this worker */
     uint64_t epoch;
+    uint64_t pres_lost;             /* presence changes not told since the */
+    int64_t pres_lost_ms;           /* last line about them (monotonic) */
 } chat;
 
 static int64_t wall_ms(void) {
@@ -274,14 +277,21 @@ static void wait_unlink(chat *ch, join_wait *jw) {
 }
 
 /* Tells the broker that user's presence in r changed (first connection
- * came, last went). A leave that cannot be queued is logged: the member
- * then stays listed until this node stops. */
+ * came, last went). Only a leave comes here, and the broker takes every
+ * leave but when out of memory (Redis) or past ring_size (local): then the
+ * member stays listed until this node stops, and that is logged. */
 static void pres_publish(worker *w, conn *c, const room *r, int kind) {
     broker_req q = {.kind = kind, .conn_id = c->id, .room = r->name, .room_len = r->name_len,
                     .user = c->user, .user_len = c->user_len, .ts = wall_ms()};
-    if (broker_publish(w->broker, w->id, &q) < 0)
-        log_warn("conn %llu: publish queue full: presence of %s in %s not told",
-                 (unsigned long long)c->id, c->user, r->name);
+    if (broker_publish(w->broker, w->id, &q) >= 0) return;
+    chat *ch = w->chat;
+    int64_t now = clock_ms();
+    ch->pres_lost++;
+    if (now - ch->pres_lost_ms < CHAT_LOG_EVERY_MS) return; /* a storm says it once */
+    log_warn("worker %d: out of memory: %llu presence changes not told (the last: %s in %s)",
+             w->id, (unsigned long long)ch->pres_lost, c->user, r->name);
+    ch->pres_lost_ms = now;
+    ch->pres_lost = 0;
 }
 
 /* Takes mb out of its room and off c; tells presence when c was the user's
@@ -298,6 +308,7 @@ static void leave(conn *c, member *mb) {
     while (*p != mb) p = &(*p)->next;
     *p = mb->next;
     c->nrooms--;
+    r->njson -= c->json;
     room_leave(&w->rooms, mb);
     if (mb == &c->first) memset(mb, 0, sizeof(*mb));
     else free(mb);
@@ -307,8 +318,9 @@ static void leave(conn *c, member *mb) {
  * among them (returns 1: recovered), else the latest n (returns 0). *all
  * is set when memory surely holds what was asked (since found, or n
  * messages). */
-static int replay_from_memory(join_wait *jw, room *r, int *all) {
+static int replay_from_memory(join_wait *jw, room *r, uint64_t budget, int *all) {
     uint32_t from = r->hist_len, i;
+    uint64_t bytes = 0;
     int recovered = 0;
     *all = 0;
     if (jw->mode == HIST_SINCE) {
@@ -321,11 +333,26 @@ static int replay_from_memory(join_wait *jw, room *r, int *all) {
                 break;
             }
             if (msg_id_before(m->id_ms, m->id_seq, jw->since.ms, jw->since.seq)) break;
+            bytes += m->text_len + m->user_len;
         }
+        if (recovered && bytes > budget) recovered = 0; /* too much at once: a gap */
     }
     if (!recovered) {
-        from = r->hist_len > jw->n ? r->hist_len - jw->n : 0;
-        *all = r->hist_len >= jw->n;
+        /* The latest n, as many as fit in the budget. Memory holds what was
+         * asked when it has n, or when the budget stopped it (Redis would
+         * stop there too). */
+        uint32_t count = 0;
+        int full = 0;
+        bytes = 0;
+        for (from = r->hist_len; from > 0 && count < jw->n; from--, count++) {
+            const msg *m = room_hist_at(r, from - 1);
+            if (bytes + m->text_len + m->user_len > budget) {
+                full = 1;
+                break;
+            }
+            bytes += m->text_len + m->user_len;
+        }
+        *all = count >= jw->n || full;
         /* A since older than memory reaches may still be kept in Redis;
          * one within memory's reach that is not there was never an id. */
         if (jw->mode == HIST_SINCE &&
@@ -346,7 +373,8 @@ static int replay_from_memory(join_wait *jw, room *r, int *all) {
 }
 
 /* Joins c to room. The parameters are a join request's (history n, since
- * with epoch). Answers errors itself for chatd.v1. Returns -1 when out of
+ * with epoch). Answers errors itself for chatd.v1. Returns 1 when joined
+ * (or on its way), 0 when refused (the client was told), -1 when out of
  * memory. */
 static int join(conn *c, const char *name, size_t len, int64_t history, int has_since,
                 proto_id since, const char *epoch, const char *ref) {
@@ -389,26 +417,28 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     jw->c = c;
     jw->mb = mb;
 
+    long count = pres_add(ch, r, c->user, c->user_len, 1);
+    if (count < 0) {
+        if (mb != &c->first) free(mb);
+        free(jw);
+        return -1;
+    }
     mb->conn = c;
     room_join(r, mb);
+    r->njson += c->json;
     mb->next = c->rooms;
     c->rooms = mb;
     c->nrooms++;
 
     int all = 1;
-    if (jw->mode != HIST_NONE) jw->mem_recovered = replay_from_memory(jw, r, &all);
+    if (jw->mode != HIST_NONE)
+        jw->mem_recovered = replay_from_memory(jw, r, (uint64_t)cfg->max_output_buffer, &all);
     /* Not all in memory: Redis keeps more (it has it, or knows it lacks it). */
     int redis_hist = !all && cfg->broker == BROKER_REDIS && cfg->history_max > 0;
     jw->mem = !redis_hist;
     if (redis_hist) { /* Redis answers it all: what memory had is not used */
         for (uint32_t i = 0; i < jw->nreplay; i++) msg_unref(jw->replay[i]);
         jw->nreplay = 0;
-    }
-    long count = pres_add(ch, r, c->user, c->user_len, 1);
-    if (count < 0) {
-        leave(c, mb);
-        wait_free(jw);
-        return -1;
     }
     int need_answer = c->json || redis_hist;
     if (need_answer || count == 1) {
@@ -430,19 +460,19 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
         mb->wait = jw;
         wait_link(ch, jw);
         c->waits++;
-        return 0;
+        return 1;
     }
     /* A text client with what it asked for in memory: replay it now. */
     for (uint32_t i = 0; i < jw->nreplay; i++) conn_queue(c, jw->replay[i]);
     jw->nreplay = 0;
     wait_free(jw);
-    return 0;
+    return 1;
 }
 
 int chat_open(conn *c, handoff *h) {
     if (!h->has_room) return 0;
     proto_id since = {h->since_ms, h->since_seq};
-    return join(c, h->room, strlen(h->room), h->history, h->has_since, since, h->epoch, NULL);
+    return join(c, h->room, strlen(h->room), h->history, h->has_since, since, h->epoch, NULL) < 0 ? -1 : 0;
 }
 
 void chat_close(conn *c) {
@@ -463,6 +493,11 @@ void chat_close(conn *c) {
 }
 
 /* ---- answers -------------------------------------------------------- */
+
+int chat_wait_alive(void *wait) {
+    const join_wait *jw = wait;
+    return jw->c != NULL && (jw->history_op || jw->mb != NULL);
+}
 
 void chat_join_answer(worker *w, void *wait, join_answer *a) {
     chat *ch = w->chat;
@@ -499,6 +534,14 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
                                                      replay[first]->id_ms, replay[first]->id_seq))
                 first++;
     }
+    /* The membership is settled first: a frame queued below may close c,
+     * which frees mb. */
+    mb->skip_ms = a->at_ms;
+    mb->skip_seq = a->at_seq;
+    if (recovered) {
+        mb->seen_ms = jw->since.ms;
+        mb->seen_seq = jw->since.seq;
+    }
     if (c->json) {
         char ep[17];
         chat_epoch_str(epoch, ep);
@@ -507,8 +550,8 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
         jb_str(&j, mb->room->name, mb->room->name_len);
         JB_LIT(&j, ",\"epoch\":\"");
         jb_raw(&j, ep, 16);
-        jb_raw(&j, recovered ? "\",\"recovered\":true" : "\",\"recovered\":false",
-               recovered ? 18 : 19);
+        if (recovered) JB_LIT(&j, "\",\"recovered\":true");
+        else JB_LIT(&j, "\",\"recovered\":false");
         JB_LIT(&j, ",\"count\":");
         jb_u64(&j, a->count);
         if (a->count <= (uint32_t)w->cfg->presence_max && a->members) {
@@ -523,8 +566,6 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
         msg_ref(replay[i], 1);
         conn_queue(c, replay[i]);
     }
-    mb->skip_ms = a->at_ms;
-    mb->skip_seq = a->at_seq;
     conn_pump(c); /* may free c: nothing after */
 done:
     for (uint32_t i = 0; i < a->nhist; i++) msg_unref(a->hist[i]);
@@ -630,6 +671,11 @@ static void op_history(conn *c, const proto_req *q) {
         return;
     }
     uint32_t limit = (uint32_t)q->limit;
+    if (q->has_before && q->before.ms == 0 && q->before.seq == 0) { /* nothing is before 0-0 */
+        history_reply(c, q->room, q->room_len, NULL, 0, 0, q->ref);
+        c->errors = 0;
+        return;
+    }
     /* From memory when it holds limit + 1 messages before `before`, or when
      * there is nothing else to ask. */
     room *r = room_find(&w->rooms, q->room, q->room_len);
@@ -708,9 +754,9 @@ static void on_json(conn *c, const uint8_t *data, size_t len) {
             conn_error(c, q.ref, "unavailable", "earlier answers are still being sent");
             break;
         }
-        if (join(c, q.room, q.room_len, q.history, q.has_since, q.since, q.epoch, q.ref) < 0)
-            conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
-        else c->errors = 0;
+        rc = join(c, q.room, q.room_len, q.history, q.has_since, q.since, q.epoch, q.ref);
+        if (rc < 0) conn_close(c, WS_CLOSE_INTERNAL, "out of memory");
+        else if (rc > 0) c->errors = 0;
         break;
     case PROTO_LEAVE:
         if ((mb = find_member(c, q.room, q.room_len)) == NULL) {
@@ -837,6 +883,8 @@ void chat_deliver(worker *w, msg *m) {
             room_remember(&w->rooms, r, m);
         }
     }
-    if (r != NULL && r->nmembers) room_append(&w->rooms, r, m);
+    /* Presence is for chatd.v1 members only: a room of text clients does
+     * not wake them all for nothing. */
+    if (r != NULL && (m->kind == MSG_CHAT ? r->nmembers : r->njson)) room_append(&w->rooms, r, m);
     else msg_unref(m);
 }

@@ -323,14 +323,16 @@ static member *conn_next_member(conn *c) {
     return best;
 }
 
-/* 1 if mb's client must not get m: a text client gets no presence, and
- * presence the joined snapshot already counted is not told again. */
+/* 1 if mb's client must not get m: a text client gets no presence,
+ * presence the joined snapshot already counted is not told again, and a
+ * message up to the since of a recovery is one the client has (it may be
+ * ahead of this node when it comes from a node that reads faster). */
 static int conn_skips(const conn *c, const member *mb, const msg *m) {
     uint32_t len;
     msg_frame(m, c->json, &len);
     if (len == 0) return 1;
-    return (m->kind == MSG_JOIN || m->kind == MSG_LEAVE) &&
-           !msg_id_before(mb->skip_ms, mb->skip_seq, m->id_ms, m->id_seq);
+    if (m->kind == MSG_CHAT) return !msg_id_before(mb->seen_ms, mb->seen_seq, m->id_ms, m->id_seq);
+    return !msg_id_before(mb->skip_ms, mb->skip_seq, m->id_ms, m->id_seq);
 }
 
 #define CONN_TLS_KEPT -2
@@ -508,6 +510,19 @@ void conn_queue(conn *c, msg *m) {
         msg_unref(m);
         return;
     }
+    /* Answers a client does not read (a ping flood, joins on joins) are a
+     * backlog like any other: the same limit, with a replay's worth of
+     * room, since a replay is held to max_output_buffer on its own. */
+    uint32_t len;
+    msg_frame(m, c->json, &len);
+    if (c->outq_bytes + len > 2 * (uint64_t)c->w->cfg->max_output_buffer) {
+        msg_unref(m);
+        atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
+        log_info("conn %llu: slow consumer, %llu bytes of answers queued, closing with 1008",
+                 (unsigned long long)c->id, (unsigned long long)c->outq_bytes);
+        conn_close(c, WS_CLOSE_POLICY, "too slow: output limit");
+        return;
+    }
     if (c->outq_len == c->outq_cap) {
         uint32_t cap = c->outq_cap ? c->outq_cap * 2 : 8;
         msg **q = malloc(cap * sizeof(*q));
@@ -522,8 +537,6 @@ void conn_queue(conn *c, msg *m) {
         c->outq_head = 0;
         c->outq_cap = cap;
     }
-    uint32_t len;
-    msg_frame(m, c->json, &len);
     c->outq_bytes += len;
     c->outq[(c->outq_head + c->outq_len++) % c->outq_cap] = m;
 }

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -310,14 +311,23 @@ static void mark(consumer *c) {
     broker_flush_wakes(c->b);
 }
 
-/* The epoch Redis holds (set to this node's candidate when it has none).
+/* An epoch never made before: random, 16 hex digits (never all zero). */
+static void new_epoch(char out[17]) {
+    uint64_t e;
+    if (getrandom(&e, sizeof(e), 0) != sizeof(e)) e = (uint64_t)wall_ms() * 0x9E3779B97F4A7C15ULL;
+    snprintf(out, 17, "%016" PRIx64, e | 1);
+}
+
+/* The epoch Redis holds (set to a new one when it has none).
  * A change means Redis lost the data the old one named. */
 static void epoch_seen(consumer *c, redisReply *r) {
     rbroker *rb = c->rb;
     uint64_t e = 0;
     if (r && r->type == REDIS_REPLY_STRING) e = strtoull(r->str, NULL, 16);
     if (e == 0) { /* none (yet): the next publish sets it; ask again soon */
-        redisReply *set = cmd(c, "SET %s:epoch %s NX", c->b->cfg->stream, rb->epoch_candidate);
+        char fresh[17];
+        new_epoch(fresh);
+        redisReply *set = cmd(c, "SET %s:epoch %s NX", c->b->cfg->stream, fresh);
         if (set) freeReplyObject(set);
         c->check = 1;
         return;
@@ -342,8 +352,10 @@ static const char sweep_script[] =
     "      local room, user = string.sub(ru, 1, nl - 1), string.sub(ru, nl + 1)\n"
     "      local pk = ARGV[1] .. ':presence:' .. room\n"
     "      if redis.call('HINCRBY', pk, user, -1) <= 0 then\n"
+    "        local told = redis.call('HLEN', pk) <= tonumber(ARGV[3])\n"
     "        redis.call('HDEL', pk, user)\n"
-    "        if ARGV[2] ~= '0' then\n"
+    "        if not told then\n"
+    "        elseif ARGV[2] ~= '0' then\n"
     "          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'l', 'room', room,\n"
     "                     'user', user, 'mid', 'sweep')\n"
     "        else\n"
@@ -362,10 +374,10 @@ static const char sweep_script[] =
 static void sweep(consumer *c) {
     const config *cfg = c->b->cfg;
     int64_t now = clock_ms();
-    if (now - c->rb->swept_ms < cfg->presence_ttl_ms / 3) return;
+    if (now - c->rb->swept_ms < cfg->presence_ttl_ms / 4) return; /* see redis.h */
     c->rb->swept_ms = now;
-    redisReply *r = cmd(c, "EVAL %s 2 %s:holders %s %s %lld", sweep_script, cfg->stream, cfg->stream,
-                        cfg->stream, (long long)cfg->stream_maxlen);
+    redisReply *r = cmd(c, "EVAL %s 2 %s:holders %s %s %lld %d", sweep_script, cfg->stream,
+                        cfg->stream, cfg->stream, (long long)cfg->stream_maxlen, cfg->presence_max);
     if (r && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
         log_info("redis: presence of %lld members of silent nodes removed", r->integer);
     if (r) freeReplyObject(r);
@@ -433,7 +445,9 @@ static int consumer_connect(consumer *c, char *err, size_t errlen) {
     if (rb->last_id[0] == '\0') {
         /* First contact: the epoch (set if there is none), then start after
          * the newest entry; no replay. */
-        r = cmd(c, "SET %s:epoch %s NX", b->cfg->stream, rb->epoch_candidate);
+        char fresh[17];
+        new_epoch(fresh);
+        r = cmd(c, "SET %s:epoch %s NX", b->cfg->stream, fresh);
         if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
         freeReplyObject(r);
         r = cmd(c, "GET %s:epoch", b->cfg->stream);

@@ -34,6 +34,7 @@
 #define PUB_WATCH_MS 250            /* how often the watchdog looks */
 #define PUB_KEY_TTL "86400"         /* a publisher's last sequence is kept a day */
 #define PUB_WAIT_START_MS 20        /* poll for the consumer's start id */
+#define PUB_JOIN_ROOM 16            /* joins may fill publish_queue this many times */
 
 /* The publish script: a message, or a presence change, put in the order
  * once and in its publisher's order.
@@ -41,11 +42,14 @@
  * room's presence, 6 what this publisher holds, 7 the holders, 8 this
  * holder's heartbeat.
  * ARGV: 1 seq, 2 oldest seq still queued, 3 stream maxlen (0: none), 4 kind
- * (m message, j join, l leave), 5 room, 6 user, 7 text, 8 mid, 9 publisher
+ * (m message, j join, l leave: told in the stream only while the room
+ * has at most presence_max members), 5 room, 6 user, 7 text, 8 mid, 9 publisher
  * key ttl, 10 ts, 11 history_max, 12 history_ttl ms, 13 an epoch to set if
  * there is none, 14 what a join wants back (x nothing, n members, l members
  * and the latest messages, s members and what follows an id), 15 how many
- * messages, 16 that id, 17 presence_max, 18 holder id, 19 presence_ttl ms.
+ * messages, 16 that id, 17 presence_max, 18 holder id, 19 heartbeat ttl ms,
+ * 20 bytes a join's messages may have (max_output_buffer: a recovery
+ * larger than that is a gap).
  * Returns the entry id, 0 when nothing was appended (stored already, or a
  * presence change that changes nothing), or for a join that wants an
  * answer {id, the stream's newest id, epoch, members count, members,
@@ -60,8 +64,53 @@ static const char pub_script[] =
     "  end\n"
     "  return redis.call('XADD', KEYS[1], '*', unpack(f))\n"
     "end\n"
+    "local budget = tonumber(ARGV[20])\n"
+    "local function size(e)\n"
+    "  local b = 0\n"
+    "  for i = 2, #e[2], 2 do b = b + #e[2][i] end\n"
+    "  return b\n"
+    "end\n"
+    /* The messages after id, oldest first, in pages, within the budget
+     * (the history stream itself holds about history_max); complete when
+     * nothing is left after them. */
+    "local function after(from)\n"
+    "  local out, bytes, lo = {}, 0, '(' .. from\n"
+    "  while true do\n"
+    "    local page = redis.call('XRANGE', KEYS[4], lo, '+', 'COUNT', 64)\n"
+    "    for _, e in ipairs(page) do\n"
+    "      bytes = bytes + size(e)\n"
+    "      if bytes > budget then return out, false end\n"
+    "      out[#out + 1] = e\n"
+    "    end\n"
+    "    if #page < 64 then return out, true end\n"
+    "    lo = '(' .. page[#page][1]\n"
+    "  end\n"
+    "end\n"
+    /* The latest n within the budget, oldest first. */
+    "local function latest(n)\n"
+    "  local out, bytes, hi = {}, 0, '+'\n"
+    "  while #out < n do\n"
+    "    local page = redis.call('XREVRANGE', KEYS[4], hi, '-', 'COUNT', math.min(64, n - #out))\n"
+    "    if #page == 0 then break end\n"
+    "    for _, e in ipairs(page) do\n"
+    "      bytes = bytes + size(e)\n"
+    "      if bytes > budget then n = #out; break end\n"
+    "      out[#out + 1] = e\n"
+    "    end\n"
+    "    hi = '(' .. page[#page][1]\n"
+    "  end\n"
+    "  for i = 1, math.floor(#out / 2) do out[i], out[#out + 1 - i] = out[#out + 1 - i], out[i] end\n"
+    "  return out\n"
+    "end\n"
+    /* A new epoch whenever there is none: this node's random part and the
+     * time, so that the same node never makes the same one twice. */
     "local epoch = redis.call('GET', KEYS[3])\n"
-    "if not epoch then epoch = ARGV[13]; redis.call('SET', KEYS[3], epoch) end\n"
+    "if not epoch then\n"
+    "  local t = redis.call('TIME')\n"
+    "  epoch = string.sub(ARGV[13], 1, 8) ..\n"
+    "          string.format('%08x', (tonumber(t[1]) * 1000000 + tonumber(t[2])) % 4294967296)\n"
+    "  redis.call('SET', KEYS[3], epoch)\n"
+    "end\n"
     "local last = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
     "local seq, oldest = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "if oldest - 1 > last then last = oldest - 1 end\n"
@@ -87,14 +136,18 @@ static const char pub_script[] =
     "    redis.call('SADD', KEYS[7], ARGV[18])\n"
     "    redis.call('SET', KEYS[8], '1', 'PX', ARGV[19])\n"
     "    if redis.call('SADD', KEYS[6], ARGV[5] .. '\\n' .. ARGV[6]) == 1 and\n"
-    "       redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 then\n"
+    "       redis.call('HINCRBY', KEYS[5], ARGV[6], 1) == 1 and\n"
+    "       redis.call('HLEN', KEYS[5]) <= tonumber(ARGV[17]) then\n"
     "      id = xadd({'kind', 'j', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
     "    end\n"
     "  elseif kind == 'l' then\n"
     "    if redis.call('SREM', KEYS[6], ARGV[5] .. '\\n' .. ARGV[6]) == 1 and\n"
     "       redis.call('HINCRBY', KEYS[5], ARGV[6], -1) <= 0 then\n"
+    "      local told = redis.call('HLEN', KEYS[5]) <= tonumber(ARGV[17])\n"
     "      redis.call('HDEL', KEYS[5], ARGV[6])\n"
-    "      id = xadd({'kind', 'l', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
+    "      if told then\n"
+    "        id = xadd({'kind', 'l', 'room', ARGV[5], 'user', ARGV[6], 'mid', ARGV[8]})\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "  redis.call('SET', KEYS[2], seq, 'EX', ARGV[9])\n"
@@ -107,18 +160,17 @@ static const char pub_script[] =
     "if count <= tonumber(ARGV[17]) then members = redis.call('HKEYS', KEYS[5]) end\n"
     "local found, msgs = 0, {}\n"
     "if ARGV[14] == 's' and #redis.call('XRANGE', KEYS[4], ARGV[16], ARGV[16]) == 1 then\n"
-    "  found = 1\n"
-    "  msgs = redis.call('XRANGE', KEYS[4], '(' .. ARGV[16], '+')\n"
-    "elseif ARGV[14] ~= 'n' and tonumber(ARGV[15]) > 0 then\n"
-    "  msgs = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', ARGV[15])\n"
-    "  for i = 1, math.floor(#msgs / 2) do\n"
-    "    msgs[i], msgs[#msgs + 1 - i] = msgs[#msgs + 1 - i], msgs[i]\n"
-    "  end\n"
+    "  local complete\n"
+    "  msgs, complete = after(ARGV[16])\n"
+    "  if complete then found = 1 else msgs = {} end\n"
+    "end\n"
+    "if found == 0 and ARGV[14] ~= 'n' and tonumber(ARGV[15]) > 0 then\n"
+    "  msgs = latest(tonumber(ARGV[15]))\n"
     "end\n"
     "return {id, at, epoch, count, members, found, msgs}\n";
 
 /* The heartbeat of a holder of presence. KEYS: its heartbeat key, the
- * holders. ARGV: holder id, presence_ttl ms. Returns 1 if the heartbeat
+ * holders. ARGV: holder id, heartbeat ttl ms. Returns 1 if the heartbeat
  * was still there (else whatever the holder held may have been swept). */
 static const char alive_script[] =
     "local had = redis.call('EXISTS', KEYS[1])\n"
@@ -237,6 +289,11 @@ static size_t pub_key(char *out, size_t cap, const char *stream, const char *wha
 
 static void pub_send(publisher *p, pub_item *it) {
     const config *cfg = p->b->cfg;
+    if (it->wait && !chat_wait_alive(it->wait)) { /* nobody to answer: no reads */
+        join_answer a = {.failed = 1};
+        chat_join_answer(p->b->workers[p->wid - 1], it->wait, &a);
+        it->wait = NULL;
+    }
     char seq[24], oldest[24], maxlen[24], mid[80], ts[24], hmax[24], httl[24], n[24], since[48],
         pmax[24], pttl[24], hkey[512], pkey[512];
     snprintf(seq, sizeof(seq), "%" PRIu64, it->seq);
@@ -249,7 +306,9 @@ static void pub_send(publisher *p, pub_item *it) {
     snprintf(n, sizeof(n), "%u", it->n);
     snprintf(since, sizeof(since), "%" PRIu64 "-%" PRIu64, it->id_ms, it->id_seq);
     snprintf(pmax, sizeof(pmax), "%d", cfg->presence_max);
-    snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms);
+    snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms / 2); /* see redis.h */
+    char budget[24];
+    snprintf(budget, sizeof(budget), "%" PRId64, cfg->max_output_buffer);
     const char *rname = it->data, *user = it->data + it->room_len,
                *text = it->data + it->room_len + it->user_len;
     size_t hlen = pub_key(hkey, sizeof(hkey), cfg->stream, "history", rname, it->room_len);
@@ -262,14 +321,15 @@ static void pub_send(publisher *p, pub_item *it) {
     const char *argv[] = {"EVALSHA", pub_sha, "8", cfg->stream, p->key, p->epoch_key, hkey, pkey,
                           p->held_key, p->holders_key, p->alive_key, seq, oldest, maxlen, kind,
                           rname, user, text, mid, PUB_KEY_TTL, ts, hmax, httl,
-                          p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl};
+                          p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl,
+                          budget};
     size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(cfg->stream), strlen(p->key),
                     strlen(p->epoch_key), hlen, plen, strlen(p->held_key),
                     strlen(p->holders_key), strlen(p->alive_key), strlen(seq), strlen(oldest),
                     strlen(maxlen), 1, it->room_len, it->user_len, it->text_len, strlen(mid),
                     sizeof(PUB_KEY_TTL) - 1, strlen(ts), strlen(hmax), strlen(httl),
                     strlen(p->rb->epoch_candidate), 1, strlen(n), strlen(since), strlen(pmax),
-                    strlen(p->holder), strlen(pttl)};
+                    strlen(p->holder), strlen(pttl), strlen(budget)};
     it->sent_ms = clock_ms();
     /* The reply callback knows its message by sequence number: a reply for
      * anything but the queue's head is stale (sent before a refusal). */
@@ -579,7 +639,7 @@ static void pub_on_alive_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (!p->up) return;
     char ttl[24];
-    snprintf(ttl, sizeof(ttl), "%d", p->b->cfg->presence_ttl_ms);
+    snprintf(ttl, sizeof(ttl), "%d", p->b->cfg->presence_ttl_ms / 2); /* see redis.h */
     const char *argv[] = {"EVAL", alive_script, "2", p->alive_key, p->holders_key, p->holder, ttl};
     size_t len[] = {4, sizeof(alive_script) - 1, 1, strlen(p->alive_key), strlen(p->holders_key),
                     strlen(p->holder), strlen(ttl)};
@@ -687,7 +747,7 @@ int redis_pub_attach(broker *b, int wid, struct event_base *base) {
     if (p->retry_ev == NULL || p->watch_ev == NULL || p->alive_ev == NULL || p->sub_ev == NULL)
         return -1;
     event_add(p->watch_ev, &watch);
-    int beat = b->cfg->presence_ttl_ms / 3;
+    int beat = b->cfg->presence_ttl_ms / 4; /* see redis.h */
     struct timeval alive = {beat / 1000, (beat % 1000) * 1000};
     event_add(p->alive_ev, &alive);
     pub_connect(p);
@@ -739,7 +799,13 @@ int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
         pub_typing(p, q);
         return 0;
     }
-    if (atomic_load_explicit(&p->queued, memory_order_relaxed) >= b->cfg->publish_queue)
+    /* Joins have more room than messages: a reconnect storm brings
+     * thousands at once, each as small as its names. A leave is never
+     * refused: it undoes a join that was accepted (so there are no more of
+     * them than joins), and refusing one would leave a ghost for as long as
+     * this worker lives. */
+    int64_t limit = (int64_t)b->cfg->publish_queue * (q->kind == MSG_CHAT ? 1 : PUB_JOIN_ROOM);
+    if (q->kind != MSG_LEAVE && atomic_load_explicit(&p->queued, memory_order_relaxed) >= limit)
         return -1;
     pub_item *it = malloc(sizeof(*it) + q->room_len + q->user_len + q->text_len);
     if (it == NULL) return -1;

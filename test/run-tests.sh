@@ -4,8 +4,9 @@
 #   2. unit tests and integration tests under ASan+UBSan
 #   3. the ring stress test and a threaded broadcast run under TSan
 #   4. integration tests (pytest) against the normal build; the fault
-#      tests (-m faults, minutes of Redis faults under traffic) run once,
-#      under ASan, where a leak or a use-after-free on an error path shows
+#      tests (-m faults, minutes of Redis faults under traffic) and the
+#      slow ones (-m slow: recoveries, restarts, timers) run once, under
+#      ASan, where a leak or a use-after-free on an error path shows
 #   5. the chat page in headless Chromium (node's test runner, playwright-core):
 #      against a scripted server, then against two nodes and Redis
 # Every step runs even if an earlier one failed; the exit code is non-zero
@@ -73,7 +74,7 @@ if [ "${TEST_QUICK:-0}" != 1 ]; then
     step fuzz         make -s fuzz FUZZ_SECONDS=20
 fi
 if [ "${TEST_QUICK:-0}" != 1 ]; then
-    step integration  pytest_run build/chatd -m "not faults"
+    step integration  pytest_run build/chatd -m "not faults and not slow"
 else
     step integration  pytest_run build/chatd
 fi
