@@ -41,8 +41,9 @@ typedef struct msg {
     int64_t ts;              /* wall ms when a node accepted it */
     void *wait;              /* MSG_SNAPSHOT: the worker's join in waiting */
     uint32_t count;          /* MSG_SNAPSHOT: members */
-    const char *room;        /* NUL-terminated copies, after the frames */
-    const char *user;
+    const char *room;        /* a NUL-terminated copy, after the frames */
+    const char *user;        /* MSG_CHAT: in the text frame (not NUL-
+                                terminated); else copies after room */
     const char *text;        /* MSG_SNAPSHOT: the members as a JSON array */
     const uint8_t *frame;
     const uint8_t *jframe;
@@ -80,9 +81,11 @@ static inline void msg_ref(msg *m, uint32_t n) {
 /* Drops one reference; frees the message on the last. Any thread. */
 void msg_unref(msg *m);
 
-/* Bytes m holds, for history's memory budget. */
+/* Bytes m holds, for history's memory budget (a message's user and text
+ * are read from its text frame). */
 static inline size_t msg_size(const msg *m) {
-    return sizeof(*m) + m->frame_len + m->jframe_len + m->room_len + m->user_len + m->text_len + 3;
+    return sizeof(*m) + m->frame_len + m->jframe_len + m->room_len + 2 +
+           (m->kind == MSG_CHAT ? 0 : (size_t)m->user_len + m->text_len + 2);
 }
 
 /* 1 if id a comes before id b. */

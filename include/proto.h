@@ -91,6 +91,7 @@ typedef struct jbuf {
     char *p;
     size_t len, cap;
     int oom;
+    int measure;   /* 1: only count len (nothing written, nothing allocated) */
 } jbuf;
 
 void jb_raw(jbuf *b, const char *s, size_t len); /* bytes as they are */

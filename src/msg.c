@@ -7,15 +7,20 @@
 #include "proto.h"
 #include "ws.h"
 
-/* Lays out a msg holding frames of these payload sizes and copies of room,
- * user and text; the frames' payloads are left for the caller. */
+/* Lays out a msg with a text frame of tpay payload bytes and a chatd.v1
+ * frame of jpay (0: none; the caller writes the payloads) and copies of
+ * room, and of user and text unless the caller points them into the text
+ * frame. One byte of slack after the chatd.v1 payload takes the NUL a jbuf
+ * writes behind what it built. */
 static msg *msg_alloc(int kind, size_t tpay, size_t jpay, const char *room, size_t room_len,
-                      const char *user, size_t user_len, const char *text, size_t text_len) {
+                      const char *user, size_t user_len, const char *text, size_t text_len,
+                      int copy) {
     size_t th = tpay ? ws_header_size(tpay) : 0, jh = jpay ? ws_header_size(jpay) : 0;
+    size_t copies = room_len + 1 + (copy ? user_len + text_len + 2 : 0);
     if (room_len > UINT16_MAX || user_len > UINT16_MAX || text_len > UINT32_MAX ||
         th + tpay > UINT32_MAX || jh + jpay > UINT32_MAX)
         return NULL;
-    msg *m = malloc(sizeof(*m) + th + tpay + jh + jpay + room_len + user_len + text_len + 3);
+    msg *m = malloc(sizeof(*m) + th + tpay + jh + jpay + 1 + copies);
     if (m == NULL) return NULL;
     memset(m, 0, sizeof(*m));
     atomic_init(&m->refs, 1);
@@ -36,10 +41,11 @@ static msg *msg_alloc(int kind, size_t tpay, size_t jpay, const char *room, size
         ws_write_header(p, WS_OP_TEXT, jpay);
         p += jh + jpay;
     }
-    char *s = (char *)p;
+    char *s = (char *)p + 1;
     m->room = s;
     memcpy(s, room, room_len);
     s[room_len] = '\0';
+    if (!copy) return m;
     s += room_len + 1;
     m->user = s;
     memcpy(s, user, user_len);
@@ -51,69 +57,77 @@ static msg *msg_alloc(int kind, size_t tpay, size_t jpay, const char *room, size
     return m;
 }
 
-msg *msg_new(int kind, const char *room, size_t room_len, const char *user, size_t user_len,
-             const char *text, size_t text_len, uint64_t id_ms, uint64_t id_seq, int64_t ts) {
-    jbuf j = {0};
+/* The chatd.v1 object of a room message into j. */
+static void msg_json(jbuf *j, int kind, const char *room, size_t room_len, const char *user,
+                     size_t user_len, const char *text, size_t text_len, uint64_t id_ms,
+                     uint64_t id_seq, int64_t ts) {
     switch (kind) {
     case MSG_CHAT:
-        JB_LIT(&j, "{\"op\":\"msg\",\"room\":");
-        jb_str(&j, room, room_len);
-        JB_LIT(&j, ",\"id\":");
-        jb_id(&j, (proto_id){id_ms, id_seq});
-        JB_LIT(&j, ",\"user\":");
-        jb_str(&j, user, user_len);
-        JB_LIT(&j, ",\"text\":");
-        jb_str(&j, text, text_len);
-        JB_LIT(&j, ",\"ts\":");
-        jb_u64(&j, (uint64_t)(ts > 0 ? ts : 0));
+        JB_LIT(j, "{\"op\":\"msg\",\"room\":");
+        jb_str(j, room, room_len);
+        JB_LIT(j, ",\"id\":");
+        jb_id(j, (proto_id){id_ms, id_seq});
+        JB_LIT(j, ",\"user\":");
+        jb_str(j, user, user_len);
+        JB_LIT(j, ",\"text\":");
+        jb_str(j, text, text_len);
+        JB_LIT(j, ",\"ts\":");
+        jb_u64(j, (uint64_t)(ts > 0 ? ts : 0));
         break;
     case MSG_JOIN:
     case MSG_LEAVE:
-        JB_LIT(&j, "{\"op\":\"presence\",\"room\":");
-        jb_str(&j, room, room_len);
-        jb_raw(&j, kind == MSG_JOIN ? ",\"joined\":" : ",\"left\":", kind == MSG_JOIN ? 10 : 8);
-        jb_str(&j, user, user_len);
+        JB_LIT(j, "{\"op\":\"presence\",\"room\":");
+        jb_str(j, room, room_len);
+        if (kind == MSG_JOIN) JB_LIT(j, ",\"joined\":");
+        else JB_LIT(j, ",\"left\":");
+        jb_str(j, user, user_len);
         break;
-    case MSG_TYPING:
-        JB_LIT(&j, "{\"op\":\"typing\",\"room\":");
-        jb_str(&j, room, room_len);
-        JB_LIT(&j, ",\"user\":");
-        jb_str(&j, user, user_len);
+    default: /* MSG_TYPING */
+        JB_LIT(j, "{\"op\":\"typing\",\"room\":");
+        jb_str(j, room, room_len);
+        JB_LIT(j, ",\"user\":");
+        jb_str(j, user, user_len);
         break;
-    default:
-        return NULL;
     }
-    JB_LIT(&j, "}");
-    if (j.oom) {
-        jb_free(&j);
-        return NULL;
+    JB_LIT(j, "}");
+}
+
+msg *msg_new(int kind, const char *room, size_t room_len, const char *user, size_t user_len,
+             const char *text, size_t text_len, uint64_t id_ms, uint64_t id_seq, int64_t ts) {
+    if (kind != MSG_CHAT && kind != MSG_JOIN && kind != MSG_LEAVE && kind != MSG_TYPING) return NULL;
+    /* Measured first, then written in place: one allocation per message,
+     * whatever its size (a growing buffer would copy a large one twice). */
+    jbuf j = {.measure = 1};
+    msg_json(&j, kind, room, room_len, user, user_len, text, text_len, id_ms, id_seq, ts);
+    size_t jpay = j.len;
+    int chat = kind == MSG_CHAT;
+    size_t tpay = chat ? user_len + 2 + text_len : 0;
+    msg *m = msg_alloc(kind, tpay, jpay, room, room_len, user, user_len, text, text_len, !chat);
+    if (m == NULL) return NULL;
+    if (chat) { /* "user: text"; user and text are read from it */
+        uint8_t *p = (uint8_t *)m->frame + ws_header_size(tpay);
+        memcpy(p, user, user_len);
+        p[user_len] = ':';
+        p[user_len + 1] = ' ';
+        if (text_len) memcpy(p + user_len + 2, text, text_len);
+        m->user = (const char *)p;
+        m->text = (const char *)p + user_len + 2;
     }
-    size_t tpay = kind == MSG_CHAT ? user_len + 2 + text_len : 0;
-    msg *m = msg_alloc(kind, tpay, j.len, room, room_len, user, user_len, text, text_len);
-    if (m != NULL) {
-        if (tpay) { /* "user: text" */
-            uint8_t *p = (uint8_t *)m->frame + ws_header_size(tpay);
-            memcpy(p, user, user_len);
-            p[user_len] = ':';
-            p[user_len + 1] = ' ';
-            if (text_len) memcpy(p + user_len + 2, text, text_len);
-        }
-        memcpy((uint8_t *)m->jframe + ws_header_size(j.len), j.p, j.len);
-        m->id_ms = id_ms;
-        m->id_seq = id_seq;
-        m->ts = ts;
-    }
-    jb_free(&j);
+    j = (jbuf){.p = (char *)m->jframe + ws_header_size(jpay), .cap = jpay + 1};
+    msg_json(&j, kind, room, room_len, user, user_len, text, text_len, id_ms, id_seq, ts);
+    m->id_ms = id_ms;
+    m->id_seq = id_seq;
+    m->ts = ts;
     return m;
 }
 
 msg *msg_raw(int kind, const char *room, size_t room_len, const char *user, size_t user_len,
              const char *text, size_t text_len) {
-    return msg_alloc(kind, 0, 0, room, room_len, user, user_len, text, text_len);
+    return msg_alloc(kind, 0, 0, room, room_len, user, user_len, text, text_len, 1);
 }
 
 msg *msg_private(const char *payload, size_t len) {
-    msg *m = msg_alloc(MSG_PRIVATE, 0, len, "", 0, "", 0, "", 0);
+    msg *m = msg_alloc(MSG_PRIVATE, 0, len, "", 0, "", 0, "", 0, 1);
     if (m == NULL) return NULL;
     memcpy((uint8_t *)m->jframe + ws_header_size(len), payload, len);
     m->frame = m->jframe;

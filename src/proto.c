@@ -331,6 +331,10 @@ static int jb_reserve(jbuf *b, size_t more)
 
 void jb_raw(jbuf *b, const char *s, size_t len)
 {
+    if (b->measure) {
+        b->len += len;
+        return;
+    }
     if (jb_reserve(b, len) != 0)
         return;
     if (len)
