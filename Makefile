@@ -72,9 +72,9 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 # Each unit test links only the modules it tests (UNIT_DEPS_<test>).
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
-UNIT_DEPS_test_config    := config log
-UNIT_DEPS_test_handshake := handshake auth config log ws proto names web web_assets
-UNIT_DEPS_test_web       := web web_assets handshake auth config log ws proto names
+UNIT_DEPS_test_config    := config log proxy
+UNIT_DEPS_test_handshake := handshake auth config log ws proto names web web_assets proxy
+UNIT_DEPS_test_web       := web web_assets handshake auth config log ws proto names proxy
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
@@ -82,6 +82,8 @@ UNIT_DEPS_test_redis_link := redis_link
 UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
 UNIT_DEPS_test_room      := room msg proto names ws
+UNIT_DEPS_test_proxy     := proxy
+UNIT_DEPS_test_log       := log
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
@@ -140,7 +142,7 @@ chaos: deps
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := ws utf8 handshake config auth proto
+FUZZ_TARGETS := ws utf8 handshake config auth proto proxy
 FUZZ_PKGS    := openssl jansson
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -I$(LLHTTP_INCLUDE) \
@@ -150,10 +152,11 @@ FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $
 FUZZ_SRC_ws        := src/ws.c
 FUZZ_SRC_utf8      := src/ws.c
 FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c src/proto.c src/names.c \
-                      src/web.c src/web_assets.S $(FUZZ_LLHTTP)
+                      src/web.c src/web_assets.S src/proxy.c $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
 FUZZ_SRC_proto     := src/proto.c src/names.c src/ws.c
+FUZZ_SRC_proxy     := src/proxy.c
 FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS_config    = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_auth      = $(FUZZ_LIBS_handshake)

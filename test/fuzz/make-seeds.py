@@ -12,6 +12,8 @@ Input layouts (see each fuzz_<target>.c):
   auth       byte 0 mode (bit 0) and name buffer size, a token (mode 0) or
              header JSON, NUL, payload JSON to be signed (mode 1)
   proto      byte 0 max_room (% 6) and max_message (/ 6 % 6) indices, a frame
+  proxy      byte 0 mode (% 3): a PROXY header, an X-Forwarded-For value, a
+             trusted_proxies list
 """
 import base64
 import hashlib
@@ -229,9 +231,32 @@ def proto_seeds():
     }
 
 
+def proxy_seeds():
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    v4 = bytes([203, 0, 113, 9, 10, 0, 0, 1]) + struct.pack(">HH", 51234, 5000)
+    v6 = bytes(16) + bytes(16) + struct.pack(">HH", 443, 5000)
+    tlv = b"\x04\x00\x04abcd"
+    return {
+        "v1-tcp4": b"\x00PROXY TCP4 203.0.113.9 10.0.0.1 51234 5000\r\nGET / HTTP/1.1\r\n",
+        "v1-tcp6": b"\x00PROXY TCP6 2001:db8::1 2001:db8::2 1 65535\r\n",
+        "v1-unknown": b"\x00PROXY UNKNOWN\r\n",
+        "v1-partial": b"\x00PROXY TCP4 203.0",
+        "v2-tcp4": b"\x00" + sig + b"\x21\x11" + struct.pack(">H", len(v4)) + v4 + b"\x16\x03\x01",
+        "v2-tcp6-tlv": b"\x00" + sig + b"\x21\x21" + struct.pack(">H", len(v6 + tlv)) + v6 + tlv,
+        "v2-local": b"\x00" + sig + b"\x20\x00\x00\x00",
+        "v2-short": b"\x00" + sig + b"\x21\x11\x00\x04abcd",
+        "http": b"\x00GET / HTTP/1.1\r\n",
+        "xff": b"\x011.1.1.1, 203.0.113.9, 10.0.0.2",
+        "xff-forms": b"\x01[2001:db8::1]:443, 198.51.100.4:5555,unknown",
+        "nets": b"\x0210.0.0.0/8, 192.0.2.7 ::1 2001:db8::/32",
+        "nets-bad": b"\x0210.0.0.0/33 localhost",
+    }
+
+
 def main():
     seeds = {"ws": ws_seeds(), "utf8": utf8_seeds(), "handshake": handshake_seeds(),
-             "config": config_seeds(), "auth": auth_seeds(), "proto": proto_seeds()}
+             "config": config_seeds(), "auth": auth_seeds(), "proto": proto_seeds(),
+             "proxy": proxy_seeds()}
     total = 0
     for target, files in seeds.items():
         d = os.path.join(CORPUS, target)
