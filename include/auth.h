@@ -8,6 +8,7 @@
 #define CHATD_AUTH_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #define AUTH_TOKEN_MAX 4096 /* longest token accepted, in bytes */
@@ -45,6 +46,12 @@ typedef struct auth_rooms {
 int auth_verify_rooms(const char *secret, size_t secret_len, const char *token, size_t len,
                       time_t now, char *user_out, size_t user_cap, auth_rooms *rooms,
                       const char **why);
+
+/* auth_verify_rooms that also gives the token's exp as *exp (when not
+ * NULL): the first whole second at which the token is refused. */
+int auth_verify_exp(const char *secret, size_t secret_len, const char *token, size_t len,
+                    time_t now, char *user_out, size_t user_cap, auth_rooms *rooms, int64_t *exp,
+                    const char **why);
 
 /* 1 if a rooms claim's list (auth_rooms.list; NULL: no claim) lets its
  * holder into room[0..len). */

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy.h"
+
 #define CONFIG_MAX_ORIGINS 16
 
 typedef enum { BROKER_LOCAL = 0, BROKER_REDIS = 1 } broker_kind;
@@ -27,6 +29,11 @@ typedef struct config {
     char allowed_origins[CONFIG_MAX_ORIGINS][128]; /* empty: any origin */
     int n_origins;
     int web;                    /* 1: GET / serves the chat page (web.h) */
+    proxy_net trusted_proxies[PROXY_NETS_MAX]; /* peers whose X-Forwarded-For
+                                   and PROXY headers name the client */
+    int n_trusted_proxies;
+    int proxy_protocol;         /* 1: every connection starts with a PROXY
+                                   header (v1 or v2) from a trusted peer */
 
     /* TLS (wss://): off while tls_port is 0 */
     char tls_bind[64];          /* address of the wss listener */
@@ -72,6 +79,8 @@ typedef struct config {
 
     /* process */
     int log_level;              /* LOG_DEBUG .. LOG_ERROR, see log.h */
+    int log_format;             /* LOG_TEXT or LOG_JSON, see log.h */
+    int access_log;             /* 1: a line at each connection's open and close */
     int shutdown_timeout_ms;    /* to store what was accepted, then to close */
     int drain_time_ms;          /* clients closed in batches over this */
 } config;

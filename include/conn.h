@@ -11,6 +11,7 @@
 #include <event2/event_struct.h>
 #include <stdint.h>
 
+#include "log.h"
 #include "msg.h"
 #include "room.h"
 #include "ws.h"
@@ -40,6 +41,19 @@ typedef struct conn {
     uint8_t shut_wr;           /* our close frame is out: SHUT_WR done */
     uint8_t errors;            /* chatd.v1: failed requests in a row */
     uint16_t nrooms;
+    uint16_t port;             /* the client's port (0: not known) */
+    uint8_t ip[16];            /* and address (proxy.h key): the real client,
+                                  behind a trusted proxy */
+    uint16_t close_code;       /* for the access log: the close code sent or
+                                  echoed; 0: none (1006 at close) */
+    uint32_t exp;              /* the token's exp (unix seconds): closed at it
+                                  unless refreshed; 0: no token */
+    uint32_t msgs_in, msgs_out; /* messages (frames of data) each way */
+    uint64_t bytes_in, bytes_out; /* bytes each way (TLS: decrypted) */
+    int64_t open_ms;           /* monotonic, at the handoff */
+    const char *close_reason;  /* static, with close_code */
+    char *closing_rooms;       /* the rooms when closing began, for the
+                                  access log (malloc'd then) */
     uint16_t ctl_len;          /* control frame bytes queued in ctl */
     uint16_t ctl_off;          /* of which already written */
     uint8_t *ctl;              /* the 101, then pong/ping/close bytes
@@ -80,6 +94,17 @@ typedef struct conn {
     uint16_t user_len;
     char user[];               /* NUL-terminated */
 } conn;
+
+/* The client's address as text ("192.0.2.7:5000") into out. */
+void conn_addr(const conn *c, char *out, size_t outlen);
+
+/* Logs a line about c (log_conn_fields with its id, address and user). */
+void conn_log_write(int level, const conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define conn_log(level, c, ...)                                                                    \
+    do {                                                                                           \
+        if ((level) >= log_level) conn_log_write((level), (c), __VA_ARGS__);                       \
+    } while (0)
 
 /* Creates the connection for a handoff, joins its room and processes the
  * bytes that came behind the HTTP request. Takes ownership of h's fd (and

@@ -33,6 +33,10 @@ void hs_request_free(hs_request *r);
  * refused (400). */
 int hs_feed(hs_request *r, const uint8_t *data, size_t len, size_t *consumed);
 
+/* The X-Forwarded-For of a complete request, its lines joined with ", ";
+ * NULL when absent or on more lines than are kept. */
+const char *hs_forwarded_for(const hs_request *r, size_t *len);
+
 /* The HTTP status an HS_ERROR stands for. */
 int hs_request_status(const hs_request *r);
 
@@ -49,6 +53,8 @@ typedef struct hs_result {
     uint64_t since_ms, since_seq;
     char epoch[33];
     auth_rooms rooms;   /* the token's rooms claim */
+    int64_t exp;        /* with auth_secret: the token's exp (auth_verify_exp),
+                           else 0 */
     char response[HS_RESPONSE_MAX]; /* the whole HTTP response */
     size_t response_len;
     const char *reason; /* static: why a request was refused */

@@ -17,9 +17,11 @@
 #define PROTO_LIMIT_MAX 100     /* history: most messages per page */
 #define PROTO_LIMIT_DEFAULT 50
 #define PROTO_HISTORY_MAX 10000 /* join: largest "history" accepted */
+#define PROTO_TOKEN_MAX 4096  /* bytes of a refresh token (AUTH_TOKEN_MAX) */
 #define PROTO_ID_MAX 41         /* "<ms>-<seq>": 20 digits, a dash, 20 digits */
 
-enum proto_op { PROTO_JOIN = 1, PROTO_LEAVE, PROTO_SEND, PROTO_HISTORY, PROTO_TYPING, PROTO_PING };
+enum proto_op { PROTO_JOIN = 1, PROTO_LEAVE, PROTO_SEND, PROTO_HISTORY, PROTO_TYPING, PROTO_PING,
+                PROTO_REFRESH };
 enum proto_err { PROTO_OK = 0, PROTO_E_JSON, PROTO_E_REQUEST, PROTO_E_OP, PROTO_E_ROOM, PROTO_E_TOO_LARGE };
 
 typedef struct proto_id {
@@ -35,6 +37,7 @@ typedef struct proto_req {
     int op;                              /* enum proto_op */
     const char *room; size_t room_len;   /* NULL when absent; valid until proto_req_free */
     const char *text; size_t text_len;   /* send only; may contain NUL bytes */
+    const char *token; size_t token_len; /* refresh only */
     char ref[PROTO_REF_MAX + 1]; size_t ref_len; /* the ref re-serialized as compact JSON ("\"a\"", "12"), "" when absent */
     int64_t history;                     /* join: -1 when absent */
     int has_since; proto_id since;       /* join */
@@ -55,7 +58,8 @@ typedef struct proto_req {
  *   ref present but not a string or number, or longer than PROTO_REF_MAX as
  *   compact JSON (PROTO_E_REQUEST); op missing or not a string
  *   (PROTO_E_REQUEST); op unknown (PROTO_E_OP); room missing or not a string
- *   for every op but ping (PROTO_E_REQUEST); room failing
+ *   for every op but ping and refresh (PROTO_E_REQUEST); refresh: token
+ *   missing, not a string or longer than PROTO_TOKEN_MAX (PROTO_E_REQUEST); room failing
  *   names_check(lim->max_room) (PROTO_E_ROOM); send: text missing or not a
  *   string (PROTO_E_REQUEST), longer than lim->max_message
  *   (PROTO_E_TOO_LARGE); join: history not an integer 0..PROTO_HISTORY_MAX,

@@ -43,6 +43,9 @@ typedef struct handoff {
     char epoch[33];
     char *claim;           /* the token's rooms (see conn.h), malloc'd, or NULL */
     _Atomic int *ip_count; /* clients from this address, or NULL */
+    uint8_t ip[16];        /* the client's address (proxy.h key) */
+    uint16_t port;         /* and port; 0: not known (X-Forwarded-For) */
+    int64_t exp;           /* the token's exp (unix seconds), 0: no token */
 } handoff;
 
 void handoff_free(handoff *h);

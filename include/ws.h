@@ -28,6 +28,7 @@ enum {
     WS_CLOSE_PROTOCOL = 1002,
     WS_CLOSE_UNSUPPORTED = 1003,
     WS_CLOSE_NO_STATUS = 1005,   /* never sent: "no code in the close frame" */
+    WS_CLOSE_ABNORMAL = 1006,    /* never sent: closed without a close frame */
     WS_CLOSE_INVALID_DATA = 1007,
     WS_CLOSE_POLICY = 1008,
     WS_CLOSE_TOO_BIG = 1009,

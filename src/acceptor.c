@@ -31,6 +31,7 @@
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
+#include "proxy.h"
 #include "tls.h"
 
 #define ACCEPT_BURST 64          /* accepts per wake-up */
@@ -43,6 +44,15 @@
 #define IDLE_GRACE_MS 1000
 
 typedef struct ipcount ipcount;
+
+/* Before the HTTP request (or the TLS handshake) a connection may owe us
+ * a PROXY header, and on the TLS listener its first byte tells TLS from a
+ * plain HTTP request sent there by mistake. */
+enum {
+    PRE_NONE,  /* the request (or TLS) comes next */
+    PRE_PROXY, /* proxy_protocol: a PROXY header comes first */
+    PRE_SNIFF, /* TLS listener: is it TLS at all? */
+};
 
 typedef struct pending {
     struct event ev;
@@ -61,7 +71,12 @@ typedef struct pending {
     size_t res_off;              /* response bytes written */
     uint8_t *extra;              /* bytes behind the request */
     size_t extra_len;
-    uint8_t ip[16];              /* the peer's address, for per_ip */
+    uint8_t prelude;             /* PRE_*: what comes before the request */
+    uint16_t port;               /* the client's port; 0: not known */
+    uint16_t plen;               /* bytes of a PROXY header read so far */
+    uint8_t *pbuf;               /* them (malloc'd while incomplete) */
+    uint8_t ip[16];              /* the client's address (the peer's, or
+                                    what a trusted proxy said), for per_ip */
     ipcount *ip_slot;            /* set once counted there; the handoff takes it */
     struct pending *next, *prev;
     char peer[64];
@@ -108,6 +123,8 @@ struct acceptor {
     uint64_t n_tls_failed;       /* TLS handshake failed */
     uint64_t n_evicted;          /* closed to stay within max_pending */
     uint64_t n_cap_pauses;       /* times accepting paused at max_pending */
+    uint64_t n_proxy_refused;    /* proxy_protocol: no valid header, or an
+                                    untrusted peer */
     char why[240];               /* scratch: the broker's reason, for the
                                     answer being judged (reason points here) */
 };
@@ -192,6 +209,7 @@ static void pending_free(pending *p) {
     free(p->res);
     free(p->out);
     free(p->extra);
+    free(p->pbuf);
     if (p->prev) p->prev->next = p->next;
     else a->pendings = p->next;
     if (p->next) p->next->prev = p->prev;
@@ -269,6 +287,9 @@ static void pending_handoff(pending *p) {
     h->ssl = p->ssl;
     p->ssl = NULL;
     h->id = p->id;
+    memcpy(h->ip, p->ip, sizeof h->ip);
+    h->port = p->port;
+    h->exp = res->exp;
     h->extra = p->extra;
     h->extra_len = p->extra_len;
     if (p->ip_slot) { /* counted at the judgement: h owns the count now */
@@ -433,6 +454,9 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
                        "chatd_handshake_failures_total{reason=\"max_pending\"} %llu\n",
         (unsigned long long)a->n_timeouts, (unsigned long long)a->n_tls_failed,
         (unsigned long long)a->n_evicted);
+    ONE("chatd_proxy_refused_total", "counter",
+        "Connections closed for lacking a valid PROXY header from a trusted proxy.",
+        a->n_proxy_refused);
     ONE("chatd_messages_received_total", "counter", "Text messages received from clients.", in);
     ONE("chatd_messages_delivered_total", "counter",
         "Messages in the shared order fanned out on this node.", bs.delivered);
@@ -513,6 +537,24 @@ static void acc_judge_readiness(acceptor *a, hs_result *res) {
     }
 }
 
+/* From a trusted proxy, the client is the one X-Forwarded-For names. */
+static void acc_forwarded_for(acceptor *a, pending *p) {
+    const config *cfg = a->cfg;
+    size_t len;
+    const char *v;
+    if (cfg->n_trusted_proxies == 0 || !proxy_trusted(cfg->trusted_proxies, cfg->n_trusted_proxies, p->ip) ||
+        (v = hs_forwarded_for(p->req, &len)) == NULL)
+        return;
+    uint8_t ip[16];
+    if (!proxy_xff(v, len, cfg->trusted_proxies, cfg->n_trusted_proxies, ip)) return;
+    char was[sizeof p->peer];
+    memcpy(was, p->peer, sizeof was);
+    memcpy(p->ip, ip, sizeof ip);
+    p->port = 0;
+    proxy_format_addr(p->ip, p->port, p->peer, sizeof p->peer);
+    log_debug("conn %llu: %s forwarded for %s", (unsigned long long)p->id, was, p->peer);
+}
+
 static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
     acceptor *a = p->a;
     int probe = 0;
@@ -526,6 +568,7 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
         hs_error_response(p->res, status,
                           status == 431 ? "request head too large" : "malformed request");
     } else {
+        acc_forwarded_for(a, p);
         hs_respond(p->req, a->cfg, p->res);
         probe = p->res->ready_check;
         if (p->res->upgrade || p->res->ready_check || p->res->health_check)
@@ -576,6 +619,108 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
     pending_respond(p);
 }
 
+/* Reads exactly n bytes the peek has shown are there. */
+static int read_exact(int fd, uint8_t *buf, size_t n) {
+    while (n > 0) {
+        ssize_t k = read(fd, buf, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        buf += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static void pending_refuse_proxy(pending *p, const char *why) {
+    log_info("conn %llu: %s closed: %s", (unsigned long long)p->id, p->peer, why);
+    p->a->n_proxy_refused++;
+    pending_free(p);
+}
+
+/* Reads what comes before the request: a PROXY header, then on the TLS
+ * listener a look at the first byte. The bytes are peeked, and only the
+ * header's are taken, so what follows stays in the socket for TLS or the
+ * request parser. Returns 0 when done, 1 if p waits or was freed. */
+static int pending_prelude(pending *p) {
+    acceptor *a = p->a;
+    uint8_t buf[PROXY_HEADER_MAX];
+    for (;;) {
+        size_t have = p->plen;
+        if (have) memcpy(buf, p->pbuf, have);
+        ssize_t n;
+        do
+            n = recv(p->fd, buf + have, sizeof buf - have, MSG_PEEK);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            pending_wait(p, EV_READ);
+            return 1;
+        }
+        if (n <= 0) { /* a TCP health check sends nothing: not worth a line */
+            if (p->prelude == PRE_PROXY && have > 0)
+                pending_refuse_proxy(p, "the PROXY header was cut short");
+            else pending_free(p);
+            return 1;
+        }
+        size_t len = have + (size_t)n;
+        if (p->prelude == PRE_SNIFF) {
+            p->prelude = PRE_NONE;
+            /* A TLS record starts with its type (0x14..0x18; SSL 2 with a
+             * high bit); an HTTP request with a method in capitals. */
+            if (buf[0] < 'A' || buf[0] > 'Z') return 0;
+            SSL_free(p->ssl);
+            p->ssl = NULL;
+            p->handshaking = 0;
+            if ((p->res = calloc(1, sizeof(*p->res))) == NULL) {
+                pending_free(p);
+                return 1;
+            }
+            hs_error_response(p->res, 400, "The plain HTTP request was sent to HTTPS port: "
+                                           "use https:// or wss://");
+            count_status(a, 400);
+            log_info("conn %llu: %s refused with 400: plain HTTP on the TLS port",
+                     (unsigned long long)p->id, p->peer);
+            pending_respond(p);
+            return 1;
+        }
+        proxy_info pi;
+        int rc = proxy_parse_header(buf, len, &pi);
+        if (rc == PROXY_BAD || (rc == PROXY_MORE && len == sizeof buf)) {
+            pending_refuse_proxy(p, "no valid PROXY header");
+            return 1;
+        }
+        if (rc == PROXY_MORE) { /* every byte so far is the header's: take them */
+            if (p->pbuf == NULL && (p->pbuf = malloc(PROXY_HEADER_MAX)) == NULL) {
+                pending_free(p);
+                return 1;
+            }
+            if (read_exact(p->fd, p->pbuf + have, (size_t)n) < 0) {
+                pending_free(p);
+                return 1;
+            }
+            p->plen = (uint16_t)len;
+            pending_wait(p, EV_READ);
+            return 1;
+        }
+        if (read_exact(p->fd, buf + have, (size_t)rc - have) < 0) {
+            pending_free(p);
+            return 1;
+        }
+        free(p->pbuf);
+        p->pbuf = NULL;
+        p->plen = 0;
+        if (!pi.local) {
+            char was[sizeof p->peer];
+            memcpy(was, p->peer, sizeof was);
+            memcpy(p->ip, pi.ip, sizeof p->ip);
+            p->port = pi.port;
+            proxy_format_addr(p->ip, p->port, p->peer, sizeof p->peer);
+            log_debug("conn %llu: %s is a proxy for %s", (unsigned long long)p->id, was, p->peer);
+        }
+        p->prelude = p->ssl ? PRE_SNIFF : PRE_NONE;
+        if (p->prelude == PRE_NONE) return 0;
+    }
+}
+
 static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
     pending *p = arg;
     uint8_t buf[4096];
@@ -594,6 +739,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
         else pending_free(p);
         return;
     }
+    if (p->prelude != PRE_NONE && pending_prelude(p) != 0) return;
     if (p->handshaking) {
         int rc = SSL_do_handshake(p->ssl);
         if (rc != 1) {
@@ -711,8 +857,10 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
         p->fd = fd;
         p->id = ++a->next_id;
         p->req = req;
-        net_format_addr((struct sockaddr *)&ss, p->peer, sizeof(p->peer));
         ip_key(&ss, p->ip);
+        p->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+        proxy_format_addr(p->ip, p->port, p->peer, sizeof p->peer);
         if (l->tls) {
             p->ssl = tls_session(a->tls, fd);
             if (p->ssl == NULL) {
@@ -722,6 +870,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
                 continue;
             }
             p->handshaking = 1;
+            p->prelude = PRE_SNIFF;
         }
         p->last_ms = clock_ms();
         p->deadline_ms = p->last_ms + a->cfg->handshake_timeout_ms;
@@ -731,6 +880,13 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
         else a->oldest = p;
         a->pendings = p;
         a->npending++;
+        if (a->cfg->proxy_protocol) {
+            if (!proxy_trusted(a->cfg->trusted_proxies, a->cfg->n_trusted_proxies, p->ip)) {
+                pending_refuse_proxy(p, "proxy_protocol is on and the peer is not a trusted proxy");
+                continue;
+            }
+            p->prelude = PRE_PROXY;
+        }
         /* The request is usually there already: try before waiting. */
         pending_on_event(fd, EV_READ, p);
     }

@@ -90,7 +90,8 @@ static int name_ok(const char *s, size_t n, size_t max) {
     return 1;
 }
 
-static int claims_ok(json_t *p, time_t now, char *user_out, size_t user_cap, const char **why) {
+static int claims_ok(json_t *p, time_t now, char *user_out, size_t user_cap, int64_t *exp_out,
+                     const char **why) {
     json_t *sub = json_object_get(p, "sub");
     if (!json_is_string(sub))
         return fail(why, "token sub must be a string");
@@ -109,6 +110,11 @@ static int claims_ok(json_t *p, time_t now, char *user_out, size_t user_cap, con
     if (nbf && json_number_value(nbf) > (double)now)
         return fail(why, "token is not valid yet");
 
+    if (exp_out) { /* refused from its exp second on: the first such second */
+        double e = json_number_value(exp);
+        int64_t t = e >= 9e15 ? INT64_MAX : (int64_t)e;
+        *exp_out = t < INT64_MAX && (double)t < e ? t + 1 : t;
+    }
     memcpy(user_out, json_string_value(sub), n);
     user_out[n] = '\0';
     return 0;
@@ -158,6 +164,13 @@ int auth_verify(const char *secret, size_t secret_len, const char *token, size_t
 int auth_verify_rooms(const char *secret, size_t secret_len, const char *token, size_t len,
                       time_t now, char *user_out, size_t user_cap, auth_rooms *rooms,
                       const char **why) {
+    return auth_verify_exp(secret, secret_len, token, len, now, user_out, user_cap, rooms, NULL,
+                           why);
+}
+
+int auth_verify_exp(const char *secret, size_t secret_len, const char *token, size_t len,
+                    time_t now, char *user_out, size_t user_cap, auth_rooms *rooms, int64_t *exp,
+                    const char **why) {
     if (user_cap == 0 || secret_len > INT_MAX)
         return fail(why, "internal error");
     user_out[0] = '\0';
@@ -209,7 +222,7 @@ int auth_verify_rooms(const char *secret, size_t secret_len, const char *token, 
     json_t *p = json_object_of(dec[1], dec_len[1]);
     if (!p)
         return fail(why, "token payload is not a JSON object");
-    rc = claims_ok(p, now, user_out, user_cap, why);
+    rc = claims_ok(p, now, user_out, user_cap, exp, why);
     if (rc == 0 && rooms)
         rc = rooms_ok(p, rooms, why);
     if (rc < 0)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "auth.h"
 #include "broker.h"
@@ -145,8 +146,7 @@ void conn_error(conn *c, const char *ref, const char *code, const char *reason) 
     JB_LIT(&j, "}");
     queue_jbuf(c, &j);
     if (++c->errors >= CHAT_MAX_ERRORS) {
-        log_info("conn %llu: %d failed requests in a row, closing with 1008",
-                 (unsigned long long)c->id, CHAT_MAX_ERRORS);
+        conn_log(LOG_INFO, c, "%d failed requests in a row, closing with 1008", CHAT_MAX_ERRORS);
         conn_close(c, WS_CLOSE_POLICY, "too many failed requests");
     }
 }
@@ -736,6 +736,59 @@ static void op_typing(conn *c, const proto_req *q) {
     broker_publish(c->w->broker, c->w->id, &bq); /* ephemeral: a full queue drops it */
 }
 
+/* A fresh token for the same user: the connection lives to its exp, and
+ * its rooms claim governs the joins from now on. */
+static void op_refresh(conn *c, const proto_req *q) {
+    const config *cfg = c->w->cfg;
+    if (cfg->auth_secret[0] == '\0') {
+        conn_error(c, q->ref, "bad_request", "this server does not use tokens");
+        return;
+    }
+    char user[257]; /* max_username is at most 256 */
+    auth_rooms *rooms = malloc(sizeof(*rooms));
+    if (rooms == NULL) {
+        conn_error(c, q->ref, "unavailable", "out of memory");
+        return;
+    }
+    const char *why = NULL;
+    int64_t exp = 0;
+    if (auth_verify_exp(cfg->auth_secret, strlen(cfg->auth_secret), q->token, q->token_len,
+                        time(NULL), user, (size_t)cfg->max_username + 1, rooms, &exp, &why) < 0) {
+        free(rooms);
+        conn_error(c, q->ref, "bad_token", why);
+        return;
+    }
+    if (strcmp(user, c->user) != 0) {
+        free(rooms);
+        conn_error(c, q->ref, "forbidden", "the token is for another user");
+        return;
+    }
+    char *claim = NULL;
+    if (rooms->present) { /* the list ends with an empty name */
+        const char *p = rooms->list;
+        while (*p) p += strlen(p) + 1;
+        size_t n = (size_t)(p - rooms->list) + 1;
+        if ((claim = malloc(n)) == NULL) {
+            free(rooms);
+            conn_error(c, q->ref, "unavailable", "out of memory");
+            return;
+        }
+        memcpy(claim, rooms->list, n);
+    }
+    free(rooms);
+    free(c->claim);
+    c->claim = claim;
+    c->exp = exp > UINT32_MAX ? UINT32_MAX : (uint32_t)exp;
+    c->errors = 0;
+    jbuf j = {0};
+    JB_LIT(&j, "{\"op\":\"refreshed\",\"exp\":");
+    jb_u64(&j, (uint64_t)exp);
+    jb_ref(&j, q->ref);
+    JB_LIT(&j, "}");
+    queue_jbuf(c, &j);
+    conn_log(LOG_DEBUG, c, "token refreshed, expires at %lld", (long long)exp);
+}
+
 static void on_json(conn *c, const uint8_t *data, size_t len) {
     const config *cfg = c->w->cfg;
     proto_limits lim = {(size_t)cfg->max_room, (size_t)cfg->max_message};
@@ -780,6 +833,9 @@ static void on_json(conn *c, const uint8_t *data, size_t len) {
         queue_simple(c, "pong", NULL, 0, q.ref);
         c->errors = 0;
         break;
+    case PROTO_REFRESH:
+        op_refresh(c, &q);
+        break;
     }
     proto_req_free(&q);
 }
@@ -794,13 +850,13 @@ int chat_on_message(conn *c, const uint8_t *data, size_t len) {
     if (c->rooms == NULL) return 0; /* a text client is always in its room */
     if (conn_take_token(c) < 0) {
         atomic_fetch_add_explicit(&w->rate_closes, 1, memory_order_relaxed); /* a counter */
-        log_info("conn %llu: over rate_limit, closing with 1008", (unsigned long long)c->id);
+        conn_log(LOG_INFO, c, "over rate_limit, closing with 1008");
         conn_close(c, WS_CLOSE_POLICY, "rate limit exceeded");
         return 0;
     }
     if (send_text(c, c->rooms, data, len) < 0) {
         atomic_fetch_add_explicit(&w->busy_closes, 1, memory_order_relaxed); /* a counter */
-        log_info("conn %llu: publish queue full, closing with 1013", (unsigned long long)c->id);
+        conn_log(LOG_INFO, c, "publish queue full, closing with 1013");
         conn_close(c, WS_CLOSE_TRY_AGAIN, "publish queue full");
     }
     return 0;

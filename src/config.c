@@ -32,6 +32,8 @@ typedef enum {
     T_TLS_LISTEN, /* like T_LISTEN into tls_bind and tls_port; empty = off */
     T_TLS_VERSION, /* 1.2 | 1.3 */
     T_BOOL,      /* on | off into an int */
+    T_PROXIES,   /* addresses and CIDRs into trusted_proxies (proxy.h) */
+    T_LOGFORMAT, /* text | json */
 } ctype;
 
 enum {
@@ -77,6 +79,10 @@ static const directive directives[] = {
     {"allowed_origins", T_ORIGINS, 0, 0, CONFIG_MAX_ORIGINS, "", FIELD(allowed_origins),
      "Origin values allowed to connect, space or comma separated; empty = any"},
     {"web", T_BOOL, 0, 0, 1, "on", FIELD(web), "on: GET / serves the chat page; off: it does not"},
+    {"trusted_proxies", T_PROXIES, 0, 0, PROXY_NETS_MAX, "", FIELD(trusted_proxies),
+     "proxies (addresses or CIDRs) whose X-Forwarded-For or PROXY header names the client"},
+    {"proxy_protocol", T_BOOL, 0, 0, 1, "off", FIELD(proxy_protocol),
+     "on: every connection starts with a PROXY header (v1 or v2) from a trusted proxy"},
 
     /* TLS */
     {"tls_listen", T_TLS_LISTEN, 0, 0, 65535, "", FIELD(tls_bind),
@@ -148,6 +154,10 @@ static const directive directives[] = {
 
     /* process */
     {"log_level", T_LOGLEVEL, 0, 0, 0, "info", FIELD(log_level), "debug, info, warn or error"},
+    {"log_format", T_LOGFORMAT, 0, 0, 0, "text", FIELD(log_format),
+     "text, or json: one JSON object per line"},
+    {"access_log", T_BOOL, 0, 0, 1, "on", FIELD(access_log),
+     "on: a line at info when a connection opens and when it closes"},
     {"shutdown_timeout", T_DURATION, 0, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
      "on shutdown: time to store accepted messages, then for clients to close"},
     {"drain_time", T_DURATION, 0, 0, 10 * MIN, "0", FIELD(drain_time_ms),
@@ -279,6 +289,13 @@ static void describe(const directive *d, char *buf, size_t len) {
         break;
     case T_BOOL:
         snprintf(buf, len, "on or off");
+        break;
+    case T_PROXIES:
+        snprintf(buf, len, "up to %d addresses or CIDRs such as 10.0.0.0/8 or ::1, separated "
+                 "by spaces or commas", PROXY_NETS_MAX);
+        break;
+    case T_LOGFORMAT:
+        snprintf(buf, len, "text or json");
         break;
     }
 }
@@ -646,6 +663,24 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         else
             why = "neither on nor off";
         break;
+    case T_PROXIES: {
+        proxy_net nets[PROXY_NETS_MAX];
+        int n = proxy_parse_nets(value, nets, PROXY_NETS_MAX, &why);
+        if (n >= 0) {
+            memset(cfg->trusted_proxies, 0, sizeof cfg->trusted_proxies);
+            memcpy(cfg->trusted_proxies, nets, (size_t)n * sizeof nets[0]);
+            cfg->n_trusted_proxies = n;
+        }
+        break;
+    }
+    case T_LOGFORMAT: {
+        int f = log_format_parse(value);
+        if (f < 0)
+            why = "unknown format";
+        else
+            cfg->log_format = f;
+        break;
+    }
     }
     return why;
 }
@@ -871,6 +906,10 @@ int config_check(const config *cfg, char *err, size_t errlen) {
     }
     if (cfg->tls_port && (cfg->tls_cert[0] == '\0' || cfg->tls_key[0] == '\0')) {
         seterr(err, errlen, "tls_listen needs tls_cert and tls_key");
+        return -1;
+    }
+    if (cfg->proxy_protocol && cfg->n_trusted_proxies == 0) {
+        seterr(err, errlen, "proxy_protocol = on needs trusted_proxies: it would refuse everyone");
         return -1;
     }
     if (cfg->n_origins < 0 || cfg->n_origins > CONFIG_MAX_ORIGINS) {

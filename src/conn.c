@@ -9,10 +9,13 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -23,6 +26,7 @@
 #include "chat.h"
 #include "clock.h"
 #include "log.h"
+#include "proxy.h"
 #include "room.h"
 #include "worker.h"
 
@@ -34,6 +38,87 @@
 static const char *const state_name[] = {"open", "closing"};
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
+
+void conn_addr(const conn *c, char *out, size_t outlen) {
+    proxy_format_addr(c->ip, c->port, out, outlen);
+}
+
+void conn_log_write(int level, const conn *c, const char *fmt, ...) {
+    char addr[64], msgtext[1024];
+    conn_addr(c, addr, sizeof addr);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msgtext, sizeof msgtext, fmt, ap);
+    va_end(ap);
+    log_conn lc = {(unsigned long long)c->id, addr, c->user};
+    log_conn_fields(level, &lc, NULL, 0, "%s", msgtext);
+}
+
+/* The names of c's rooms, comma-separated, malloc'd ("" when none), or
+ * NULL when out of memory. */
+static char *conn_room_list(const conn *c) {
+    size_t n = 1;
+    for (const member *mb = c->rooms; mb; mb = mb->next)
+        if (mb->room) n += mb->room->name_len + 1;
+    char *s = malloc(n), *p = s;
+    if (s == NULL) return NULL;
+    for (const member *mb = c->rooms; mb; mb = mb->next) {
+        if (mb->room == NULL) continue;
+        if (p != s) *p++ = ',';
+        memcpy(p, mb->room->name, mb->room->name_len);
+        p += mb->room->name_len;
+    }
+    *p = '\0';
+    return s;
+}
+
+/* Closing begins (code and reason static, or NULL): what the access log's
+ * close line tells, taken before the rooms are left. */
+static void conn_note_close(conn *c, unsigned code, const char *why) {
+    if (c->close_code == 0) {
+        c->close_code = (uint16_t)code;
+        c->close_reason = why;
+    }
+    if (c->closing_rooms == NULL && c->w->cfg->access_log && log_level <= LOG_INFO)
+        c->closing_rooms = conn_room_list(c);
+}
+
+static void conn_access_close(conn *c) {
+    if (!c->w->cfg->access_log || log_level > LOG_INFO) return;
+    char addr[64];
+    conn_addr(c, addr, sizeof addr);
+    char *rooms = c->closing_rooms ? NULL : conn_room_list(c);
+    log_conn lc = {(unsigned long long)c->id, addr, c->user};
+    log_field f[] = {
+        LOG_STR("rooms", c->closing_rooms ? c->closing_rooms : rooms),
+        LOG_INT("duration_ms", clock_ms() - c->open_ms),
+        LOG_INT("bytes_in", c->bytes_in),
+        LOG_INT("bytes_out", c->bytes_out),
+        LOG_INT("msgs_in", c->msgs_in),
+        LOG_INT("msgs_out", c->msgs_out),
+        LOG_INT("code", c->close_code ? c->close_code : WS_CLOSE_ABNORMAL),
+        LOG_STR("reason", c->close_code ? c->close_reason : c->close_reason ? c->close_reason
+                                                                            : "connection lost"),
+    };
+    log_conn_fields(LOG_INFO, &lc, f, sizeof f / sizeof f[0], "close");
+    free(rooms);
+}
+
+static void conn_access_open(conn *c) {
+    if (!c->w->cfg->access_log || log_level > LOG_INFO) return;
+    char addr[64];
+    conn_addr(c, addr, sizeof addr);
+    char *rooms = conn_room_list(c);
+    log_conn lc = {(unsigned long long)c->id, addr, c->user};
+    log_field f[] = {
+        LOG_STR("rooms", rooms),
+        LOG_STR("proto", c->json ? "chatd.v1" : "text"),
+        LOG_STR("tls", c->ssl ? "on" : "off"),
+        LOG_INT("exp", c->exp),
+    };
+    log_conn_fields(LOG_INFO, &lc, f, sizeof f / sizeof f[0], "open");
+    free(rooms);
+}
 
 static void conn_set_state(conn *c, conn_state s) {
     log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, state_name[c->state],
@@ -93,6 +178,8 @@ static void conn_free_msgbuf(conn *c) {
 void conn_free(conn *c) {
     worker *w = c->w;
     event_del(&c->ev);
+    conn_access_close(c);
+    free(c->closing_rooms);
     chat_close(c);
     conn_drop_outq(c);
     if (c->part) msg_unref(c->part);
@@ -116,6 +203,7 @@ void conn_free(conn *c) {
 
 void conn_close(conn *c, unsigned code, const char *why) {
     if (c->state != CONN_OPEN) return;
+    conn_note_close(c, code, why ? why : "closed by the client");
     uint8_t frame[2 + WS_MAX_CONTROL];
     size_t n = ws_write_close(frame, code, why ? why : "");
     /* It fits: pings and pongs leave room for it. Only malloc can fail,
@@ -149,7 +237,10 @@ int conn_take_token(conn *c) {
 
 static int conn_on_data(conn *c, const ws_event *ev) {
     if (c->state != CONN_OPEN) return 0; /* data after our close is ignored */
-    if (ev->first && ev->fin) return chat_on_message(c, ev->data, ev->len);
+    if (ev->first && ev->fin) {
+        c->msgs_in++;
+        return chat_on_message(c, ev->data, ev->len);
+    }
     if (c->msg_len + ev->len > c->msg_cap) {
         size_t cap = c->msg_cap ? c->msg_cap : 256;
         while (cap < c->msg_len + ev->len) cap *= 2;
@@ -164,6 +255,7 @@ static int conn_on_data(conn *c, const ws_event *ev) {
     if (ev->len) memcpy(c->msgbuf + c->msg_len, ev->data, ev->len);
     c->msg_len += ev->len;
     if (ev->fin) {
+        c->msgs_in++;
         chat_on_message(c, c->msgbuf, c->msg_len);
         conn_free_msgbuf(c);
     }
@@ -216,6 +308,7 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
              * once it is written, as a server should (7.1.1). */
             if (ev.code == WS_CLOSE_NO_STATUS) {
                 static const uint8_t empty_close[2] = {0x88, 0x00};
+                conn_note_close(c, WS_CLOSE_NO_STATUS, "closed by the client");
                 if (conn_queue_ctl(c, empty_close, sizeof(empty_close), 0) < 0) {
                     conn_free(c);
                     return -1;
@@ -232,8 +325,7 @@ static int conn_feed(conn *c, uint8_t *buf, size_t len) {
             c->close_after_flush = 1;
             return 0;
         case WS_EV_ERROR:
-            log_info("conn %llu: %s, closing with %u", (unsigned long long)c->id, ev.reason,
-                     ev.code);
+            conn_log(LOG_INFO, c, "%s, closing with %u", ev.reason, ev.code);
             conn_close(c, ev.code, ev.reason);
             return 0;
         }
@@ -396,7 +488,7 @@ int conn_flush(conn *c) {
         ssize_t wr;
         if (c->tls_out) { /* counted already: only the bytes are owed */
             if ((wr = conn_retry_tls(c)) < 0) goto write_failed;
-            turn += (size_t)wr;
+            turn += (size_t)wr; /* counted in bytes_out when first offered */
             continue;
         }
         struct iovec iov[CONN_IOV];
@@ -452,6 +544,8 @@ int conn_flush(conn *c) {
         else if (wr < 0) goto write_failed;
         size_t frames = conn_advance(c, (size_t)wr, st, nst);
         atomic_fetch_add_explicit(&w->frames_out, frames, memory_order_relaxed); /* a counter */
+        c->msgs_out += (uint32_t)frames;
+        c->bytes_out += (uint64_t)wr;
         turn += (size_t)wr;
         if ((size_t)wr < total || c->tls_out) conn_want_write(c, 1); /* the kernel is full */
         continue;
@@ -498,8 +592,8 @@ int conn_pump(conn *c) {
         if (mb->room) queued += room_backlog(mb->room, mb, c->json);
     if (queued > (uint64_t)c->w->cfg->max_output_buffer) {
         atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
-        log_info("conn %llu: slow consumer, %llu bytes queued, closing with 1008",
-                 (unsigned long long)c->id, (unsigned long long)queued);
+        conn_log(LOG_INFO, c, "slow consumer, %llu bytes queued, closing with 1008",
+                 (unsigned long long)queued);
         conn_close(c, WS_CLOSE_POLICY, "too slow: output limit");
     }
     return conn_flush(c);
@@ -518,8 +612,8 @@ void conn_queue(conn *c, msg *m) {
     if (c->outq_bytes + len > 2 * (uint64_t)c->w->cfg->max_output_buffer) {
         msg_unref(m);
         atomic_fetch_add_explicit(&c->w->slow_closes, 1, memory_order_relaxed); /* a counter */
-        log_info("conn %llu: slow consumer, %llu bytes of answers queued, closing with 1008",
-                 (unsigned long long)c->id, (unsigned long long)c->outq_bytes);
+        conn_log(LOG_INFO, c, "slow consumer, %llu bytes of answers queued, closing with 1008",
+                 (unsigned long long)c->outq_bytes);
         conn_close(c, WS_CLOSE_POLICY, "too slow: output limit");
         return;
     }
@@ -551,6 +645,7 @@ static void conn_read_tls(conn *c) {
         if (n > 0) {
             c->last_read_ms = clock_ms();
             c->ping_outstanding = 0;
+            c->bytes_in += (uint64_t)n;
             if (!c->parser.failed && conn_feed(c, w->rbuf, (size_t)n) < 0) return;
             continue;
         }
@@ -578,6 +673,7 @@ static void conn_read(conn *c) {
     if (n > 0) {
         c->last_read_ms = clock_ms();
         c->ping_outstanding = 0;
+        c->bytes_in += (uint64_t)n;
         if (c->parser.failed) return; /* waiting for EOF after an error */
         if (conn_feed(c, w->rbuf, (size_t)n) < 0) return;
         conn_flush(c);
@@ -603,10 +699,18 @@ int conn_tick(conn *c, int64_t now) {
     const config *cfg = c->w->cfg;
     if (c->state == CONN_CLOSING || c->ping_outstanding) {
         if (now < c->deadline_ms) return 0;
-        log_info("conn %llu: %s", (unsigned long long)c->id,
-                 c->state == CONN_CLOSING ? "no close from peer in time" : "ping timeout");
+        const char *why = c->state == CONN_CLOSING ? "no close from peer in time" : "ping timeout";
+        conn_log(LOG_INFO, c, "%s", why);
+        if (c->close_code == 0) c->close_reason = why;
         conn_free(c);
         return -1;
+    }
+    /* The token's exp passed without a fresh one: the holder's right to be
+     * here has ended (a text client cannot refresh: it goes at exp). */
+    if (c->exp && time(NULL) >= (time_t)c->exp) {
+        conn_log(LOG_INFO, c, "token expired, closing with 1008");
+        conn_close(c, WS_CLOSE_POLICY, "token expired");
+        return conn_flush(c);
     }
     if (now - c->last_read_ms >= cfg->ping_interval_ms) {
         static const uint8_t ping[2] = {0x89, 0x00};
@@ -631,6 +735,10 @@ conn *conn_new(worker *w, handoff *h) {
     c->id = h->id;
     c->fd = h->fd;
     c->json = (uint8_t)h->json;
+    memcpy(c->ip, h->ip, sizeof c->ip);
+    c->port = h->port;
+    c->open_ms = clock_ms();
+    c->exp = h->exp <= 0 ? 0 : h->exp > UINT32_MAX ? UINT32_MAX : (uint32_t)h->exp;
     c->user_len = (uint16_t)ulen;
     memcpy(c->user, h->user, ulen + 1);
     /* A chatd.v1 frame carries the text JSON-escaped: up to six bytes for
@@ -658,7 +766,8 @@ conn *conn_new(worker *w, handoff *h) {
         conn_free(c);
         return NULL;
     }
-    log_debug("conn %llu: %s on worker %d", (unsigned long long)c->id, c->user, w->id);
+    conn_log(LOG_DEBUG, c, "on worker %d", w->id);
+    conn_access_open(c);
     if (h->extra_len > 0 && conn_feed(c, h->extra, h->extra_len) < 0) return NULL;
     if (conn_flush(c) < 0) return NULL;
     /* TLS: the session may hold decrypted bytes the socket will not

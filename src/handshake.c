@@ -33,6 +33,7 @@ enum {
     H_ORIGIN,
     H_PROTOCOL,
     H_IF_NONE_MATCH,
+    H_XFF,
     H_COUNT,
     H_NONE = H_COUNT,
 };
@@ -46,7 +47,13 @@ static const char *const field_names[H_COUNT] = {
     [H_ORIGIN] = "origin",
     [H_PROTOCOL] = "sec-websocket-protocol",
     [H_IF_NONE_MATCH] = "if-none-match",
+    [H_XFF] = "x-forwarded-for",
 };
+
+/* X-Forwarded-For lines joined past this many are not kept (the value is
+ * then not used at all): it bounds the moves below, and no honest chain of
+ * proxies adds so many lines. */
+#define XFF_LINES_MAX 8
 
 /* Longer than any name above: a name that does not fit is not one of ours. */
 #define NAME_BUF 32
@@ -204,7 +211,7 @@ static int on_header_field_complete(llhttp_t *p) {
         s->off = r->used;
         s->len = 0;
         r->cur_stored = 1;
-    } else if (r->cur == H_PROTOCOL) {
+    } else if (r->cur == H_PROTOCOL || (r->cur == H_XFF && s->count < XFF_LINES_MAX)) {
         move_to_end(r, r->cur);
         if (arena_put(r, ", ", 2) < 0)
             return fail_cb(r, 431);
@@ -464,6 +471,13 @@ int hs_url_decode(const char *src, size_t len, char *out, size_t outlen) {
 
 /* ---- Judging a request ---------------------------------------------- */
 
+static const char *field(const hs_request *r, int id, size_t *len);
+
+const char *hs_forwarded_for(const hs_request *r, size_t *len) {
+    if (r->f[H_XFF].count > XFF_LINES_MAX) return NULL;
+    return field(r, H_XFF, len);
+}
+
 /* A field's value without surrounding whitespace; NULL when absent. */
 static const char *field(const hs_request *r, int id, size_t *len) {
     const span *s = &r->f[id];
@@ -571,9 +585,9 @@ static const char *judge_token(const char *q, size_t qlen, const config *cfg, ti
         return "token is not validly percent-encoded";
     if (rc == -2)
         return "token is too long";
-    if (auth_verify_rooms(cfg->auth_secret, strlen(cfg->auth_secret), token, strlen(token), now,
-                          out->username, (size_t)clamp_max(cfg->max_username) + 1, &out->rooms,
-                          &why) < 0)
+    if (auth_verify_exp(cfg->auth_secret, strlen(cfg->auth_secret), token, strlen(token), now,
+                        out->username, (size_t)clamp_max(cfg->max_username) + 1, &out->rooms,
+                        &out->exp, &why) < 0)
         return why;
     return NULL;
 }

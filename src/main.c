@@ -81,6 +81,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     log_level = cfg.log_level;
+    log_format = cfg.log_format;
 
     /* Signals: handled by main with sigwait; every thread inherits the mask. */
     sigset_t sigs;

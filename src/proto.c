@@ -19,6 +19,7 @@ static const struct {
 } ops[] = {
     {"join", PROTO_JOIN},       {"leave", PROTO_LEAVE},   {"send", PROTO_SEND},
     {"history", PROTO_HISTORY}, {"typing", PROTO_TYPING}, {"ping", PROTO_PING},
+    {"refresh", PROTO_REFRESH},
 };
 
 static const char *const room_why[] = {
@@ -193,6 +194,17 @@ int proto_parse(const char *buf, size_t len, const proto_limits *lim, proto_req 
     if (err)
         return err;
     if (op == PROTO_PING) {
+        req->op = op;
+        return PROTO_OK;
+    }
+    if (op == PROTO_REFRESH) {
+        json_t *t = json_object_get(root, "token");
+        if (!json_is_string(t))
+            return fail(reason, PROTO_E_REQUEST, "token is missing or not a string");
+        if (json_string_length(t) > PROTO_TOKEN_MAX)
+            return fail(reason, PROTO_E_REQUEST, "token is too long");
+        req->token = json_string_value(t);
+        req->token_len = json_string_length(t);
         req->op = op;
         return PROTO_OK;
     }

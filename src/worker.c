@@ -179,7 +179,7 @@ void worker_conn_gone(worker *w) {
 void worker_refuse(worker *w, uint64_t conn_id, unsigned code, const char *why) {
     for (conn *c = w->conns; c; c = c->next) {
         if (c->id != conn_id) continue;
-        log_info("conn %llu: %s, closing with %u", (unsigned long long)conn_id, why, code);
+        conn_log(LOG_INFO, c, "%s, closing with %u", why, code);
         conn_close(c, code, why);
         conn_flush(c);
         return;

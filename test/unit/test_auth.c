@@ -121,6 +121,26 @@ static void test_expired(void **state) {
     assert_refused(token("{\"sub\":\"a\",\"exp\":0}"), "expired");
 }
 
+/* auth_verify_exp: the first whole second at which the token is refused,
+ * which a live connection is closed at. */
+static int64_t exp_of(const char *payload) {
+    char user[USER_CAP];
+    const char *why = NULL;
+    int64_t exp = -7;
+    const char *tok = token(payload);
+    assert_int_equal(auth_verify_exp(SECRET, strlen(SECRET), tok, strlen(tok), NOW, user, USER_CAP,
+                                     NULL, &exp, &why),
+                     0);
+    return exp;
+}
+
+static void test_exp_out(void **state) {
+    (void)state;
+    assert_int_equal(exp_of("{\"sub\":\"a\",\"exp\":1700000001}"), 1700000001);
+    assert_int_equal(exp_of("{\"sub\":\"a\",\"exp\":1700000000.25}"), 1700000001);
+    assert_int_equal(exp_of("{\"sub\":\"a\",\"exp\":1e300}"), INT64_MAX);
+}
+
 static void test_wrong_signature(void **state) {
     (void)state;
     assert_refused(token_with(HS256, PAYLOAD("\"a\"", ""), "other"), "signature");
@@ -395,6 +415,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_expired),
+        cmocka_unit_test(test_exp_out),
         cmocka_unit_test(test_wrong_signature),
         cmocka_unit_test(test_signature_over_exact_bytes),
         cmocka_unit_test(test_alg_none),

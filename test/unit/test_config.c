@@ -27,7 +27,8 @@ static const char *const all_directives[] = {
     "ping_interval", "ping_timeout",  "max_output_buffer", "broker",       "redis_url",
     "stream",        "stream_maxlen", "publish_queue", "ring_size",        "log_level",
     "shutdown_timeout", "max_rooms_per_conn", "history_size", "history_bytes", "history_max",
-    "history_ttl", "presence_ttl", "presence_max", "web",
+    "history_ttl", "presence_ttl", "presence_max", "web", "trusted_proxies", "proxy_protocol",
+    "log_format", "access_log",
 };
 
 static int set(config *cfg, const char *key, const char *value) {
@@ -789,6 +790,53 @@ static void test_log(void **state) {
     log_level = LOG_INFO;
 }
 
+static void log_conn_lines(void) {
+    log_thread("worker-1");
+    log_conn lc = {7, "203.0.113.9:5000", "a \"b\"\n"};
+    log_field f[] = {LOG_STR("rooms", "lobby,den"), LOG_INT("bytes_in", 42), LOG_STR("reason", "")};
+    log_conn_fields(LOG_INFO, &lc, f, 3, "close");
+    log_thread("main");
+}
+
+static void log_long_json(void) {
+    char big[5000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    log_conn lc = {1, "::1", big};
+    log_field f[] = {LOG_STR("rooms", big), LOG_STR("reason", big)};
+    log_conn_fields(LOG_INFO, &lc, f, 2, "%s\"\\", big);
+}
+
+/* Connection lines and log_format = json: fields after the message, user
+ * names quoted, one line per event whatever they hold. */
+static void test_log_fields(void **state) {
+    (void)state;
+    const char *out = capture_stderr(log_conn_lines);
+    const char *m = strstr(out, " INFO  [worker-1] ");
+    assert_non_null(m);
+    assert_string_equal(m, " INFO  [worker-1] conn 7 203.0.113.9:5000 \"a \\\"b\\\" \": close "
+                           "rooms=lobby,den bytes_in=42 reason=\"\"\n");
+
+    log_format = LOG_JSON;
+    out = capture_stderr(log_conn_lines);
+    /* {"ts":"2026-11-28T17:45:01.123Z","level":"info",... */
+    assert_int_equal(strncmp(out, "{\"ts\":\"", 7), 0);
+    assert_int_equal(out[17], 'T');
+    assert_int_equal(out[30], 'Z');
+    assert_string_equal(out + 31, "\",\"level\":\"info\",\"thread\":\"worker-1\",\"msg\":\"close\","
+                                  "\"conn\":7,\"addr\":\"203.0.113.9:5000\",\"user\":\"a \\\"b\\\"\\u000a\","
+                                  "\"rooms\":\"lobby,den\",\"bytes_in\":42,\"reason\":\"\"}\n");
+    /* Too long: every string is cut, and the line is still one object. */
+    out = capture_stderr(log_long_json);
+    size_t n = strlen(out);
+    assert_true(n <= 2047);
+    assert_string_equal(out + n - 2, "}\n");
+    assert_non_null(strstr(out, "\"reason\":\"xxx"));
+    assert_non_null(strstr(out, "...\"}\n"));
+    assert_null(strchr(out, '\n') + 1 == out + n ? NULL : out);
+    log_format = LOG_TEXT;
+}
+
 static void test_tls(void **state) {
     (void)state;
     config cfg;
@@ -813,6 +861,43 @@ static void test_tls(void **state) {
     assert_int_equal(cfg.tls_port, 0);
 }
 
+/* trusted_proxies, proxy_protocol, log_format and access_log (issue 15). */
+static void test_net_ops(void **state) {
+    (void)state;
+    config cfg;
+    config_defaults(&cfg);
+    assert_int_equal(cfg.n_trusted_proxies, 0);
+    assert_int_equal(cfg.proxy_protocol, 0);
+    assert_int_equal(cfg.log_format, LOG_TEXT);
+    assert_int_equal(cfg.access_log, 1);
+
+    assert_int_equal(set(&cfg, "trusted_proxies", "127.0.0.1, 10.0.0.0/8 ::1 2001:db8::/32"), 0);
+    assert_int_equal(cfg.n_trusted_proxies, 4);
+    uint8_t ip[16];
+    assert_int_equal(proxy_parse_ip("10.20.30.40", 11, ip), 0);
+    assert_true(proxy_trusted(cfg.trusted_proxies, cfg.n_trusted_proxies, ip));
+    assert_int_equal(proxy_parse_ip("11.0.0.1", 8, ip), 0);
+    assert_false(proxy_trusted(cfg.trusted_proxies, cfg.n_trusted_proxies, ip));
+    assert_int_equal(set(&cfg, "trusted_proxies", ""), 0);
+    assert_int_equal(cfg.n_trusted_proxies, 0);
+    expect_bad("trusted_proxies", "lb.example.com", "not a numeric IPv4 or IPv6 address");
+    expect_bad("trusted_proxies", "10.0.0.0/40", "prefix length too long for the address");
+
+    assert_int_equal(set(&cfg, "log_format", "json"), 0);
+    assert_int_equal(cfg.log_format, LOG_JSON);
+    expect_bad("log_format", "xml", "unknown format");
+    assert_int_equal(set(&cfg, "access_log", "off"), 0);
+    assert_int_equal(cfg.access_log, 0);
+
+    /* PROXY headers trusted from no one would refuse every client. */
+    config_defaults(&cfg);
+    assert_int_equal(set(&cfg, "proxy_protocol", "on"), 0);
+    assert_int_equal(config_check(&cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "proxy_protocol = on needs trusted_proxies"));
+    assert_int_equal(set(&cfg, "trusted_proxies", "127.0.0.1"), 0);
+    assert_int_equal(config_check(&cfg, err, sizeof err), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),  cmocka_unit_test(test_sizes),
@@ -823,7 +908,8 @@ int main(void) {
         cmocka_unit_test(test_errors),    cmocka_unit_test(test_shipped_conf),
         cmocka_unit_test(test_load_errors), cmocka_unit_test(test_env),
         cmocka_unit_test(test_check),     cmocka_unit_test(test_log),
-        cmocka_unit_test(test_tls),
+        cmocka_unit_test(test_tls),       cmocka_unit_test(test_net_ops),
+        cmocka_unit_test(test_log_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -665,6 +665,40 @@ static void test_head_too_large(void **state) {
     hs_request_free(r);
 }
 
+/* X-Forwarded-For: its lines joined in order (the proxy nearest to us
+ * adds the last); past XFF_LINES_MAX lines it is not kept at all. */
+static void test_forwarded_for(void **state) {
+    (void)state;
+    char req[2048];
+    size_t n = (size_t)snprintf(req, sizeof req,
+                                "GET /?username=a HTTP/1.1\r\nHost: x\r\n"
+                                "X-Forwarded-For: 1.1.1.1\r\nSec-WebSocket-Protocol: a\r\n"
+                                "x-forwarded-for:  2.2.2.2 , 3.3.3.3 \r\nSec-WebSocket-Protocol: b\r\n\r\n");
+    hs_request *r = hs_request_new(MAX_HEAD);
+    size_t used = 0, len = 0;
+    assert_int_equal(hs_feed(r, (const uint8_t *)req, n, &used), HS_DONE);
+    const char *v = hs_forwarded_for(r, &len);
+    assert_non_null(v);
+    assert_int_equal(len, strlen("1.1.1.1, 2.2.2.2 , 3.3.3.3"));
+    assert_memory_equal(v, "1.1.1.1, 2.2.2.2 , 3.3.3.3", len);
+    hs_request_free(r);
+
+    r = hs_request_new(MAX_HEAD);
+    assert_int_equal(hs_feed(r, (const uint8_t *)"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 29, &used),
+                     HS_DONE);
+    assert_null(hs_forwarded_for(r, &len));
+    hs_request_free(r);
+
+    n = (size_t)snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < 9; i++)
+        n += (size_t)snprintf(req + n, sizeof req - n, "X-Forwarded-For: 10.0.0.%d\r\n", i);
+    n += (size_t)snprintf(req + n, sizeof req - n, "\r\n");
+    r = hs_request_new(MAX_HEAD);
+    assert_int_equal(hs_feed(r, (const uint8_t *)req, n, &used), HS_DONE);
+    assert_null(hs_forwarded_for(r, &len));
+    hs_request_free(r);
+}
+
 static void test_malformed(void **state) {
     (void)state;
     static const char *const bad[] = {
@@ -1026,6 +1060,7 @@ int main(void) {
         cmocka_unit_test_setup(test_origin, setup),
         cmocka_unit_test_setup(test_head_too_large, setup),
         cmocka_unit_test_setup(test_malformed, setup),
+        cmocka_unit_test_setup(test_forwarded_for, setup),
         cmocka_unit_test_setup(test_percent_decoding, setup),
         cmocka_unit_test_setup(test_query_rules, setup),
         cmocka_unit_test_setup(test_header_forms, setup),

@@ -115,6 +115,41 @@ static void test_ping(void **state)
     proto_req_free(&req);
 }
 
+/* refresh: a token string, no room; anything else is bad_request. */
+static void test_refresh(void **state)
+{
+    (void)state;
+    proto_req req;
+    const char *why;
+    parse_ok("{\"op\":\"refresh\",\"token\":\"a.b.c\",\"ref\":3}", &req);
+    assert_int_equal(req.op, PROTO_REFRESH);
+    assert_int_equal(req.token_len, 5);
+    assert_memory_equal(req.token, "a.b.c", 5);
+    assert_null(req.room);
+    assert_string_equal(req.ref, "3");
+    proto_req_free(&req);
+    static const char *const bad[] = {
+        "{\"op\":\"refresh\"}",
+        "{\"op\":\"refresh\",\"token\":5}",
+        "{\"op\":\"refresh\",\"token\":null}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(parse(bad[i], &req, &why), PROTO_E_REQUEST);
+        assert_int_equal(req.op, 0);
+        proto_req_free(&req);
+    }
+    /* Longer than any token auth_verify takes. */
+    size_t n = PROTO_TOKEN_MAX + 1;
+    char *big = malloc(n + 64);
+    int k = snprintf(big, 64, "{\"op\":\"refresh\",\"token\":\"");
+    memset(big + k, 'a', n);
+    memcpy(big + k + n, "\"}", 3);
+    assert_int_equal(parse(big, &req, &why), PROTO_E_REQUEST);
+    assert_string_equal(why, "token is too long");
+    proto_req_free(&req);
+    free(big);
+}
+
 static void test_send_text(void **state)
 {
     (void)state;
@@ -929,6 +964,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_each_op),
         cmocka_unit_test(test_ping),
+        cmocka_unit_test(test_refresh),
         cmocka_unit_test(test_send_text),
         cmocka_unit_test(test_room),
         cmocka_unit_test(test_join_fields),
