@@ -83,7 +83,6 @@ UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
 UNIT_DEPS_test_room      := room msg proto names ws
 UNIT_DEPS_test_proxy     := proxy
-UNIT_DEPS_test_log       := log
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
