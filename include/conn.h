@@ -40,6 +40,8 @@ typedef struct conn {
                                   once ctl is written */
     uint8_t shut_wr;           /* our close frame is out: SHUT_WR done */
     uint8_t errors;            /* chatd.v1: failed requests in a row */
+    uint8_t logged_open;       /* the access log has its open line: a close
+                                  line is owed */
     uint16_t nrooms;
     uint16_t port;             /* the client's port (0: not known) */
     uint8_t ip[16];            /* and address (proxy.h key): the real client,

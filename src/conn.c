@@ -84,7 +84,7 @@ static void conn_note_close(conn *c, unsigned code, const char *why) {
 }
 
 static void conn_access_close(conn *c) {
-    if (!c->w->cfg->access_log || log_level > LOG_INFO) return;
+    if (!c->logged_open || log_level > LOG_INFO) return;
     char addr[64];
     conn_addr(c, addr, sizeof addr);
     char *rooms = c->closing_rooms ? NULL : conn_room_list(c);
@@ -117,6 +117,7 @@ static void conn_access_open(conn *c) {
         LOG_INT("exp", c->exp),
     };
     log_conn_fields(LOG_INFO, &lc, f, sizeof f / sizeof f[0], "open");
+    c->logged_open = 1;
     free(rooms);
 }
 
