@@ -542,7 +542,8 @@ static void acc_forwarded_for(acceptor *a, pending *p) {
     const config *cfg = a->cfg;
     size_t len;
     const char *v;
-    if (cfg->n_trusted_proxies == 0 || !proxy_trusted(cfg->trusted_proxies, cfg->n_trusted_proxies, p->ip) ||
+    if (cfg->n_trusted_proxies == 0 ||
+        !proxy_trusted(cfg->trusted_proxies, cfg->n_trusted_proxies, p->ip) ||
         (v = hs_forwarded_for(p->req, &len)) == NULL)
         return;
     uint8_t ip[16];
