@@ -222,6 +222,24 @@ static void pending_free(pending *p) {
 
 static void pending_on_event(evutil_socket_t fd, short what, void *arg);
 
+/* Logs a line about p: "conn ID ADDR USER:" as a worker's lines about its
+ * connections, with USER "-" until the request names one. */
+static void pending_log_write(int level, const pending *p, const char *user, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void pending_log_write(int level, const pending *p, const char *user, const char *fmt, ...) {
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    log_conn lc = {(unsigned long long)p->id, p->peer, user && *user ? user : "-"};
+    log_conn_fields(level, &lc, NULL, 0, "%s", text);
+}
+#define pending_log(level, p, user, ...)                                                           \
+    do {                                                                                           \
+        if ((level) >= log_level) pending_log_write((level), (p), (user), __VA_ARGS__);            \
+    } while (0)
+
 /* Waits for `what` on p until its deadline. */
 static void pending_wait(pending *p, short what) {
     int64_t left = p->deadline_ms - clock_ms();
@@ -299,16 +317,15 @@ static void pending_handoff(pending *p) {
     worker *w = acc_pick_worker(a);
     atomic_fetch_add_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
     if (worker_handoff(w, h) < 0) {
-        log_warn("conn %llu: worker %d is not taking connections, dropping",
-                 (unsigned long long)p->id, w->id);
+        pending_log(LOG_WARN, p, res->username, "worker %d is not taking connections, dropping",
+                    w->id);
         atomic_fetch_sub_explicit(&chatd_clients, 1, memory_order_relaxed); /* a counter */
         p->extra = NULL; /* h owns it (and the TLS session) now */
         handoff_free(h); /* gives back the per-address count; p closes the fd */
         pending_free(p);
         return;
     }
-    log_debug("conn %llu: %s upgraded as %s in %s, to worker %d", (unsigned long long)p->id,
-              p->peer, res->username, res->room, w->id);
+    pending_log(LOG_DEBUG, p, res->username, "upgraded in %s, to worker %d", res->room, w->id);
     p->fd = -1;      /* given away whole */
     p->extra = NULL;
     pending_free(p);
@@ -553,7 +570,7 @@ static void acc_forwarded_for(acceptor *a, pending *p) {
     memcpy(p->ip, ip, sizeof ip);
     p->port = 0;
     proxy_format_addr(p->ip, p->port, p->peer, sizeof p->peer);
-    log_debug("conn %llu: %s forwarded for %s", (unsigned long long)p->id, was, p->peer);
+    pending_log(LOG_DEBUG, p, NULL, "forwarded by %s", was);
 }
 
 static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
@@ -615,8 +632,8 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
     p->req = NULL;
     /* A readiness probe polls: its 503 is the answer, not an event to log. */
     if (!p->res->upgrade && p->res->status != 200 && p->res->status != 304 && !probe)
-        log_info("conn %llu: %s refused with %d: %s", (unsigned long long)p->id, p->peer,
-                 p->res->status, p->res->reason ? p->res->reason : "");
+        pending_log(LOG_INFO, p, p->res->username, "refused with %d: %s", p->res->status,
+                    p->res->reason ? p->res->reason : "");
     pending_respond(p);
 }
 
@@ -633,7 +650,7 @@ static int read_exact(int fd, uint8_t *buf, size_t n) {
 }
 
 static void pending_refuse_proxy(pending *p, const char *why) {
-    log_info("conn %llu: %s closed: %s", (unsigned long long)p->id, p->peer, why);
+    pending_log(LOG_INFO, p, NULL, "closed: %s", why);
     p->a->n_proxy_refused++;
     pending_free(p);
 }
@@ -678,8 +695,7 @@ static int pending_prelude(pending *p) {
             hs_error_response(p->res, 400, "The plain HTTP request was sent to HTTPS port: "
                                            "use https:// or wss://");
             count_status(a, 400);
-            log_info("conn %llu: %s refused with 400: plain HTTP on the TLS port",
-                     (unsigned long long)p->id, p->peer);
+            pending_log(LOG_INFO, p, NULL, "refused with 400: plain HTTP on the TLS port");
             pending_respond(p);
             return 1;
         }
@@ -715,7 +731,7 @@ static int pending_prelude(pending *p) {
             memcpy(p->ip, pi.ip, sizeof p->ip);
             p->port = pi.port;
             proxy_format_addr(p->ip, p->port, p->peer, sizeof p->peer);
-            log_debug("conn %llu: %s is a proxy for %s", (unsigned long long)p->id, was, p->peer);
+            pending_log(LOG_DEBUG, p, NULL, "PROXY header from %s", was);
         }
         p->prelude = p->ssl ? PRE_SNIFF : PRE_NONE;
         if (p->prelude == PRE_NONE) return 0;
@@ -727,7 +743,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
     uint8_t buf[4096];
     if (what & EV_TIMEOUT) {
         if (!p->draining) {
-            log_info("conn %llu: %s handshake timeout", (unsigned long long)p->id, p->peer);
+            pending_log(LOG_INFO, p, NULL, "handshake timeout");
             p->a->n_timeouts++;
         }
         pending_free(p);
@@ -753,8 +769,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
             unsigned long ec = ERR_peek_last_error();
             if (ec) ERR_error_string_n(ec, why, sizeof(why));
             ERR_clear_error();
-            log_info("conn %llu: %s TLS handshake failed: %s", (unsigned long long)p->id,
-                     p->peer, why);
+            pending_log(LOG_INFO, p, NULL, "TLS handshake failed: %s", why);
             p->a->n_tls_failed++;
             pending_free(p);
             return;
@@ -806,8 +821,8 @@ static int acc_make_room(acceptor *a) {
         idle = clock_ms() - p->last_ms;
     }
     if (idle >= IDLE_GRACE_MS) {
-        log_info("conn %llu: %s closed: idle for %lld ms with %d handshakes pending",
-                 (unsigned long long)p->id, p->peer, (long long)idle, a->npending);
+        pending_log(LOG_INFO, p, NULL, "closed: idle for %lld ms with %d handshakes pending",
+                    (long long)idle, a->npending);
         pending_free(p);
         a->n_evicted++;
         return 0;

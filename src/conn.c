@@ -122,8 +122,7 @@ static void conn_access_open(conn *c) {
 }
 
 static void conn_set_state(conn *c, conn_state s) {
-    log_debug("conn %llu: %s -> %s", (unsigned long long)c->id, state_name[c->state],
-              state_name[s]);
+    conn_log(LOG_DEBUG, c, "%s -> %s", state_name[c->state], state_name[s]);
     c->state = (uint8_t)s;
 }
 
@@ -197,7 +196,7 @@ void conn_free(conn *c) {
     if (c->prev) c->prev->next = c->next;
     else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    log_debug("conn %llu: closed", (unsigned long long)c->id);
+    conn_log(LOG_DEBUG, c, "closed");
     free(c);
     worker_conn_gone(w);
 }
@@ -556,7 +555,7 @@ int conn_flush(conn *c) {
             conn_want_write(c, 1);
             break;
         }
-        log_debug("conn %llu: write: %s", (unsigned long long)c->id, strerror(errno));
+        conn_log(LOG_DEBUG, c, "write: %s", strerror(errno));
         conn_free(c);
         return -1;
     }
@@ -681,7 +680,7 @@ static void conn_read(conn *c) {
         return;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
-    if (n < 0) log_debug("conn %llu: read: %s", (unsigned long long)c->id, strerror(errno));
+    if (n < 0) conn_log(LOG_DEBUG, c, "read: %s", strerror(errno));
     conn_free(c);
 }
 

@@ -78,7 +78,7 @@ def test_xff_from_trusted_proxy_counts_per_real_address(chatd):
         # Logs name the client, not the proxy.
         node.wait_log(r"conn \d+ 203\.0\.113\.1 alice: open")
         node.wait_log(r"conn \d+ 203\.0\.113\.2 bob: open")
-        node.wait_log(r"203\.0\.113\.1 refused with 429")
+        node.wait_log(r"conn \d+ 203\.0\.113\.1 carol: refused with 429")
     finally:
         for w in (a, b, c):
             w.close()
@@ -175,7 +175,8 @@ def test_proxy_protocol_refuses_untrusted_peers(chatd):
     w, status = upgrade(node.port, prefix=proxy_v1("198.51.100.7"))
     w.close()
     assert status is None
-    node.wait_log(r"127\.0\.0\.1:\d+ closed: proxy_protocol is on and the peer is not a trusted proxy")
+    node.wait_log(r"conn \d+ 127\.0\.0\.1:\d+ -: closed: "
+                  r"proxy_protocol is on and the peer is not a trusted proxy")
 
 
 def test_proxy_protocol_needs_trusted_proxies(chatd):
