@@ -47,8 +47,12 @@ static void check_id(proto_id id)
 
 static void check_request(const proto_req *req, const proto_limits *lim)
 {
-    CHECK(req->op >= PROTO_JOIN && req->op <= PROTO_PING);
-    if (req->op == PROTO_PING) {
+    CHECK(req->op >= PROTO_JOIN && req->op <= PROTO_REFRESH);
+    if (req->op == PROTO_REFRESH) {
+        CHECK(req->room == NULL);
+        CHECK(req->token && req->token_len <= PROTO_TOKEN_MAX);
+        check_round_trip(req->token, req->token_len);
+    } else if (req->op == PROTO_PING) {
         CHECK(req->room == NULL);
     } else {
         CHECK(req->room && names_check(req->room, req->room_len, lim->max_room) == NAMES_OK);

@@ -223,6 +223,7 @@ def proto_seeds():
         "history": lim + b'{"op":"history","room":"lobby","before":"18446744073709551615-0","limit":100}',
         "typing": lim + b'{"op":"typing","room":"lobby"}',
         "ping": lim + b'{"op":"ping"}',
+        "refresh": lim + b'{"op":"refresh","token":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln","ref":"r"}',
         "unknown-op": lim + b'{"op":"nope","ref":{"a":1}}',
         "bad-room": lim + b'{"op":"join","room":"a\u0001b"}',
         "duplicate": lim + b'{"op":"ping","x":{"a":1,"a":[true,false,null]}}',
