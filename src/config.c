@@ -613,7 +613,7 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         break;
     }
     case T_ORIGINS: {
-        char list[CONFIG_MAX_ORIGINS][128];
+        char list[CONFIG_MAX_ORIGINS][128] = {{0}}; /* whole: configs compare bytewise */
         int n;
         why = parse_origins(value, list, &n);
         if (why == NULL) {
