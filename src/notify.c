@@ -1,10 +1,9 @@
 /* notify — see notify.h. A path starting with '@' is an abstract socket
  * (the '@' stands for a leading NUL byte), as systemd documents. */
-#include <stddef.h>
-
 #include "notify.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
