@@ -24,7 +24,19 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror
 CFLAGS   ?=
-ALLFLAGS  = -std=c11 -D_GNU_SOURCE -g $(SANFLAGS) $(CFLAGS) -Iinclude -I$(LLHTTP_INCLUDE) $(PKG_CFLAGS)
+ALLFLAGS  = -std=c11 -D_GNU_SOURCE -g $(SANFLAGS) $(CFLAGS) -Iinclude -I$(BUILD)/gen -I$(LLHTTP_INCLUDE) \
+            $(PKG_CFLAGS)
+
+# The version: `git describe --always --dirty` when this directory is the top
+# of a git tree; with no tag to describe, the VERSION file's number comes
+# first (0.4.0-0983925-dirty), since a bare commit says nothing about order.
+# A tree without git (a tarball) has the VERSION file alone.
+VERSION_FILE  := $(shell cat VERSION 2>/dev/null)
+GIT_DESCRIBE  := $(shell [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ] && \
+                   git describe --always --dirty 2>/dev/null)
+CHATD_VERSION := $(strip $(if $(GIT_DESCRIBE),$(if $(shell echo '$(GIT_DESCRIBE)' | \
+                   grep -E '^[0-9a-f]+(-dirty)?$$'),$(VERSION_FILE)-)$(GIT_DESCRIBE),$(or \
+                   $(VERSION_FILE),unknown)))
 LDLIBS    = $(PKG_LIBS) -lpthread
 
 SRC     := $(wildcard src/*.c)
@@ -43,7 +55,8 @@ else
   say = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
-.PHONY: all chatd unit run test deps clean check-unit cluster
+.PHONY: all chatd unit run test deps deps-run deps-cluster clean check-unit cluster version \
+        install FORCE
 all: chatd
 chatd: $(BUILD)/chatd
 
@@ -54,6 +67,16 @@ $(BUILD)/chatd: $(OBJ) $(LLHTTP_OBJ)
 $(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
 	$(call say,CC,$<)
 	$(Q)$(CC) $(ALLFLAGS) $(WARN) -MMD -MP -c -o $@ $<
+
+# Rewritten only when the version changes: a commit relinks, nothing more.
+$(BUILD)/gen/version_gen.h: FORCE
+	$(Q)mkdir -p $(@D)
+	$(Q)echo '#define CHATD_VERSION "$(CHATD_VERSION)"' > $@.tmp; \
+	    if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+$(BUILD)/obj/version.o: $(BUILD)/gen/version_gen.h
+
+version:
+	@echo $(CHATD_VERSION)
 
 # The web page's files go into the binary with .incbin (src/web_assets.S),
 # which the compiler's dependency output does not see: name them here.
@@ -192,10 +215,16 @@ fuzz: deps
 	    fi; \
 	done; exit $$rc
 
+# What is missing for: running a node (deps-run), the two-node demo
+# (deps-cluster: adds redis-server), every test (deps).
 deps:
-	$(Q)./third_party/install-deps.sh
+	$(Q)./third_party/install-deps.sh test
+deps-run:
+	$(Q)./third_party/install-deps.sh run
+deps-cluster:
+	$(Q)./third_party/install-deps.sh cluster
 
-run: deps
+run: deps-run
 	$(Q)$(MAKE) --no-print-directory -j2 chatd
 	./build/chatd -c conf/chatd.conf
 
@@ -203,9 +232,32 @@ test: deps
 	$(Q)./test/run-tests.sh
 
 # Two nodes and a Redis on this machine: the distributed demo.
-cluster: deps
+cluster: deps-cluster
 	$(Q)$(MAKE) --no-print-directory -j2 chatd
 	./test/cluster.sh
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=$(PREFIX)/etc]:
+# the binary goes to sbin, as nginx's does: a daemon that an administrator
+# or the service manager starts, not a command for users, hence chatd(8);
+# then the config (an existing one is kept), the man page, and the systemd
+# unit with the installed paths written into it.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= $(PREFIX)/etc
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+install: $(BUILD)/chatd
+	$(Q)install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/chatd $(DESTDIR)$(MANDIR)/man8 \
+	    $(DESTDIR)$(UNITDIR)
+	$(Q)install -m 755 $(BUILD)/chatd $(DESTDIR)$(SBINDIR)/chatd
+	$(Q)if [ -e $(DESTDIR)$(SYSCONFDIR)/chatd/chatd.conf ]; then \
+	    echo "install: kept $(DESTDIR)$(SYSCONFDIR)/chatd/chatd.conf (the new one is conf/chatd.conf)"; \
+	else install -m 644 conf/chatd.conf $(DESTDIR)$(SYSCONFDIR)/chatd/chatd.conf; fi
+	$(Q)install -m 644 doc/chatd.8 $(DESTDIR)$(MANDIR)/man8/chatd.8
+	$(Q)sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' doc/chatd.service.in \
+	    > $(DESTDIR)$(UNITDIR)/chatd.service
+	$(Q)chmod 644 $(DESTDIR)$(UNITDIR)/chatd.service
+	@echo "installed chatd $(CHATD_VERSION) in $(DESTDIR)$(PREFIX)"
 
 clean:
 	rm -rf build

@@ -10,10 +10,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "proxy.h"
 
 #define CONFIG_MAX_ORIGINS 16
+#define CONFIG_MAX_DIRECTIVES 96 /* room in `line` below; config.c asserts it */
 
 typedef enum { BROKER_LOCAL = 0, BROKER_REDIS = 1 } broker_kind;
 
@@ -70,7 +72,12 @@ typedef struct config {
 
     /* broker */
     broker_kind broker;
-    char redis_url[256];
+    char redis_url[256];        /* user and password percent-encoded */
+    char redis_password[256];   /* replaces the URL's password; secret */
+    char redis_password_file[256]; /* file whose first line is the password */
+    char redis_pass[256];       /* the password in effect, decoded, from either
+                                   of the two above (config_load_secrets);
+                                   empty: the URL's own */
     char stream[128];
     int64_t stream_maxlen;
     int publish_queue;          /* per worker, messages not yet stored */
@@ -83,12 +90,19 @@ typedef struct config {
     int access_log;             /* 1: a line at each connection's open and close */
     int shutdown_timeout_ms;    /* to store what was accepted, then to close */
     int drain_time_ms;          /* clients closed in batches over this */
+
+    /* where each directive was set, for warnings: the file and, per row of
+     * the directive table, the line (0: not set by a file) */
+    char file[256];
+    int line[CONFIG_MAX_DIRECTIVES];
 } config;
 
 /* Fills cfg with every directive's default. */
 void config_defaults(config *cfg);
 
 /* Parses a config file into cfg (which holds defaults or earlier values).
+ * File paths in it (tls_cert, tls_key, redis_password_file) that are
+ * relative are taken from the file's directory, and stored absolute.
  * Returns 0, or -1 with "FILE:LINE: reason" (or "FILE: reason" for an
  * unreadable file) in err. */
 int config_load(config *cfg, const char *path, char *err, size_t errlen);
@@ -109,5 +123,23 @@ int config_apply_env(config *cfg, char *err, size_t errlen);
  * is not required, but ring_size must be a power of two). Returns 0 or -1
  * with a reason. */
 int config_check(const config *cfg, char *err, size_t errlen);
+
+/* Reads what secrets the config names from files (redis_password_file)
+ * and sets redis_pass. Returns 0, or -1 with a reason naming the file. */
+int config_load_secrets(config *cfg, char *err, size_t errlen);
+
+/* Settings that change nothing as the config stands (tls_cert without
+ * tls_listen, redis_url with broker = local, ...): one line each,
+ * "FILE:LINE: text", '\n'-separated into buf. Returns how many. */
+int config_warnings(const config *cfg, char *buf, size_t len);
+
+/* Writes the effective configuration as a config file, every directive,
+ * secrets (auth_secret, redis_password, the password in redis_url)
+ * masked. */
+void config_dump(const config *cfg, FILE *out);
+
+/* The name of row i of the directive table, NULL past the last: for tests
+ * that check every directive is documented. */
+const char *config_directive_name(size_t i);
 
 #endif

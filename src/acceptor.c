@@ -33,6 +33,7 @@
 #include "net.h"
 #include "proxy.h"
 #include "tls.h"
+#include "version.h"
 
 #define ACCEPT_BURST 64          /* accepts per wake-up */
 #define DRAIN_MS 1000            /* after a refusal: wait for the peer's EOF */
@@ -437,6 +438,9 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
 #define ONE(name, type, help, v) \
     put(body, cap, &n, "# HELP " name " " help "\n# TYPE " name " " type "\n" name " %llu\n", \
         (unsigned long long)(v))
+    put(body, cap, &n, "# HELP chatd_build_info The version of this node (the label).\n"
+                       "# TYPE chatd_build_info gauge\nchatd_build_info{version=\"%s\"} 1\n",
+        chatd_version);
     ONE("chatd_clients", "gauge", "WebSocket clients connected to this node.",
         atomic_load_explicit(&chatd_clients, memory_order_relaxed));
     ONE("chatd_max_clients", "gauge", "Clients this node takes (max_clients and open files).",

@@ -27,6 +27,9 @@ static int redis_init(broker *b, char *err, size_t errlen) {
         redis_free(b);
         return -1;
     }
+    /* redis_password or redis_password_file replaces the URL's password. */
+    if (b->cfg->redis_pass[0])
+        snprintf(rb->link.pass, sizeof(rb->link.pass), "%s", b->cfg->redis_pass);
     uint64_t node;
     if (getrandom(&node, sizeof(node), 0) != sizeof(node))
         node = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);

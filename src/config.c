@@ -5,19 +5,23 @@
  * the very setter a file value goes through, so the two can never drift.
  * Only the few types whose values are not a number or a plain string
  * (listen, origins, broker, log_level, redis_url) have setters of their own.
+ * The same table drives the dump of `chatd -T` and the warnings of `-t`.
  */
 #include "config.h"
 
 #include "log.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 typedef enum {
     T_INT,       /* integer; the field is an int or an int64_t */
@@ -32,6 +36,8 @@ typedef enum {
     T_TLS_LISTEN, /* like T_LISTEN into tls_bind and tls_port; empty = off */
     T_TLS_VERSION, /* 1.2 | 1.3 */
     T_BOOL,      /* on | off into an int */
+    T_PATH,      /* a file; config_load makes a relative one absolute from
+                    the config file's directory */
     T_PROXIES,   /* addresses and CIDRs into trusted_proxies (proxy.h) */
     T_LOGFORMAT, /* text | json */
 } ctype;
@@ -41,6 +47,7 @@ enum {
     F_AUTO = 1u << 1,      /* T_INT: "auto" means 0 */
     F_PRINTABLE = 1u << 2, /* T_STRING: UTF-8 without control characters */
     F_NOSPACE = 1u << 3,   /* T_STRING: printable ASCII or UTF-8, no blanks */
+    F_SECRET = 1u << 4,    /* never echoed in errors nor shown by -T */
 };
 
 typedef struct directive {
@@ -87,8 +94,8 @@ static const directive directives[] = {
     /* TLS */
     {"tls_listen", T_TLS_LISTEN, 0, 0, 65535, "", FIELD(tls_bind),
      "address:port of the wss listener; empty = no TLS"},
-    {"tls_cert", T_STRING, 0, 0, 255, "", FIELD(tls_cert), "PEM certificate chain file"},
-    {"tls_key", T_STRING, 0, 0, 255, "", FIELD(tls_key), "PEM private key file"},
+    {"tls_cert", T_PATH, 0, 0, 255, "", FIELD(tls_cert), "PEM certificate chain file"},
+    {"tls_key", T_PATH, 0, 0, 255, "", FIELD(tls_key), "PEM private key file"},
     {"tls_ciphers", T_STRING, 0, 0, 255, "", FIELD(tls_ciphers),
      "OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default"},
     {"tls_min_version", T_TLS_VERSION, 0, 0, 0, "1.2", FIELD(tls_min_version),
@@ -103,7 +110,7 @@ static const directive directives[] = {
      "messages per second one client may send (closed with 1008); 0 = no limit"},
     {"rate_burst", T_INT, 0, 0, 1000000, "0", FIELD(rate_burst),
      "messages one client may send at once; 0 = rate_limit"},
-    {"auth_secret", T_STRING, 0, 0, 255, "", FIELD(auth_secret),
+    {"auth_secret", T_STRING, F_SECRET, 0, 255, "", FIELD(auth_secret),
      "HS256 secret: when set, clients need ?token=JWT whose sub is the user name"},
 
     /* protocol */
@@ -141,6 +148,10 @@ static const directive directives[] = {
      "local (one node, in process) or redis (nodes share a Redis stream)"},
     {"redis_url", T_REDIS_URL, 0, 0, 0, "redis://127.0.0.1:6379", FIELD(redis_url),
      "Redis server of the redis broker"},
+    {"redis_password", T_STRING, F_SECRET, 0, 255, "", FIELD(redis_password),
+     "Redis password, in place of one in redis_url"},
+    {"redis_password_file", T_PATH, 0, 0, 255, "", FIELD(redis_password_file),
+     "file whose first line is the Redis password"},
     {"stream", T_STRING, F_NOSPACE, 1, 127, "chatd:messages", FIELD(stream),
      "Redis stream key holding the messages"},
     {"stream_maxlen", T_INT, 0, 0, 1000000000000LL, "100000", FIELD(stream_maxlen),
@@ -165,6 +176,7 @@ static const directive directives[] = {
 };
 
 #define N_DIRECTIVES (sizeof directives / sizeof directives[0])
+_Static_assert(N_DIRECTIVES <= CONFIG_MAX_DIRECTIVES, "raise CONFIG_MAX_DIRECTIVES");
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -257,6 +269,10 @@ static void describe(const directive *d, char *buf, size_t len) {
         snprintf(buf, len, "a duration %s..%s: seconds or a number with ms, s, m, h or d",
                  fmt_duration(d->min, lo, sizeof lo), fmt_duration(d->max, hi, sizeof hi));
         break;
+    case T_PATH:
+        snprintf(buf, len, "a file, relative to the config file's directory, up to %" PRId64
+                 " bytes", d->max);
+        break;
     case T_STRING:
         snprintf(buf, len, "%" PRId64 "..%" PRId64 " bytes%s", d->min, d->max,
                  (d->flags & F_NOSPACE)    ? " without spaces or control characters"
@@ -285,7 +301,7 @@ static void describe(const directive *d, char *buf, size_t len) {
         snprintf(buf, len, "nothing, or ADDRESS:PORT with a numeric address, e.g. 0.0.0.0:5443");
         break;
     case T_TLS_VERSION:
-        snprintf(buf, len, "1.2 or 1.3");
+        snprintf(buf, len, "1.2 or 1.3 (nginx's TLSv1.2 or TLSv1.3 too)");
         break;
     case T_BOOL:
         snprintf(buf, len, "on or off");
@@ -526,6 +542,10 @@ static const char *parse_redis_url(const char *s, size_t cap) {
         const char *colon = memchr(rest, ':', (size_t)(at - rest));
         if (colon == NULL) return "credentials are [user]:password@";
         if (colon + 1 == at) return "empty password";
+        /* '@', ':' or '/' in a password are written %40, %3A, %2F. */
+        for (const char *p = rest; p < at; p++)
+            if (*p == '%' && !(isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2])))
+                return "'%' in the user or password is not followed by two hex digits";
         hostport = at + 1;
     }
     const char *slash = strchr(hostport, '/');
@@ -595,6 +615,7 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         if (why == NULL) field_set_int(cfg, d, v);
         break;
     case T_STRING:
+    case T_PATH:
         why = parse_string(d, value);
         if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
         break;
@@ -609,7 +630,7 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         break;
     }
     case T_ORIGINS: {
-        char list[CONFIG_MAX_ORIGINS][128];
+        char list[CONFIG_MAX_ORIGINS][128] = {{0}}; /* whole: configs compare bytewise */
         int n;
         why = parse_origins(value, list, &n);
         if (why == NULL) {
@@ -649,14 +670,19 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         }
         break;
     }
-    case T_TLS_VERSION:
-        if (strcmp(value, "1.2") == 0)
+    case T_TLS_VERSION: {
+        /* nginx spells versions TLSv1.2; OpenSSL's names are the same. */
+        const char *ver = strncasecmp(value, "TLSv", 4) == 0 ? value + 4 : value;
+        if (strcmp(ver, "1.2") == 0)
             cfg->tls_min_version = 0x0303;
-        else if (strcmp(value, "1.3") == 0)
+        else if (strcmp(ver, "1.3") == 0)
             cfg->tls_min_version = 0x0304;
-        else
+        else if (strcmp(ver, "1") == 0 || strcmp(ver, "1.0") == 0 || strcmp(ver, "1.1") == 0)
             why = "TLS 1.0 and 1.1 are never offered";
+        else
+            why = "not a TLS version";
         break;
+    }
     case T_BOOL:
         if (strcmp(value, "on") == 0 || strcmp(value, "off") == 0)
             field_set_int(cfg, d, value[1] == 'n');
@@ -690,6 +716,13 @@ static void bad_value(char *err, size_t errlen, const directive *d, const char *
                       const char *why) {
     char expected[160];
     describe(d, expected, sizeof expected);
+    /* A secret, or a URL that may hold a password where we cannot tell
+     * (it is malformed), is not repeated. */
+    if ((d->flags & F_SECRET) || d->type == T_REDIS_URL) {
+        seterr(err, errlen, "bad value (not repeated here) for '%s': %s (expected %s)", d->name,
+               why, expected);
+        return;
+    }
     int cut = strlen(value) > 80 ? 77 : 80;
     seterr(err, errlen, "bad value '%.*s%s' for '%s': %s (expected %s)", cut, value,
            cut == 77 ? "..." : "", d->name, why, expected);
@@ -731,9 +764,33 @@ static char *trim(char *s, char *end) {
     return s;
 }
 
+/* Makes a relative path absolute from dir (NULL: leaves it). */
+static int resolve_path(config *cfg, const directive *d, const char *dir, char *err,
+                        size_t errlen) {
+    char *v = field_ptr(cfg, d);
+    if (dir == NULL || v[0] == '\0' || v[0] == '/') return 0;
+    char full[PATH_MAX];
+    int n = snprintf(full, sizeof full, "%s/%s", dir, v);
+    if (n < 0 || (size_t)n >= d->size) {
+        seterr(err, errlen, "'%s' is too long once taken from %s (at most %zu bytes)", d->name,
+               dir, d->size - 1);
+        return -1;
+    }
+    memcpy(v, full, (size_t)n + 1);
+    return 0;
+}
+
+/* Where a file's directives come from: its name, its directory (for
+ * relative paths; NULL for text that is no file) and the line. */
+typedef struct source {
+    const char *name;
+    const char *dir;
+    int line;
+} source;
+
 /* Parses one line in place. Returns 0 (blank, comment or applied) or -1
  * with the reason in err (no file or line). */
-static int parse_line(config *cfg, char *line, char *err, size_t errlen) {
+static int parse_line(config *cfg, char *line, const source *src, char *err, size_t errlen) {
     char *end = line + strlen(line);
     char *p = line;
     while (p < end && is_blank(*p)) p++;
@@ -786,10 +843,14 @@ static int parse_line(config *cfg, char *line, char *err, size_t errlen) {
         while (q < end && !(*q == '#' && (q == v || is_blank(q[-1])))) q++;
         value = trim(v, q);
     }
-    return config_set(cfg, key, value, err, errlen);
+    if (config_set(cfg, key, value, err, errlen) != 0) return -1;
+    const directive *d = find_directive(key);
+    cfg->line[d - directives] = src->line;
+    return d->type == T_PATH ? resolve_path(cfg, d, src->dir, err, errlen) : 0;
 }
 
-int config_parse(config *cfg, const char *name, const char *text, char *err, size_t errlen) {
+static int parse_text(config *cfg, const char *name, const char *dir, const char *text, char *err,
+                      size_t errlen) {
     size_t len = strlen(text);
     char *buf = malloc(len + 1);
     if (buf == NULL) {
@@ -801,11 +862,14 @@ int config_parse(config *cfg, const char *name, const char *text, char *err, siz
     char *line = buf;
     if (strncmp(line, "\xef\xbb\xbf", 3) == 0) line += 3; /* a BOM some editors add */
     int rc = 0;
+    snprintf(cfg->file, sizeof cfg->file, "%s", name);
+    source src = {name, dir, 0};
     for (int lineno = 1; line != NULL; lineno++) {
         char *nl = strchr(line, '\n');
         if (nl != NULL) *nl = '\0';
         char why[512];
-        if (parse_line(cfg, line, why, sizeof why) != 0) {
+        src.line = lineno;
+        if (parse_line(cfg, line, &src, why, sizeof why) != 0) {
             seterr(err, errlen, "%s:%d: %s", name, lineno, why);
             rc = -1;
             break;
@@ -814,6 +878,10 @@ int config_parse(config *cfg, const char *name, const char *text, char *err, siz
     }
     free(buf);
     return rc;
+}
+
+int config_parse(config *cfg, const char *name, const char *text, char *err, size_t errlen) {
+    return parse_text(cfg, name, NULL, text, err, errlen);
 }
 
 int config_load(config *cfg, const char *path, char *err, size_t errlen) {
@@ -849,7 +917,18 @@ int config_load(config *cfg, const char *path, char *err, size_t errlen) {
         seterr(err, errlen, "%s: contains a NUL byte; not a text file?", path);
         goto out;
     }
-    rc = config_parse(cfg, path, text, err, errlen);
+    /* Relative paths in the file mean the file's directory, as a service
+     * manager starts chatd from anywhere; stored absolute, so a later
+     * reload or a chdir cannot change what they name. */
+    char dir[PATH_MAX], real[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1,
+             slash ? path : ".");
+    if (realpath(dir, real) == NULL) {
+        seterr(err, errlen, "%s: cannot resolve its directory: %s", path, strerror(errno));
+        goto out;
+    }
+    rc = parse_text(cfg, path, real, text, err, errlen);
 out:
     free(text);
     fclose(f);
@@ -873,7 +952,7 @@ int config_apply_env(config *cfg, char *err, size_t errlen) {
     if (url != NULL && *url != '\0') {
         const char *why = parse_redis_url(url, sizeof cfg->redis_url);
         if (why != NULL) {
-            seterr(err, errlen, "REDIS_URL: bad value '%.80s': %s (expected %s)", url, why,
+            seterr(err, errlen, "REDIS_URL: bad value (not repeated here): %s (expected %s)", why,
                    "redis://[[user]:password@]host[:port][/db]");
             return -1;
         }
@@ -881,6 +960,15 @@ int config_apply_env(config *cfg, char *err, size_t errlen) {
         cfg->broker = BROKER_REDIS;
     }
     return 0;
+}
+
+/* Where the password of a redis:// URL starts (after "user:"), or NULL. */
+static const char *url_password(const char *url) {
+    if (strncmp(url, "redis://", 8) != 0) return NULL;
+    const char *at = strrchr(url + 8, '@');
+    if (at == NULL) return NULL;
+    const char *colon = memchr(url + 8, ':', (size_t)(at - url - 8));
+    return colon != NULL && colon + 1 < at ? colon + 1 : NULL;
 }
 
 int config_check(const config *cfg, char *err, size_t errlen) {
@@ -912,6 +1000,26 @@ int config_check(const config *cfg, char *err, size_t errlen) {
         seterr(err, errlen, "proxy_protocol = on needs trusted_proxies: it would refuse everyone");
         return -1;
     }
+    /* Two listeners on one port: bind would fail at start, after -t said
+     * yes. Different specific addresses on one port are fine. */
+    bool any = strcmp(cfg->bind, "0.0.0.0") == 0 || strcmp(cfg->bind, "::") == 0 ||
+               strcmp(cfg->tls_bind, "0.0.0.0") == 0 || strcmp(cfg->tls_bind, "::") == 0;
+    if (cfg->tls_port == cfg->port && (any || strcmp(cfg->bind, cfg->tls_bind) == 0)) {
+        seterr(err, errlen,
+               "listen and tls_listen are both on port %d: give each a port of its own "
+               "(ws:// and wss:// cannot share one)",
+               cfg->port);
+        return -1;
+    }
+    if (cfg->redis_password[0] && cfg->redis_password_file[0]) {
+        seterr(err, errlen, "redis_password and redis_password_file are both set: give one");
+        return -1;
+    }
+    if ((cfg->redis_password[0] || cfg->redis_password_file[0]) && url_password(cfg->redis_url)) {
+        seterr(err, errlen, "redis_url has a password and %s is set: give the password once",
+               cfg->redis_password[0] ? "redis_password" : "redis_password_file");
+        return -1;
+    }
     if (cfg->n_origins < 0 || cfg->n_origins > CONFIG_MAX_ORIGINS) {
         seterr(err, errlen, "allowed_origins: %d entries, at most %d", cfg->n_origins,
                CONFIG_MAX_ORIGINS);
@@ -922,7 +1030,7 @@ int config_check(const config *cfg, char *err, size_t errlen) {
         return -1;
     }
     if (cfg->broker == BROKER_REDIS && parse_redis_url(cfg->redis_url, sizeof cfg->redis_url)) {
-        seterr(err, errlen, "redis_url: '%.80s' is not a Redis URL", cfg->redis_url);
+        seterr(err, errlen, "redis_url is not a Redis URL (not repeated here)");
         return -1;
     }
     /* The default room must be a room a client could also name. */
@@ -938,3 +1046,170 @@ int config_check(const config *cfg, char *err, size_t errlen) {
     }
     return 0;
 }
+
+/* ---- secrets, warnings, the dump --------------------------------------- */
+
+int config_load_secrets(config *cfg, char *err, size_t errlen) {
+    cfg->redis_pass[0] = '\0';
+    if (cfg->broker != BROKER_REDIS) return 0; /* ignored: config_warnings says so */
+    if (cfg->redis_password[0]) {
+        memcpy(cfg->redis_pass, cfg->redis_password, sizeof cfg->redis_pass);
+        return 0;
+    }
+    if (cfg->redis_password_file[0] == '\0') return 0;
+    const char *path = cfg->redis_password_file;
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        seterr(err, errlen, "redis_password_file %s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    char buf[sizeof cfg->redis_pass + 2];
+    bool got = fgets(buf, sizeof buf, f) != NULL;
+    fclose(f);
+    size_t n = got ? strcspn(buf, "\r\n") : 0;
+    if (n == 0) {
+        seterr(err, errlen, "redis_password_file %s: the first line is empty", path);
+        return -1;
+    }
+    if (n >= sizeof cfg->redis_pass) {
+        seterr(err, errlen, "redis_password_file %s: the password is longer than %zu bytes", path,
+               sizeof cfg->redis_pass - 1);
+        return -1;
+    }
+    memcpy(cfg->redis_pass, buf, n);
+    cfg->redis_pass[n] = '\0';
+    explicit_bzero(buf, sizeof buf);
+    return 0;
+}
+
+/* Set by the file to something other than its default. */
+static bool set_by_file(const config *cfg, const config *def, const directive *d) {
+    return cfg->line[d - directives] > 0 &&
+           memcmp((const char *)cfg + d->offset, (const char *)def + d->offset, d->size) != 0;
+}
+
+int config_warnings(const config *cfg, char *buf, size_t len) {
+    static const struct {
+        const char *name, *ignored_when;
+    } rules[] = {
+        {"tls_cert", "tls_listen is empty (no wss:// listener)"},
+        {"tls_key", "tls_listen is empty (no wss:// listener)"},
+        {"tls_ciphers", "tls_listen is empty (no wss:// listener)"},
+        {"tls_min_version", "tls_listen is empty (no wss:// listener)"},
+        {"redis_url", "broker = local (set broker = redis, or REDIS_URL in the environment)"},
+        {"redis_password", "broker = local"},
+        {"redis_password_file", "broker = local"},
+        {"stream", "broker = local"},
+        {"stream_maxlen", "broker = local"},
+        {"redis_timeout", "broker = local"},
+        {"history_ttl", "broker = local"},
+        {"rate_burst", "rate_limit = 0 (no limit)"},
+    };
+    static config def; /* main thread only, like the rest of config */
+    config_defaults(&def);
+    int count = 0;
+    size_t used = 0;
+    if (len > 0) buf[0] = '\0';
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+        const directive *d = find_directive(rules[i].name);
+        bool off = strncmp(d->name, "tls_", 4) == 0 ? cfg->tls_port == 0
+                   : strcmp(d->name, "rate_burst") == 0 ? cfg->rate_limit == 0
+                                                        : cfg->broker == BROKER_LOCAL;
+        if (!off || !set_by_file(cfg, &def, d)) continue;
+        count++;
+        if (used < len) {
+            int n = snprintf(buf + used, len - used, "%s%s:%d: %s is ignored: %s",
+                             used ? "\n" : "", cfg->file, cfg->line[d - directives], d->name,
+                             rules[i].ignored_when);
+            used += n > 0 ? (size_t)n : 0;
+        }
+    }
+    return count;
+}
+
+#define MASK "********"
+
+/* A value as the file would say it: quoted when it holds blanks, '#',
+ * '"' or '\' (or is empty and must stay a value). */
+static void put_value(FILE *out, const char *v) {
+    if (v[0] != '\0' && strpbrk(v, " \t#\"\\") == NULL) {
+        fputs(v, out);
+        return;
+    }
+    if (v[0] == '\0') return;
+    fputc('"', out);
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\') fputc('\\', out);
+        fputc(*v, out);
+    }
+    fputc('"', out);
+}
+
+static void put_listen(FILE *out, const char *bind, int port) {
+    bool v6 = strchr(bind, ':') != NULL;
+    fprintf(out, "%s%s%s:%d", v6 ? "[" : "", bind, v6 ? "]" : "", port);
+}
+
+void config_dump(const config *cfg, FILE *out) {
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    char buf[512];
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        const directive *d = &directives[i];
+        const char *s = (const char *)cfg + d->offset;
+        int64_t v = 0;
+        if (d->type == T_INT || d->type == T_SIZE || d->type == T_DURATION || d->type == T_BOOL)
+            v = field_get_int(cfg, d);
+        fprintf(out, "%s = ", d->name);
+        switch (d->type) {
+        case T_INT:
+            if ((d->flags & F_AUTO) && v == 0) fputs("auto", out);
+            else fprintf(out, "%" PRId64, v);
+            break;
+        case T_SIZE: fputs(fmt_size(v, buf, sizeof buf), out); break;
+        case T_DURATION: fputs(fmt_duration(v, buf, sizeof buf), out); break;
+        case T_STRING:
+        case T_PATH:
+            put_value(out, (d->flags & F_SECRET) && s[0] ? MASK : s);
+            break;
+        case T_LISTEN: put_listen(out, cfg->bind, cfg->port); break;
+        case T_TLS_LISTEN:
+            if (cfg->tls_port) put_listen(out, cfg->tls_bind, cfg->tls_port);
+            break;
+        case T_ORIGINS:
+            for (int k = 0; k < cfg->n_origins; k++)
+                fprintf(out, "%s%s", k ? ", " : "", cfg->allowed_origins[k]);
+            break;
+        case T_BROKER: fputs(cfg->broker == BROKER_REDIS ? "redis" : "local", out); break;
+        case T_LOGLEVEL:
+            fputs(cfg->log_level >= 0 && cfg->log_level <= 3 ? levels[cfg->log_level] : "?", out);
+            break;
+        case T_REDIS_URL: {
+            const char *pw = url_password(s);
+            if (pw == NULL) {
+                put_value(out, s);
+                break;
+            }
+            snprintf(buf, sizeof buf, "%.*s" MASK "%s", (int)(pw - s), s, strrchr(s, '@'));
+            put_value(out, buf);
+            break;
+        }
+        case T_TLS_VERSION: fputs(cfg->tls_min_version == 0x0304 ? "1.3" : "1.2", out); break;
+        case T_BOOL: fputs(v ? "on" : "off", out); break;
+        case T_PROXIES:
+            for (int k = 0; k < cfg->n_trusted_proxies; k++) {
+                const proxy_net *n = &cfg->trusted_proxies[k];
+                char ip[64];
+                proxy_format_ip(n->ip, ip, sizeof ip);
+                /* An IPv4 net is 96 bits of ::ffff:0:0/96 and its own. */
+                int v4 = strchr(ip, ':') == NULL, bits = v4 ? n->bits - 96 : n->bits;
+                fprintf(out, "%s%s", k ? " " : "", ip);
+                if (bits != (v4 ? 32 : 128)) fprintf(out, "/%d", bits);
+            }
+            break;
+        case T_LOGFORMAT: fputs(cfg->log_format == LOG_JSON ? "json" : "text", out); break;
+        }
+        fputc('\n', out);
+    }
+}
+
+const char *config_directive_name(size_t i) { return i < N_DIRECTIVES ? directives[i].name : NULL; }

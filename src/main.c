@@ -6,6 +6,7 @@
  *   broker    the shared order: local, or the Redis stream consumer
  */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,15 +21,33 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "tls.h"
+#include "version.h"
 #include "worker.h"
 
 #define FD_RESERVE 64 /* descriptors kept for listeners, Redis, logs, eventfds */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: chatd [-t] [-c FILE]\n"
-               "  -c FILE  configuration file (default: built-in defaults)\n"
-               "  -t       check the configuration and exit\n");
+    fprintf(f, "usage: chatd [-t | -T] [-c FILE]\n"
+               "       chatd -h | --help | -v | --version\n"
+               "  -c FILE        configuration file (default: built-in defaults); relative\n"
+               "                 paths in it are taken from its directory\n"
+               "  -t             check the configuration (with the TLS certificate and key\n"
+               "                 and the Redis password file), print warnings, and exit\n"
+               "  -T             as -t, then print the effective configuration (after\n"
+               "                 PORT and REDIS_URL, secrets masked) and exit\n"
+               "  -h, --help     print this help and exit\n"
+               "  -v, --version  print the version and exit\n"
+               "environment: PORT replaces the port of listen; REDIS_URL sets redis_url and\n"
+               "broker = redis; NOTIFY_SOCKET (systemd) is told READY=1 once listening.\n"
+               "See chatd(8).\n");
+}
+
+/* Tells the service manager, if any; a failure costs only the telling. */
+static void notify(const char *state) {
+    char err[160];
+    if (notify_send(state, err, sizeof(err)) < 0) log_warn("%s", err);
 }
 
 /* Raises the open-files soft limit to the hard limit and returns how many
@@ -47,13 +66,20 @@ static int64_t raise_nofile(void) {
 
 int main(int argc, char **argv) {
     const char *path = NULL;
-    int test_only = 0, opt;
+    int test_only = 0, dump = 0, opt;
     char err[512];
-    while ((opt = getopt(argc, argv, "c:th")) != -1) {
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'v'},
+        {NULL, 0, NULL, 0},
+    };
+    while ((opt = getopt_long(argc, argv, "c:tThv", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 't': test_only = 1; break;
+        case 'T': test_only = dump = 1; break;
         case 'h': usage(stdout); return 0;
+        case 'v': printf("chatd %s\n", chatd_version); return 0;
         default: usage(stderr); return 1;
         }
     }
@@ -65,11 +91,16 @@ int main(int argc, char **argv) {
     static config cfg;
     config_defaults(&cfg);
     if ((path && config_load(&cfg, path, err, sizeof(err)) < 0) ||
-        config_apply_env(&cfg, err, sizeof(err)) < 0 || config_check(&cfg, err, sizeof(err)) < 0) {
+        config_apply_env(&cfg, err, sizeof(err)) < 0 || config_check(&cfg, err, sizeof(err)) < 0 ||
+        config_load_secrets(&cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "chatd: %s\n", err);
         return 1;
     }
+    char warnings[2048];
+    int nwarn = config_warnings(&cfg, warnings, sizeof(warnings));
     if (test_only) {
+        for (char *w = nwarn ? strtok(warnings, "\n") : NULL; w; w = strtok(NULL, "\n"))
+            fprintf(stderr, "chatd: warning: %s\n", w);
         /* The certificate and key are part of the configuration: check them. */
         tls *tc = cfg.tls_port ? tls_new(&cfg, err, sizeof(err)) : NULL;
         if (cfg.tls_port && tc == NULL) {
@@ -77,11 +108,21 @@ int main(int argc, char **argv) {
             return 1;
         }
         tls_free(tc);
-        printf("chatd: configuration %s is valid\n", path ? path : "(defaults)");
+        if (dump) {
+            printf("# chatd %s: effective configuration of %s, after the environment;\n"
+                   "# secrets are masked\n",
+                   chatd_version, path ? path : "(defaults)");
+            config_dump(&cfg, stdout);
+        } else {
+            printf("chatd: configuration %s is valid%s\n", path ? path : "(defaults)",
+                   nwarn ? " (with warnings)" : "");
+        }
         return 0;
     }
     log_level = cfg.log_level;
     log_format = cfg.log_format;
+    for (char *w = nwarn ? strtok(warnings, "\n") : NULL; w; w = strtok(NULL, "\n"))
+        log_warn("%s", w);
 
     /* Signals: handled by main with sigwait; every thread inherits the mask. */
     sigset_t sigs;
@@ -129,21 +170,30 @@ int main(int argc, char **argv) {
     if (t)
         snprintf(wss, sizeof(wss), " and wss://%s%s%s:%d", strchr(cfg.tls_bind, ':') ? "[" : "",
                  cfg.tls_bind, strchr(cfg.tls_bind, ':') ? "]" : "", cfg.tls_port);
-    log_info("chatd listening at ws://%s%s%s:%d%s (%d workers, broker %s)",
+    log_info("chatd listening at ws://%s%s%s:%d%s (%d workers, broker %s, version %s)",
              strchr(cfg.bind, ':') ? "[" : "", cfg.bind, strchr(cfg.bind, ':') ? "]" : "",
-             cfg.port, wss, nworkers, broker_name(b));
+             cfg.port, wss, nworkers, broker_name(b), chatd_version);
+    /* The listeners are bound and the threads run: systemd's Type=notify
+     * may now count the service as started. */
+    char ready[320];
+    snprintf(ready, sizeof(ready), "READY=1\nMAINPID=%ld\nSTATUS=listening on port %d%s",
+             (long)getpid(), cfg.port, t ? " and a TLS port" : "");
+    notify(ready);
 
     for (;;) {
         int sig;
         if (sigwait(&sigs, &sig) != 0) continue;
         if (sig == SIGHUP) {
+            notify("RELOADING=1");
             if (t == NULL) log_info("SIGHUP: no TLS certificate to reload");
             else if (tls_reload(t, err, sizeof(err)) < 0)
                 log_error("SIGHUP: %s; the old certificate stays in service", err);
             else log_info("SIGHUP: reloaded %s and %s", cfg.tls_cert, cfg.tls_key);
+            notify("READY=1");
             continue;
         }
         log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        notify("STOPPING=1");
         break;
     }
     rc = 0;

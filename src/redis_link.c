@@ -13,6 +13,33 @@
 #include <sys/socket.h>
 #include <time.h>
 
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes n bytes of percent-encoded src (RFC 3986 userinfo) into dst.
+ * Returns 0, or -1 for a '%' without two hex digits or a result too long. */
+static int pct_decode(char *dst, size_t cap, const char *src, size_t n) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)src[i];
+        if (c == '%') {
+            if (i + 2 >= n) return -1;
+            int hi = hexval(src[i + 1]), lo = hexval(src[i + 2]);
+            if (hi < 0 || lo < 0) return -1;
+            c = hi * 16 + lo;
+            i += 2;
+        }
+        if (o + 1 >= cap) return -1;
+        dst[o++] = (char)c;
+    }
+    dst[o] = '\0';
+    return 0;
+}
+
 int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, size_t errlen) {
     memset(l, 0, sizeof(*l));
     l->port = 6379;
@@ -24,11 +51,13 @@ int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, s
     at = strrchr(p, '@'); /* the password may hold '@' */
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
+        /* '@', ':' and '/' in a user or password are written %40, %3A, %2F */
         if (colon) {
-            snprintf(l->user, sizeof(l->user), "%.*s", (int)(colon - p), p);
-            snprintf(l->pass, sizeof(l->pass), "%.*s", (int)(at - colon - 1), colon + 1);
-        } else {
-            snprintf(l->pass, sizeof(l->pass), "%.*s", (int)(at - p), p);
+            if (pct_decode(l->user, sizeof(l->user), p, (size_t)(colon - p)) < 0 ||
+                pct_decode(l->pass, sizeof(l->pass), colon + 1, (size_t)(at - colon - 1)) < 0)
+                goto bad;
+        } else if (pct_decode(l->pass, sizeof(l->pass), p, (size_t)(at - p)) < 0) {
+            goto bad;
         }
         p = at + 1;
     }
@@ -64,9 +93,12 @@ int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, s
         snprintf(l->ip, sizeof(l->ip), "%.63s", l->host);
     return 0;
 bad:
+    /* Never repeated: a malformed URL may hold a password where the
+     * grammar cannot tell (a missing '@'). */
+    memset(l->pass, 0, sizeof(l->pass));
     snprintf(err, errlen,
-             "bad redis_url (expected redis://[[user]:password@]host[:port][/db], got %s)",
-             at ? "a URL with credentials, not repeated here" : url);
+             "bad redis_url (expected redis://[[user]:password@]host[:port][/db]; "
+             "the URL is not repeated here)");
     return -1;
 }
 

@@ -1,21 +1,48 @@
 #!/bin/sh
-# Installs the Debian packages chatd needs to build, run and test, among
-# them Chromium and Node.js with npm (unless a node is already there) for
-# the browser test, then the browser test's npm packages (npm ci in
-# test/browser, pinned by its package-lock.json).
-# (`install-deps.sh bench` adds what `make bench` needs: gnuplot.)
+# Installs the Debian packages chatd needs, by what they are for:
+#   install-deps.sh run      building and running a node (make run)
+#   install-deps.sh cluster  run + redis-server (make cluster)
+#   install-deps.sh test     cluster + the test tools: cmocka, pytest, clang
+#                            and its sanitizer runtime, Chromium, Node.js with
+#                            npm (unless a node is there), then the browser
+#                            test's npm packages (npm ci in test/browser,
+#                            pinned by its package-lock.json) (make test)
+#   install-deps.sh bench    test + gnuplot (make bench)
+#   install-deps.sh --list SET   prints the packages of SET and exits
 # Idempotent: installs only what is missing, and runs npm ci only when the
 # lock file changed since the last time. Needs root (apt-get).
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-PKGS="build-essential pkg-config libevent-dev libhiredis-dev libssl-dev node-llhttp
-      libcmocka-dev libjansson-dev redis-server python3 python3-pytest python3-websockets openssl
-      clang libclang-rt-14-dev chromium"
-command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
+list=no
+if [ "${1:-}" = --list ]; then
+    list=yes
+    shift
+fi
+set_name=${1:-test}
 
-if [ "${1:-}" = bench ]; then
-    PKGS="$PKGS gnuplot-nox"
+RUN_PKGS="build-essential pkg-config libevent-dev libhiredis-dev libssl-dev node-llhttp
+          libjansson-dev"
+CLUSTER_PKGS="redis-server"
+TEST_PKGS="libcmocka-dev python3 python3-pytest python3-websockets openssl clang
+           libclang-rt-14-dev chromium"
+
+case "$set_name" in
+run) PKGS="$RUN_PKGS" ;;
+cluster) PKGS="$RUN_PKGS $CLUSTER_PKGS" ;;
+test | bench)
+    PKGS="$RUN_PKGS $CLUSTER_PKGS $TEST_PKGS"
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
+    [ "$set_name" = bench ] && PKGS="$PKGS gnuplot-nox"
+    ;;
+*)
+    echo "usage: install-deps.sh [--list] [run|cluster|test|bench]" >&2
+    exit 2
+    ;;
+esac
+if [ "$list" = yes ]; then
+    echo $PKGS
+    exit 0
 fi
 
 missing=""
@@ -34,6 +61,8 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing
 fi
+
+case "$set_name" in run | cluster) exit 0 ;; esac
 
 # The browser test's playwright-core. The copy of the lock file that npm ci
 # last installed from is kept in node_modules: the same lock, nothing to do.

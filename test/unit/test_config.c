@@ -17,19 +17,24 @@
 
 static char err[512];
 
-/* Every directive, in the order of the table; the shipped file must list
- * each of them. */
-static const char *const all_directives[] = {
-    "listen",        "workers",       "max_clients",   "max_header_bytes", "handshake_timeout",
-    "allowed_origins", "tls_listen", "tls_cert", "tls_key", "tls_ciphers", "tls_min_version",
-    "max_pending", "max_clients_per_ip", "rate_limit", "rate_burst", "auth_secret",
-    "default_room", "max_username", "max_room",         "max_message",
-    "ping_interval", "ping_timeout",  "max_output_buffer", "broker",       "redis_url",
-    "stream",        "stream_maxlen", "publish_queue", "ring_size",        "log_level",
-    "shutdown_timeout", "max_rooms_per_conn", "history_size", "history_bytes", "history_max",
-    "history_ttl", "presence_ttl", "presence_max", "web", "trusted_proxies", "proxy_protocol",
-    "log_format", "access_log",
-};
+/* Where a config came from (file, line of each directive) is not a
+ * setting: forget it before comparing two configs. */
+static config *settings(config *cfg) {
+    memset(cfg->file, 0, sizeof cfg->file);
+    memset(cfg->line, 0, sizeof cfg->line);
+    return cfg;
+}
+
+/* The whole text of a file, or fails the test. */
+static char *slurp(const char *path) {
+    static char text[262144];
+    FILE *f = fopen(path, "r");
+    if (f == NULL) fail_msg("cannot open %s", path);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    return text;
+}
 
 static int set(config *cfg, const char *key, const char *value) {
     err[0] = '\0';
@@ -500,7 +505,8 @@ static void test_errors(void **state) {
         {"broker = kafka",
          "t.conf:1: bad value 'kafka' for 'broker': unknown broker (expected local or redis)"},
         {"redis_url = localhost",
-         "t.conf:1: bad value 'localhost' for 'redis_url': must start with redis:// (expected "
+         "t.conf:1: bad value (not repeated here) for 'redis_url': must start with redis:// "
+         "(expected "
          "redis://[[user]:password@]host[:port][/db])"},
         {"allowed_origins = example.com",
          "t.conf:1: bad value 'example.com' for 'allowed_origins': an origin is "
@@ -559,24 +565,22 @@ static void test_shipped_conf(void **state) {
     config_defaults(&defaults);
     config_defaults(&cfg);
     if (config_load(&cfg, "conf/chatd.conf", err, sizeof err) != 0) fail_msg("%s", err);
-    /* It documents the defaults and changes nothing. */
-    assert_memory_equal(&cfg, &defaults, sizeof cfg);
+    /* It documents the defaults, changes nothing and warns of nothing. */
+    char warnings[1024];
+    assert_int_equal(config_warnings(&cfg, warnings, sizeof warnings), 0);
+    assert_memory_equal(settings(&cfg), &defaults, sizeof cfg);
     assert_int_equal(config_check(&cfg, err, sizeof err), 0);
 
-    /* Every directive is listed, set, in the file. */
-    FILE *f = fopen("conf/chatd.conf", "r");
-    assert_non_null(f);
-    static char text[65536];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = '\0';
-    for (size_t i = 0; i < sizeof all_directives / sizeof all_directives[0]; i++) {
+    /* Every directive of the table is listed, set, in the file. */
+    const char *text = slurp("conf/chatd.conf");
+    const char *name;
+    for (size_t i = 0; (name = config_directive_name(i)) != NULL; i++) {
         char want[64];
-        snprintf(want, sizeof want, "\n%s = ", all_directives[i]);
+        snprintf(want, sizeof want, "\n%s = ", name);
         char bare[64];
-        snprintf(bare, sizeof bare, "\n%s =\n", all_directives[i]);
+        snprintf(bare, sizeof bare, "\n%s =\n", name);
         if (strstr(text, want) == NULL && strstr(text, bare) == NULL)
-            fail_msg("conf/chatd.conf does not set '%s'", all_directives[i]);
+            fail_msg("conf/chatd.conf does not set '%s'", name);
     }
 
     /* And every directive there is known, since the file parsed. A zeroed
@@ -584,7 +588,26 @@ static void test_shipped_conf(void **state) {
     config zero;
     memset(&zero, 0, sizeof zero);
     assert_int_equal(config_load(&zero, "conf/chatd.conf", err, sizeof err), 0);
-    assert_memory_equal(&zero, &defaults, sizeof zero);
+    assert_memory_equal(settings(&zero), &defaults, sizeof zero);
+}
+
+/* Every directive of the table is in the man page (as a .TP entry in bold)
+ * and in the README's directive table. */
+static void test_documented(void **state) {
+    (void)state;
+    const char *name;
+    const char *man = slurp("doc/chatd.8");
+    for (size_t i = 0; (name = config_directive_name(i)) != NULL; i++) {
+        char want[80];
+        snprintf(want, sizeof want, ".TP\n.B %s\n", name);
+        if (strstr(man, want) == NULL) fail_msg("doc/chatd.8 does not describe '%s'", name);
+    }
+    const char *readme = slurp("README.md");
+    for (size_t i = 0; (name = config_directive_name(i)) != NULL; i++) {
+        char want[80];
+        snprintf(want, sizeof want, "\n| `%s` |", name);
+        if (strstr(readme, want) == NULL) fail_msg("README.md's table lacks '%s'", name);
+    }
 }
 
 static void test_load_errors(void **state) {
@@ -663,8 +686,11 @@ static void test_env(void **state) {
     config_defaults(&cfg);
     setenv("REDIS_URL", "http://10.1.2.3", 1);
     assert_int_equal(config_apply_env(&cfg, err, sizeof err), -1);
-    assert_string_equal(err, "REDIS_URL: bad value 'http://10.1.2.3': must start with redis:// "
+    assert_string_equal(err, "REDIS_URL: bad value (not repeated here): must start with redis:// "
                              "(expected redis://[[user]:password@]host[:port][/db])");
+    setenv("REDIS_URL", "redis://:hunter2@h:0", 1);
+    assert_int_equal(config_apply_env(&cfg, err, sizeof err), -1);
+    assert_null(strstr(err, "hunter2"));
     assert_int_equal(cfg.broker, BROKER_LOCAL);
     assert_string_equal(cfg.redis_url, "redis://127.0.0.1:6379");
 
@@ -898,6 +924,278 @@ static void test_net_ops(void **state) {
     assert_int_equal(config_check(&cfg, err, sizeof err), 0);
 }
 
+/* ---- issue 15: nginx's spellings, paths, conflicts, warnings, secrets ---- */
+
+static void test_tls_version_spellings(void **state) {
+    (void)state;
+    config cfg;
+    config_defaults(&cfg);
+    assert_int_equal(set(&cfg, "tls_min_version", "TLSv1.3"), 0);
+    assert_int_equal(cfg.tls_min_version, 0x0304);
+    assert_int_equal(set(&cfg, "tls_min_version", "TLSv1.2"), 0);
+    assert_int_equal(cfg.tls_min_version, 0x0303);
+    assert_int_equal(set(&cfg, "tls_min_version", "tlsv1.3"), 0);
+    assert_int_equal(cfg.tls_min_version, 0x0304);
+    expect_bad("tls_min_version", "TLSv1.1", "TLS 1.0 and 1.1 are never offered");
+    expect_bad("tls_min_version", "TLSv1", "TLS 1.0 and 1.1 are never offered");
+    expect_bad("tls_min_version", "1.4", "not a TLS version");
+    expect_bad("tls_min_version", "TLSv1.3 TLSv1.2", "not a TLS version");
+    expect_bad("tls_min_version", "SSLv3", "not a TLS version");
+}
+
+/* A directory with a config file in it; returns its path. */
+static const char *conf_dir(const char *text) {
+    static char dir[] = "/tmp/chatd-test-config-XXXXXX";
+    strcpy(dir, "/tmp/chatd-test-config-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "%s/chatd.conf", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return dir;
+}
+
+static void rm_dir(const char *dir) {
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_relative_paths(void **state) {
+    (void)state;
+    const char *dir = conf_dir("tls_cert = cert.pem\ntls_key = keys/key.pem\n"
+                               "redis_password_file = ../pw\nbroker = redis\n");
+    char path[160], want[256];
+    snprintf(path, sizeof path, "%s/chatd.conf", dir);
+    config cfg;
+    config_defaults(&cfg);
+    /* Loaded from anywhere: the working directory plays no part. */
+    char cwd[4096];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir("/"), 0);
+    int rc = config_load(&cfg, path, err, sizeof err);
+    assert_int_equal(chdir(cwd), 0);
+    if (rc != 0) fail_msg("%s", err);
+    snprintf(want, sizeof want, "%s/cert.pem", dir);
+    assert_string_equal(cfg.tls_cert, want);
+    snprintf(want, sizeof want, "%s/keys/key.pem", dir);
+    assert_string_equal(cfg.tls_key, want);
+    snprintf(want, sizeof want, "%s/../pw", dir);
+    assert_string_equal(cfg.redis_password_file, want);
+    rm_dir(dir);
+
+    /* Absolute paths stay; text that is no file (config_parse) keeps its paths. */
+    dir = conf_dir("tls_cert = /etc/ssl/c.pem\n");
+    snprintf(path, sizeof path, "%s/chatd.conf", dir);
+    config_defaults(&cfg);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), 0);
+    assert_string_equal(cfg.tls_cert, "/etc/ssl/c.pem");
+    rm_dir(dir);
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "tls_cert = c.pem\n"), 0);
+    assert_string_equal(cfg.tls_cert, "c.pem");
+}
+
+static void test_listener_conflicts(void **state) {
+    (void)state;
+    config cfg;
+    static const struct {
+        const char *listen, *tls_listen;
+        int ok;
+    } cases[] = {
+        {"0.0.0.0:5000", "0.0.0.0:5000", 0},   {"0.0.0.0:5000", "127.0.0.1:5000", 0},
+        {"127.0.0.1:5000", "[::]:5000", 0},    {"127.0.0.1:5000", "127.0.0.1:5000", 0},
+        {"127.0.0.1:5000", "127.0.0.2:5000", 1}, {"0.0.0.0:5000", "0.0.0.0:5443", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        config_defaults(&cfg);
+        assert_int_equal(set(&cfg, "listen", cases[i].listen), 0);
+        assert_int_equal(set(&cfg, "tls_listen", cases[i].tls_listen), 0);
+        assert_int_equal(set(&cfg, "tls_cert", "/c"), 0);
+        assert_int_equal(set(&cfg, "tls_key", "/k"), 0);
+        int rc = config_check(&cfg, err, sizeof err);
+        if (cases[i].ok ? rc != 0 : rc != -1)
+            fail_msg("%s and %s: rc %d (%s)", cases[i].listen, cases[i].tls_listen, rc, err);
+        if (!cases[i].ok) assert_non_null(strstr(err, "listen and tls_listen are both on port 5000"));
+    }
+    /* PORT in the environment can make them meet too: checked after it. */
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "tls_listen = 0.0.0.0:5443\ntls_cert = /c\ntls_key = /k\n"), 0);
+    setenv("PORT", "5443", 1);
+    assert_int_equal(config_apply_env(&cfg, err, sizeof err), 0);
+    unsetenv("PORT");
+    assert_int_equal(config_check(&cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "port 5443"));
+}
+
+static int warnings(const char *text, char *out, size_t len) {
+    config cfg;
+    config_defaults(&cfg);
+    if (parse(&cfg, text) != 0) fail_msg("%s", err);
+    return config_warnings(&cfg, out, len);
+}
+
+static void test_ignored_settings(void **state) {
+    (void)state;
+    char w[1024];
+    assert_int_equal(warnings("tls_cert = /c.pem\ntls_key = /k.pem\n", w, sizeof w), 2);
+    assert_non_null(strstr(w, "t.conf:1: tls_cert is ignored: tls_listen is empty"));
+    assert_non_null(strstr(w, "\nt.conf:2: tls_key is ignored: tls_listen is empty"));
+    assert_int_equal(warnings("tls_min_version = TLSv1.3\n", w, sizeof w), 1);
+    assert_int_equal(warnings("tls_listen = 127.0.0.1:5443\ntls_cert = /c\ntls_key = /k\n", w,
+                              sizeof w), 0);
+
+    assert_int_equal(warnings("\nredis_url = redis://10.0.0.5:6379\n", w, sizeof w), 1);
+    assert_non_null(strstr(w, "t.conf:2: redis_url is ignored: broker = local"));
+    assert_int_equal(warnings("redis_password = x\nstream = s\n", w, sizeof w), 2);
+    assert_int_equal(warnings("broker = redis\nredis_url = redis://10.0.0.5\n", w, sizeof w), 0);
+    /* Set to its default, as the shipped file does: nothing is ignored. */
+    assert_int_equal(warnings("redis_url = redis://127.0.0.1:6379\ntls_cert =\n", w, sizeof w), 0);
+
+    assert_int_equal(warnings("rate_burst = 40\n", w, sizeof w), 1);
+    assert_non_null(strstr(w, "rate_burst is ignored: rate_limit = 0"));
+    assert_int_equal(warnings("rate_limit = 20\nrate_burst = 40\n", w, sizeof w), 0);
+
+    /* REDIS_URL in the environment selects the Redis broker: nothing ignored. */
+    config cfg;
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "redis_url = redis://10.0.0.5\n"), 0);
+    setenv("REDIS_URL", "redis://10.0.0.6", 1);
+    assert_int_equal(config_apply_env(&cfg, err, sizeof err), 0);
+    unsetenv("REDIS_URL");
+    assert_int_equal(config_warnings(&cfg, w, sizeof w), 0);
+}
+
+static void test_redis_passwords(void **state) {
+    (void)state;
+    config cfg;
+    /* Percent-encoded credentials are valid; a bad escape is not. */
+    config_defaults(&cfg);
+    assert_int_equal(set(&cfg, "redis_url", "redis://u:p%40ss%3Aw%2Frd@h:6379"), 0);
+    expect_bad("redis_url", "redis://:pa%zzss@h", "'%' in the user or password is not followed "
+                                                 "by two hex digits");
+    /* A malformed URL, a secret: never echoed. */
+    assert_int_equal(set(&cfg, "redis_url", "redis://:hunter2@host:99999"), -1);
+    assert_null(strstr(err, "hunter2"));
+    assert_int_equal(set(&cfg, "redis_url", "redis://:hunter2host"), -1);
+    assert_null(strstr(err, "hunter2"));
+    char long_secret[300];
+    memset(long_secret, 'S', sizeof long_secret - 1);
+    long_secret[sizeof long_secret - 1] = '\0';
+    assert_int_equal(set(&cfg, "auth_secret", long_secret), -1);
+    assert_null(strstr(err, "SSSS"));
+    assert_int_equal(set(&cfg, "redis_password", long_secret), -1);
+    assert_null(strstr(err, "SSSS"));
+
+    /* Given twice: an error. */
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "redis_password = a\nredis_password_file = /p\n"), 0);
+    assert_int_equal(config_check(&cfg, err, sizeof err), -1);
+    assert_string_equal(err, "redis_password and redis_password_file are both set: give one");
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "redis_url = redis://:a@h\nredis_password = b\n"), 0);
+    assert_int_equal(config_check(&cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_url has a password and redis_password is set"));
+
+    /* The password in effect: the directive, or the file's first line. */
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "broker = redis\nredis_password = p@ss:w/rd\n"), 0);
+    assert_int_equal(config_load_secrets(&cfg, err, sizeof err), 0);
+    assert_string_equal(cfg.redis_pass, "p@ss:w/rd");
+    const char *dir = conf_dir("broker = redis\nredis_password_file = pw\n");
+    char path[160];
+    snprintf(path, sizeof path, "%s/pw", dir);
+    FILE *f = fopen(path, "w");
+    fputs("from file\nsecond line\n", f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/chatd.conf", dir);
+    config_defaults(&cfg);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), 0);
+    assert_int_equal(config_load_secrets(&cfg, err, sizeof err), 0);
+    assert_string_equal(cfg.redis_pass, "from file");
+    snprintf(path, sizeof path, "%s/pw", dir);
+    unlink(path);
+    assert_int_equal(config_load_secrets(&cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "redis_password_file"));
+    assert_non_null(strstr(err, "/pw: cannot open"));
+    rm_dir(dir);
+    /* With the local broker the file is not read (the warning says so). */
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "redis_password_file = /no/such/file\n"), 0);
+    assert_int_equal(config_load_secrets(&cfg, err, sizeof err), 0);
+}
+
+static char *dump(const config *cfg) {
+    static char *text;
+    size_t len;
+    free(text);
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    config_dump(cfg, f);
+    fclose(f);
+    return text;
+}
+
+static void test_dump(void **state) {
+    (void)state;
+    config cfg, again;
+    /* Every directive, and read back it is the same config. */
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "workers = 3\nmax_message = 1500\nping_interval = 250ms\n"
+                                 "allowed_origins = https://a.example, null\nweb = off\n"
+                                 "listen = [::1]:7000\ntls_listen = 127.0.0.1:7443\n"
+                                 "tls_cert = /c d.pem\ntls_key = /k#.pem\nlog_level = warn\n"
+                                 "tls_min_version = TLSv1.3\nbroker = redis\n"
+                                 "default_room = \"the \\\"hall\\\"\"\n"),
+                     0);
+    char *text = dump(&cfg);
+    const char *name;
+    for (size_t i = 0; (name = config_directive_name(i)) != NULL; i++) {
+        char want[80];
+        snprintf(want, sizeof want, "%s%s = ", i ? "\n" : "", name);
+        if (strstr(text, want) == NULL) fail_msg("the dump lacks %s:\n%s", name, text);
+    }
+    assert_non_null(strstr(text, "\nworkers = 3\n"));
+    assert_int_equal(strncmp(text, "listen = [::1]:7000\n", 20), 0);
+    assert_non_null(strstr(text, "\ntls_cert = \"/c d.pem\"\n"));
+    config_defaults(&again);
+    if (parse(&again, text) != 0) fail_msg("%s\n%s", err, text);
+    assert_memory_equal(settings(&again), settings(&cfg), sizeof cfg);
+
+    /* Secrets masked: auth_secret, redis_password, the URL's password. */
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "auth_secret = \"s3cret value\"\nredis_password = hunter2\n"
+                                 "redis_url = redis://bob:pa%40ss@10.0.0.5:6380/2\n"),
+                     0);
+    text = dump(&cfg);
+    assert_null(strstr(text, "s3cret"));
+    assert_null(strstr(text, "hunter2"));
+    assert_null(strstr(text, "pa%40ss"));
+    assert_non_null(strstr(text, "\nauth_secret = ********\n"));
+    assert_non_null(strstr(text, "\nredis_password = ********\n"));
+    assert_non_null(strstr(text, "\nredis_url = redis://bob:********@10.0.0.5:6380/2\n"));
+}
+
+/* -T prints the new directives as the file would say them. */
+static void test_dump_net_ops(void **state) {
+    (void)state;
+    config cfg, again;
+    config_defaults(&cfg);
+    assert_int_equal(parse(&cfg, "trusted_proxies = 10.1.2.3/8, ::1 192.0.2.7 2001:db8::/32\n"
+                                 "proxy_protocol = on\nlog_format = json\naccess_log = off\n"),
+                     0);
+    char *text = dump(&cfg);
+    assert_non_null(strstr(text, "\ntrusted_proxies = 10.0.0.0/8 ::1 192.0.2.7 2001:db8::/32\n"));
+    assert_non_null(strstr(text, "\nproxy_protocol = on\n"));
+    assert_non_null(strstr(text, "\nlog_format = json\n"));
+    assert_non_null(strstr(text, "\naccess_log = off\n"));
+    config_defaults(&again);
+    if (parse(&again, text) != 0) fail_msg("%s\n%s", err, text);
+    assert_memory_equal(settings(&again), settings(&cfg), sizeof cfg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),  cmocka_unit_test(test_sizes),
@@ -906,10 +1204,14 @@ int main(void) {
         cmocka_unit_test(test_strings),   cmocka_unit_test(test_enums),
         cmocka_unit_test(test_redis_url), cmocka_unit_test(test_file_syntax),
         cmocka_unit_test(test_errors),    cmocka_unit_test(test_shipped_conf),
+        cmocka_unit_test(test_documented),
+        cmocka_unit_test(test_tls_version_spellings), cmocka_unit_test(test_relative_paths),
+        cmocka_unit_test(test_listener_conflicts), cmocka_unit_test(test_ignored_settings),
+        cmocka_unit_test(test_redis_passwords), cmocka_unit_test(test_dump),
         cmocka_unit_test(test_load_errors), cmocka_unit_test(test_env),
         cmocka_unit_test(test_check),     cmocka_unit_test(test_log),
         cmocka_unit_test(test_tls),       cmocka_unit_test(test_net_ops),
-        cmocka_unit_test(test_log_fields),
+        cmocka_unit_test(test_log_fields), cmocka_unit_test(test_dump_net_ops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,6 +64,34 @@ static void test_bad_url_hides_password(void **state) {
     redis_link_destroy(&l);
 }
 
+/* Issue 15: '@', ':' and '/' in a password are percent-encoded in the URL
+ * and decoded before AUTH; a bad escape is a bad URL, never repeated. */
+static void test_url_percent_encoding(void **state) {
+    (void)state;
+    redis_link l;
+    char err[256];
+    assert_int_equal(redis_link_init(&l, "redis://us%3Aer:p%40ss%3Aw%2Frd%25@10.0.0.5:6380",
+                                     100, err, sizeof(err)), 0);
+    assert_string_equal(l.user, "us:er");
+    assert_string_equal(l.pass, "p@ss:w/rd%");
+    assert_string_equal(l.host, "10.0.0.5");
+    assert_int_equal(l.port, 6380);
+    redis_link_destroy(&l);
+
+    assert_int_equal(redis_link_init(&l, "redis://:%41%62c@h", 100, err, sizeof(err)), 0);
+    assert_string_equal(l.pass, "Abc");
+    redis_link_destroy(&l);
+
+    static const char *const bad[] = {"redis://:hunter2%@h", "redis://:hunter2%4@h",
+                                      "redis://:hunter2%zz@h", "redis://:hunter2:6379"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(redis_link_init(&l, bad[i], 100, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "bad redis_url"));
+        assert_null(strstr(err, "hunter2"));
+        redis_link_destroy(&l);
+    }
+}
+
 static void test_lasting_errors(void **state) {
     (void)state;
     assert_true(redis_error_lasting("WRONGTYPE Operation against a key holding the wrong kind"));
@@ -134,6 +162,7 @@ static void test_resolve(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_url_parts),     cmocka_unit_test(test_bad_url_hides_password),
+        cmocka_unit_test(test_url_percent_encoding),
         cmocka_unit_test(test_lasting_errors), cmocka_unit_test(test_backoff_bounds),
         cmocka_unit_test(test_problem_slot),   cmocka_unit_test(test_resolve),
     };
