@@ -15,8 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Set by main before other threads start; read-only afterwards. */
-int log_level = LOG_INFO;
+_Atomic int log_level = LOG_INFO;
 
 static _Thread_local char thread_name[16] = "main";
 
