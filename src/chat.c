@@ -792,6 +792,14 @@ int chat_on_message(conn *c, const uint8_t *data, size_t len) {
         return 0;
     }
     if (c->rooms == NULL) return 0; /* a text client is always in its room */
+    /* The frame parser holds the limit of the connection's start; a reload
+     * may have lowered it since. */
+    if (len > (size_t)w->cfg->max_message) {
+        log_info("conn %llu: message over max_message, closing with 1009",
+                 (unsigned long long)c->id);
+        conn_close(c, WS_CLOSE_TOO_BIG, "message too big");
+        return 0;
+    }
     if (conn_take_token(c) < 0) {
         atomic_fetch_add_explicit(&w->rate_closes, 1, memory_order_relaxed); /* a counter */
         log_info("conn %llu: over rate_limit, closing with 1008", (unsigned long long)c->id);
