@@ -14,11 +14,13 @@
 typedef struct acceptor acceptor;
 
 /* Main thread: binds the ws listener, and the wss one when t is not NULL.
- * max_clients is the effective cap on upgraded connections. The acceptor
+ * ceiling is how many upgraded connections open files allow; the cap is
+ * the lower of it and max_clients of the config in force (the acceptor
+ * switches to a reloaded config, config_current, between events). The acceptor
  * answers GET /metrics from its own counters, the workers' and b's. NULL
  * with err filled on failure. */
 acceptor *acceptor_new(const config *cfg, tls *t, struct broker *b, worker **workers,
-                       int nworkers, int64_t max_clients, char *err, size_t errlen);
+                       int nworkers, int64_t ceiling, char *err, size_t errlen);
 /* Main thread: starts the acceptor thread. */
 int acceptor_start(acceptor *a);
 /* Main thread, on SIGTERM: from now on /readyz answers 503 and upgrades

@@ -53,6 +53,13 @@ int auth_verify_exp(const char *secret, size_t secret_len, const char *token, si
                     time_t now, char *user_out, size_t user_cap, auth_rooms *rooms, int64_t *exp,
                     const char **why);
 
+/* auth_verify_exp with two NUL-terminated secrets, for rotating keys: a
+ * token signed with either is accepted (previous: NULL or "" for none).
+ * A refusal names the reason of the secret that signed the token. */
+int auth_verify_either(const char *secret, const char *previous, const char *token, size_t len,
+                       time_t now, char *user_out, size_t user_cap, auth_rooms *rooms,
+                       int64_t *exp, const char **why);
+
 /* 1 if a rooms claim's list (auth_rooms.list; NULL: no claim) lets its
  * holder into room[0..len). */
 int auth_rooms_allow(const char *list, const char *room, size_t len);

@@ -2,8 +2,11 @@
  *
  * One directive per line, `key = value`, `#` starts a comment. Each
  * directive is one row in the table in config.c (name, type, bounds,
- * default, field). Called from the main thread before any other thread
- * starts; afterwards the config is read-only and shared by all threads.
+ * default, field). Parsed on the main thread; once published a config is
+ * read-only and shared by all threads. A reload (SIGHUP) never changes a
+ * published config: main builds the next one (config_merge) and publishes
+ * it (config_publish); each thread switches its own pointer at a safe point
+ * of its loop (config_current).
  */
 #ifndef CHATD_CONFIG_H
 #define CHATD_CONFIG_H
@@ -51,6 +54,7 @@ typedef struct config {
     int rate_limit;             /* messages per second per client (→ 1008) */
     int rate_burst;             /* messages allowed at once; 0: rate_limit */
     char auth_secret[256];      /* HS256 key: ?token= JWT required when set */
+    char auth_secret_previous[256]; /* also accepted, for rotating the key */
 
     /* protocol */
     char default_room[65];
@@ -141,5 +145,35 @@ void config_dump(const config *cfg, FILE *out);
 /* The name of row i of the directive table, NULL past the last: for tests
  * that check every directive is documented. */
 const char *config_directive_name(size_t i);
+
+/* 1 if a SIGHUP applies the directive to a running node, 0 if a change
+ * needs a restart, -1 for an unknown name. */
+int config_reloadable(const char *name);
+
+/* What a reload does: directive names (static strings, table order). */
+typedef struct config_changes {
+    const char *changed[CONFIG_MAX_DIRECTIVES]; /* applied */
+    int nchanged;
+    const char *restart[CONFIG_MAX_DIRECTIVES]; /* differ, but kept until a restart */
+    int nrestart;
+} config_changes;
+
+/* Pure: next = running with every reloadable directive taken from fresh
+ * (a checked config parsed from the file again); directives that need a
+ * restart keep their running values. Fills ch. next may not alias either. */
+void config_merge(const config *running, const config *fresh, config *next, config_changes *ch);
+
+/* The value of directive name in cfg as a config file would say it
+ * (secrets masked, "" for an empty one). Returns 0, or -1 for an unknown
+ * name. */
+int config_value(const config *cfg, const char *name, char *buf, size_t len);
+
+/* Main thread: puts cfg in force. It must stay valid until every other
+ * thread has stopped: readers may hold it after the next publish. */
+void config_publish(const config *cfg);
+
+/* Any thread: the config in force, NULL before the first publish. Threads
+ * call it at a safe point (between events) and switch their own pointer. */
+const config *config_current(void);
 
 #endif

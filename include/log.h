@@ -10,12 +10,15 @@
 #ifndef CHATD_LOG_H
 #define CHATD_LOG_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 enum { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARN = 2, LOG_ERROR = 3 };
 enum { LOG_TEXT = 0, LOG_JSON = 1 };
 
-extern int log_level;
+/* Set by main at start and on SIGHUP; every thread reads it. Relaxed: it
+ * orders nothing, a line is merely logged or not. */
+extern _Atomic int log_level;
 extern int log_format; /* set by main before other threads start */
 
 /* Names the calling thread in its log lines ("main", "worker-1", ...). */
@@ -57,7 +60,8 @@ void log_conn_fields(int level, const log_conn *lc, const log_field *f, size_t n
 
 #define LOG(level, ...)                                                                            \
     do {                                                                                           \
-        if ((level) >= log_level) log_write((level), __VA_ARGS__);                                 \
+        if ((level) >= atomic_load_explicit(&log_level, memory_order_relaxed))                     \
+            log_write((level), __VA_ARGS__);                                                       \
     } while (0)
 #define log_debug(...) LOG(LOG_DEBUG, __VA_ARGS__)
 #define log_info(...) LOG(LOG_INFO, __VA_ARGS__)

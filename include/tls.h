@@ -17,10 +17,11 @@ typedef struct tls tls;
  * naming the file on failure (missing, unreadable, or key not matching). */
 tls *tls_new(const config *cfg, char *err, size_t errlen);
 
-/* Main thread, on SIGHUP: loads the files again into a new context and puts
+/* Main thread, on SIGHUP: loads cfg's files (the reloaded config: the
+ * files, ciphers and version may have changed) into a new context and puts
  * it in service for new connections. On failure the old context stays and
  * err says why. Returns 0 or -1. */
-int tls_reload(tls *t, char *err, size_t errlen);
+int tls_reload(tls *t, const config *cfg, char *err, size_t errlen);
 
 /* Acceptor thread: a new server session on fd (an SSL *), or NULL. */
 void *tls_session(tls *t, int fd);

@@ -100,7 +100,8 @@ struct acceptor {
     worker **workers;
     int nworkers;
     unsigned rr;
-    int64_t max_clients;
+    int64_t ceiling;             /* clients open files allow */
+    int64_t max_clients;         /* of which cfg lets in */
     struct event_base *base;
     listener ls[2];              /* ws, and wss when configured */
     int nls;
@@ -116,7 +117,7 @@ struct acceptor {
     pending *oldest;             /* the list's tail: the longest idle */
     int npending;
     uint64_t next_id;
-    ipcount *per_ip;             /* NULL unless max_clients_per_ip */
+    ipcount *per_ip;             /* always counted: a reload may set the limit */
     broker *broker;              /* for its counters */
     /* Counters: bumped and read (by /metrics) on the acceptor thread only. */
     uint64_t n_status[NSTATUS + 1]; /* answers by status; the last: other */
@@ -577,9 +578,23 @@ static void acc_forwarded_for(acceptor *a, pending *p) {
     pending_log(LOG_DEBUG, p, NULL, "forwarded by %s", was);
 }
 
+static void acc_set_cfg(acceptor *a, const config *cfg) {
+    a->cfg = cfg;
+    a->max_clients = cfg->max_clients > 0 && cfg->max_clients < a->ceiling ? cfg->max_clients
+                                                                           : a->ceiling;
+}
+
+/* A safe point: nothing of this thread holds a value of the old config
+ * that must match the new one. Main keeps every config it published. */
+static void acc_reload(acceptor *a) {
+    const config *cur = config_current();
+    if (cur != NULL && cur != a->cfg) acc_set_cfg(a, cur);
+}
+
 static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, size_t used) {
     acceptor *a = p->a;
     int probe = 0;
+    acc_reload(a);
     p->res = calloc(1, sizeof(*p->res));
     if (p->res == NULL) {
         pending_free(p);
@@ -601,7 +616,8 @@ static void pending_judge(pending *p, int rc, const uint8_t *buf, size_t len, si
         if (p->res->upgrade && a->per_ip) {
             ipcount *s = ip_slot(a->per_ip, p->ip);
             /* relaxed: workers only ever lower it; a stale value errs safe */
-            if (s && atomic_load_explicit(&s->n, memory_order_relaxed) >= a->cfg->max_clients_per_ip) {
+            if (s && a->cfg->max_clients_per_ip > 0 &&
+                atomic_load_explicit(&s->n, memory_order_relaxed) >= a->cfg->max_clients_per_ip) {
                 hs_error_response(p->res, 429, "too many connections from your address");
             } else if (s) { /* counted now, so no other address takes the slot */
                 atomic_fetch_add_explicit(&s->n, 1, memory_order_relaxed); /* a count */
@@ -847,6 +863,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
     listener *l = arg;
     acceptor *a = l->a;
     (void)what;
+    acc_reload(a);
     for (int i = 0; i < ACCEPT_BURST; i++) {
         if (a->npending >= a->cfg->max_pending && acc_make_room(a) < 0) return;
         struct sockaddr_storage ss;
@@ -930,19 +947,21 @@ static void acc_on_cap(evutil_socket_t fd, short what, void *arg) {
 }
 
 acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, int nworkers,
-                       int64_t max_clients, char *err, size_t errlen) {
+                       int64_t ceiling, char *err, size_t errlen) {
     acceptor *a = calloc(1, sizeof(*a));
     if (a == NULL) {
         snprintf(err, errlen, "acceptor: out of memory");
         return NULL;
     }
-    a->cfg = cfg;
     a->broker = b;
     a->workers = workers;
     a->nworkers = nworkers;
-    a->max_clients = max_clients;
+    a->ceiling = ceiling;
+    acc_set_cfg(a, cfg);
     a->tls = t;
-    if (cfg->max_clients_per_ip > 0 && (a->per_ip = calloc(IP_SLOTS, sizeof(ipcount))) == NULL) {
+    /* Counted even without a limit (untouched pages cost nothing), so a
+     * limit set by a reload counts the clients already connected. */
+    if ((a->per_ip = calloc(IP_SLOTS, sizeof(ipcount))) == NULL) {
         snprintf(err, errlen, "acceptor: out of memory");
         goto fail;
     }

@@ -156,6 +156,8 @@ int auth_rooms_allow(const char *list, const char *room, size_t len) {
     return 0;
 }
 
+static const char sig_wrong[] = "token signature is wrong";
+
 int auth_verify(const char *secret, size_t secret_len, const char *token, size_t len, time_t now,
                 char *user_out, size_t user_cap, const char **why) {
     return auth_verify_rooms(secret, secret_len, token, len, now, user_out, user_cap, NULL, why);
@@ -217,7 +219,7 @@ int auth_verify_exp(const char *secret, size_t secret_len, const char *token, si
         mac_len != SIG_LEN)
         return fail(why, "internal error");
     if (dec_len[2] != SIG_LEN || CRYPTO_memcmp(mac, dec[2], SIG_LEN) != 0)
-        return fail(why, "token signature is wrong");
+        return fail(why, sig_wrong);
 
     json_t *p = json_object_of(dec[1], dec_len[1]);
     if (!p)
@@ -229,4 +231,16 @@ int auth_verify_exp(const char *secret, size_t secret_len, const char *token, si
         user_out[0] = '\0';
     json_decref(p);
     return rc;
+}
+
+int auth_verify_either(const char *secret, const char *previous, const char *token, size_t len,
+                       time_t now, char *user_out, size_t user_cap, auth_rooms *rooms,
+                       int64_t *exp, const char **why) {
+    int rc = auth_verify_exp(secret, strlen(secret), token, len, now, user_out, user_cap, rooms,
+                             exp, why);
+    /* Only a token the current secret did not sign goes on to the previous
+     * one, so that a token it did sign keeps its own reason (expired...). */
+    if (rc == 0 || previous == NULL || previous[0] == '\0' || *why != sig_wrong) return rc;
+    return auth_verify_exp(previous, strlen(previous), token, len, now, user_out, user_cap, rooms,
+                           exp, why);
 }

@@ -752,8 +752,9 @@ static void op_refresh(conn *c, const proto_req *q) {
     }
     const char *why = NULL;
     int64_t exp = 0;
-    if (auth_verify_exp(cfg->auth_secret, strlen(cfg->auth_secret), q->token, q->token_len,
-                        time(NULL), user, (size_t)cfg->max_username + 1, rooms, &exp, &why) < 0) {
+    if (auth_verify_either(cfg->auth_secret, cfg->auth_secret_previous, q->token, q->token_len,
+                           time(NULL), user, (size_t)cfg->max_username + 1, rooms, &exp,
+                           &why) < 0) {
         free(rooms);
         conn_error(c, q->ref, "bad_token", why);
         return;
@@ -848,6 +849,14 @@ int chat_on_message(conn *c, const uint8_t *data, size_t len) {
         return 0;
     }
     if (c->rooms == NULL) return 0; /* a text client is always in its room */
+    /* The frame parser holds the limit of the connection's start; a reload
+     * may have lowered it since. */
+    if (len > (size_t)w->cfg->max_message) {
+        log_info("conn %llu: message over max_message, closing with 1009",
+                 (unsigned long long)c->id);
+        conn_close(c, WS_CLOSE_TOO_BIG, "message too big");
+        return 0;
+    }
     if (conn_take_token(c) < 0) {
         atomic_fetch_add_explicit(&w->rate_closes, 1, memory_order_relaxed); /* a counter */
         conn_log(LOG_INFO, c, "over rate_limit, closing with 1008");

@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,9 @@ enum {
     F_PRINTABLE = 1u << 2, /* T_STRING: UTF-8 without control characters */
     F_NOSPACE = 1u << 3,   /* T_STRING: printable ASCII or UTF-8, no blanks */
     F_SECRET = 1u << 4,    /* never echoed in errors nor shown by -T */
+    F_RELOAD = 1u << 5,    /* SIGHUP applies it: every thread that reads it
+                              switches to the next config at a safe point,
+                              and nothing made at start depends on it */
 };
 
 typedef struct directive {
@@ -77,15 +81,15 @@ static const directive directives[] = {
      "connections the kernel queues while chatd is at max_pending; 0 = somaxconn"},
     {"workers", T_INT, F_AUTO, 0, 256, "auto", FIELD(workers),
      "worker threads; auto = one per core"},
-    {"max_clients", T_INT, 0, 0, 10000000, "0", FIELD(max_clients),
+    {"max_clients", T_INT, F_RELOAD, 0, 10000000, "0", FIELD(max_clients),
      "cap on concurrent WebSocket clients; 0 = as many as open files allow"},
-    {"max_header_bytes", T_SIZE, 0, 256, 1 * MIB, "8k", FIELD(max_header_bytes),
+    {"max_header_bytes", T_SIZE, F_RELOAD, 256, 1 * MIB, "8k", FIELD(max_header_bytes),
      "largest HTTP request head (answered with 431)"},
-    {"handshake_timeout", T_DURATION, 0, 100, HOUR, "10s", FIELD(handshake_timeout_ms),
+    {"handshake_timeout", T_DURATION, F_RELOAD, 100, HOUR, "10s", FIELD(handshake_timeout_ms),
      "time for the whole HTTP request to arrive"},
-    {"allowed_origins", T_ORIGINS, 0, 0, CONFIG_MAX_ORIGINS, "", FIELD(allowed_origins),
+    {"allowed_origins", T_ORIGINS, F_RELOAD, 0, CONFIG_MAX_ORIGINS, "", FIELD(allowed_origins),
      "Origin values allowed to connect, space or comma separated; empty = any"},
-    {"web", T_BOOL, 0, 0, 1, "on", FIELD(web), "on: GET / serves the chat page; off: it does not"},
+    {"web", T_BOOL, F_RELOAD, 0, 1, "on", FIELD(web), "on: GET / serves the chat page; off: it does not"},
     {"trusted_proxies", T_PROXIES, 0, 0, PROXY_NETS_MAX, "", FIELD(trusted_proxies),
      "proxies (addresses or CIDRs) whose X-Forwarded-For or PROXY header names the client"},
     {"proxy_protocol", T_BOOL, 0, 0, 1, "off", FIELD(proxy_protocol),
@@ -94,39 +98,41 @@ static const directive directives[] = {
     /* TLS */
     {"tls_listen", T_TLS_LISTEN, 0, 0, 65535, "", FIELD(tls_bind),
      "address:port of the wss listener; empty = no TLS"},
-    {"tls_cert", T_PATH, 0, 0, 255, "", FIELD(tls_cert), "PEM certificate chain file"},
-    {"tls_key", T_PATH, 0, 0, 255, "", FIELD(tls_key), "PEM private key file"},
-    {"tls_ciphers", T_STRING, 0, 0, 255, "", FIELD(tls_ciphers),
+    {"tls_cert", T_PATH, F_RELOAD, 0, 255, "", FIELD(tls_cert), "PEM certificate chain file"},
+    {"tls_key", T_PATH, F_RELOAD, 0, 255, "", FIELD(tls_key), "PEM private key file"},
+    {"tls_ciphers", T_STRING, F_RELOAD, 0, 255, "", FIELD(tls_ciphers),
      "OpenSSL cipher list for TLS 1.2; empty = OpenSSL's default"},
-    {"tls_min_version", T_TLS_VERSION, 0, 0, 0, "1.2", FIELD(tls_min_version),
+    {"tls_min_version", T_TLS_VERSION, F_RELOAD, 0, 0, "1.2", FIELD(tls_min_version),
      "oldest TLS version offered: 1.2 or 1.3"},
 
     /* abuse limits and authentication */
-    {"max_pending", T_INT, 0, 1, 1000000, "4096", FIELD(max_pending),
+    {"max_pending", T_INT, F_RELOAD, 1, 1000000, "4096", FIELD(max_pending),
      "handshakes in progress at once; at the cap the listen queue holds the rest"},
-    {"max_clients_per_ip", T_INT, 0, 0, 10000000, "0", FIELD(max_clients_per_ip),
+    {"max_clients_per_ip", T_INT, F_RELOAD, 0, 10000000, "0", FIELD(max_clients_per_ip),
      "WebSocket clients from one IP address; 0 = no limit"},
-    {"rate_limit", T_INT, 0, 0, 1000000, "0", FIELD(rate_limit),
+    {"rate_limit", T_INT, F_RELOAD, 0, 1000000, "0", FIELD(rate_limit),
      "messages per second one client may send (closed with 1008); 0 = no limit"},
-    {"rate_burst", T_INT, 0, 0, 1000000, "0", FIELD(rate_burst),
+    {"rate_burst", T_INT, F_RELOAD, 0, 1000000, "0", FIELD(rate_burst),
      "messages one client may send at once; 0 = rate_limit"},
-    {"auth_secret", T_STRING, F_SECRET, 0, 255, "", FIELD(auth_secret),
+    {"auth_secret", T_STRING, F_SECRET | F_RELOAD, 0, 255, "", FIELD(auth_secret),
      "HS256 secret: when set, clients need ?token=JWT whose sub is the user name"},
+    {"auth_secret_previous", T_STRING, F_SECRET | F_RELOAD, 0, 255, "", FIELD(auth_secret_previous),
+     "HS256 secret also accepted while tokens move to a new auth_secret"},
 
     /* protocol */
-    {"default_room", T_STRING, F_PRINTABLE, 1, 64, "lobby", FIELD(default_room),
+    {"default_room", T_STRING, F_PRINTABLE | F_RELOAD, 1, 64, "lobby", FIELD(default_room),
      "room of a client that names none"},
-    {"max_username", T_INT, 0, 1, 256, "32", FIELD(max_username), "longest user name, bytes"},
-    {"max_room", T_INT, 0, 1, 256, "64", FIELD(max_room), "longest room name, bytes"},
-    {"max_message", T_SIZE, 0, 1, 64 * MIB, "64k", FIELD(max_message),
+    {"max_username", T_INT, F_RELOAD, 1, 256, "32", FIELD(max_username), "longest user name, bytes"},
+    {"max_room", T_INT, F_RELOAD, 1, 256, "64", FIELD(max_room), "longest room name, bytes"},
+    {"max_message", T_SIZE, F_RELOAD, 1, 64 * MIB, "64k", FIELD(max_message),
      "largest message (closed with 1009)"},
-    {"ping_interval", T_DURATION, 0, 100, HOUR, "30s", FIELD(ping_interval_ms),
+    {"ping_interval", T_DURATION, F_RELOAD, 100, HOUR, "30s", FIELD(ping_interval_ms),
      "ping a connection idle this long"},
-    {"ping_timeout", T_DURATION, 0, 100, HOUR, "10s", FIELD(ping_timeout_ms),
+    {"ping_timeout", T_DURATION, F_RELOAD, 100, HOUR, "10s", FIELD(ping_timeout_ms),
      "close a connection whose pong does not come within this"},
-    {"max_output_buffer", T_SIZE, 0, 4 * KIB, 1 * GIB, "1m", FIELD(max_output_buffer),
+    {"max_output_buffer", T_SIZE, F_RELOAD, 4 * KIB, 1 * GIB, "1m", FIELD(max_output_buffer),
      "bytes queued for one slow client before it is closed with 1008"},
-    {"max_rooms_per_conn", T_INT, 0, 1, 10000, "64", FIELD(max_rooms_per_conn),
+    {"max_rooms_per_conn", T_INT, F_RELOAD, 1, 10000, "64", FIELD(max_rooms_per_conn),
      "rooms one chatd.v1 connection may be in at once"},
 
     /* history and presence */
@@ -164,14 +170,14 @@ static const directive directives[] = {
      "entries in each inter-thread ring, a power of two"},
 
     /* process */
-    {"log_level", T_LOGLEVEL, 0, 0, 0, "info", FIELD(log_level), "debug, info, warn or error"},
+    {"log_level", T_LOGLEVEL, F_RELOAD, 0, 0, "info", FIELD(log_level), "debug, info, warn or error"},
     {"log_format", T_LOGFORMAT, 0, 0, 0, "text", FIELD(log_format),
      "text, or json: one JSON object per line"},
     {"access_log", T_BOOL, 0, 0, 1, "on", FIELD(access_log),
      "on: a line at info when a connection opens and when it closes"},
-    {"shutdown_timeout", T_DURATION, 0, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
+    {"shutdown_timeout", T_DURATION, F_RELOAD, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
      "on shutdown: time to store accepted messages, then for clients to close"},
-    {"drain_time", T_DURATION, 0, 0, 10 * MIN, "0", FIELD(drain_time_ms),
+    {"drain_time", T_DURATION, F_RELOAD, 0, 10 * MIN, "0", FIELD(drain_time_ms),
      "on shutdown: close clients in batches spread over this; 0 = all at once"},
 };
 
@@ -1104,6 +1110,7 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
         {"redis_timeout", "broker = local"},
         {"history_ttl", "broker = local"},
         {"rate_burst", "rate_limit = 0 (no limit)"},
+        {"auth_secret_previous", "auth_secret is empty (no authentication)"},
     };
     static config def; /* main thread only, like the rest of config */
     config_defaults(&def);
@@ -1114,6 +1121,7 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
         const directive *d = find_directive(rules[i].name);
         bool off = strncmp(d->name, "tls_", 4) == 0 ? cfg->tls_port == 0
                    : strcmp(d->name, "rate_burst") == 0 ? cfg->rate_limit == 0
+                   : strcmp(d->name, "auth_secret_previous") == 0 ? cfg->auth_secret[0] == '\0'
                                                         : cfg->broker == BROKER_LOCAL;
         if (!off || !set_by_file(cfg, &def, d)) continue;
         count++;
@@ -1129,87 +1137,175 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
 
 #define MASK "********"
 
+/* Appends to a buffer, cutting at its end; b->len counts what fits. */
+typedef struct sbuf {
+    char *p;
+    size_t cap, len;
+} sbuf;
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(sbuf *b, const char *fmt, ...) {
+    if (b->len >= b->cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n > 0) b->len = b->len + (size_t)n < b->cap ? b->len + (size_t)n : b->cap - 1;
+}
+
 /* A value as the file would say it: quoted when it holds blanks, '#',
  * '"' or '\' (or is empty and must stay a value). */
-static void put_value(FILE *out, const char *v) {
+static void put_value(sbuf *b, const char *v) {
     if (v[0] != '\0' && strpbrk(v, " \t#\"\\") == NULL) {
-        fputs(v, out);
+        put(b, "%s", v);
         return;
     }
     if (v[0] == '\0') return;
-    fputc('"', out);
-    for (; *v; v++) {
-        if (*v == '"' || *v == '\\') fputc('\\', out);
-        fputc(*v, out);
-    }
-    fputc('"', out);
+    put(b, "\"");
+    for (; *v; v++) put(b, "%s%c", *v == '"' || *v == '\\' ? "\\" : "", *v);
+    put(b, "\"");
 }
 
-static void put_listen(FILE *out, const char *bind, int port) {
+static void put_listen(sbuf *b, const char *bind, int port) {
     bool v6 = strchr(bind, ':') != NULL;
-    fprintf(out, "%s%s%s:%d", v6 ? "[" : "", bind, v6 ? "]" : "", port);
+    put(b, "%s%s%s:%d", v6 ? "[" : "", bind, v6 ? "]" : "", port);
+}
+
+/* Directive d's value in cfg as the file would say it, secrets masked. */
+static void format_value(const config *cfg, const directive *d, char *out, size_t len) {
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    sbuf b = {out, len, 0};
+    char buf[512];
+    const char *s = (const char *)cfg + d->offset;
+    int64_t v = 0;
+    if (len > 0) out[0] = '\0';
+    if (d->type == T_INT || d->type == T_SIZE || d->type == T_DURATION || d->type == T_BOOL)
+        v = field_get_int(cfg, d);
+    switch (d->type) {
+    case T_INT:
+        if ((d->flags & F_AUTO) && v == 0) put(&b, "auto");
+        else put(&b, "%" PRId64, v);
+        break;
+    case T_SIZE: put(&b, "%s", fmt_size(v, buf, sizeof buf)); break;
+    case T_DURATION: put(&b, "%s", fmt_duration(v, buf, sizeof buf)); break;
+    case T_STRING:
+    case T_PATH:
+        put_value(&b, (d->flags & F_SECRET) && s[0] ? MASK : s);
+        break;
+    case T_LISTEN: put_listen(&b, cfg->bind, cfg->port); break;
+    case T_TLS_LISTEN:
+        if (cfg->tls_port) put_listen(&b, cfg->tls_bind, cfg->tls_port);
+        break;
+    case T_ORIGINS:
+        for (int k = 0; k < cfg->n_origins && k < CONFIG_MAX_ORIGINS; k++)
+            put(&b, "%s%s", k ? ", " : "", cfg->allowed_origins[k]);
+        break;
+    case T_BROKER: put(&b, "%s", cfg->broker == BROKER_REDIS ? "redis" : "local"); break;
+    case T_LOGLEVEL:
+        put(&b, "%s", cfg->log_level >= 0 && cfg->log_level <= 3 ? levels[cfg->log_level] : "?");
+        break;
+    case T_REDIS_URL: {
+        const char *pw = url_password(s);
+        if (pw == NULL) {
+            put_value(&b, s);
+            break;
+        }
+        snprintf(buf, sizeof buf, "%.*s" MASK "%s", (int)(pw - s), s, strrchr(s, '@'));
+        put_value(&b, buf);
+        break;
+    }
+    case T_TLS_VERSION: put(&b, "%s", cfg->tls_min_version == 0x0304 ? "1.3" : "1.2"); break;
+    case T_BOOL: put(&b, "%s", v ? "on" : "off"); break;
+    case T_PROXIES:
+        for (int k = 0; k < cfg->n_trusted_proxies; k++) {
+            const proxy_net *n = &cfg->trusted_proxies[k];
+            char ip[64];
+            proxy_format_ip(n->ip, ip, sizeof ip);
+            /* An IPv4 net is 96 bits of ::ffff:0:0/96 and its own. */
+            int v4 = strchr(ip, ':') == NULL, bits = v4 ? n->bits - 96 : n->bits;
+            put(&b, "%s%s", k ? " " : "", ip);
+            if (bits != (v4 ? 32 : 128)) put(&b, "/%d", bits);
+        }
+        break;
+    case T_LOGFORMAT: put(&b, "%s", cfg->log_format == LOG_JSON ? "json" : "text"); break;
+    }
 }
 
 void config_dump(const config *cfg, FILE *out) {
-    static const char *const levels[] = {"debug", "info", "warn", "error"};
-    char buf[512];
+    char buf[PROXY_NETS_MAX * 48 + CONFIG_MAX_ORIGINS * 130 + 64];
+    for (size_t i = 0; i < N_DIRECTIVES; i++) {
+        format_value(cfg, &directives[i], buf, sizeof buf);
+        fprintf(out, "%s = %s\n", directives[i].name, buf);
+    }
+}
+
+int config_value(const config *cfg, const char *name, char *buf, size_t len) {
+    const directive *d = find_directive(name);
+    if (d == NULL) return -1;
+    format_value(cfg, d, buf, len);
+    return 0;
+}
+
+/* ---- reload ------------------------------------------------------------ */
+
+int config_reloadable(const char *name) {
+    const directive *d = find_directive(name);
+    return d == NULL ? -1 : (d->flags & F_RELOAD) != 0;
+}
+
+/* Whether d says something different in a and b. Strings compare as
+ * strings: the bytes after the NUL are whatever an earlier value left. */
+static bool differs(const config *a, const config *b, const directive *d) {
+    const char *x = (const char *)a + d->offset, *y = (const char *)b + d->offset;
+    switch (d->type) {
+    case T_STRING:
+    case T_PATH:
+    case T_REDIS_URL:
+        return strncmp(x, y, d->size) != 0;
+    case T_LISTEN:
+        return strcmp(a->bind, b->bind) != 0 || a->port != b->port;
+    case T_TLS_LISTEN:
+        return strcmp(a->tls_bind, b->tls_bind) != 0 || a->tls_port != b->tls_port;
+    case T_ORIGINS:
+        if (a->n_origins != b->n_origins) return true;
+        for (int k = 0; k < a->n_origins && k < CONFIG_MAX_ORIGINS; k++)
+            if (strcmp(a->allowed_origins[k], b->allowed_origins[k]) != 0) return true;
+        return false;
+    default:
+        return memcmp(x, y, d->size) != 0;
+    }
+}
+
+void config_merge(const config *running, const config *fresh, config *next, config_changes *ch) {
+    *next = *running;
+    ch->nchanged = ch->nrestart = 0;
     for (size_t i = 0; i < N_DIRECTIVES; i++) {
         const directive *d = &directives[i];
-        const char *s = (const char *)cfg + d->offset;
-        int64_t v = 0;
-        if (d->type == T_INT || d->type == T_SIZE || d->type == T_DURATION || d->type == T_BOOL)
-            v = field_get_int(cfg, d);
-        fprintf(out, "%s = ", d->name);
-        switch (d->type) {
-        case T_INT:
-            if ((d->flags & F_AUTO) && v == 0) fputs("auto", out);
-            else fprintf(out, "%" PRId64, v);
-            break;
-        case T_SIZE: fputs(fmt_size(v, buf, sizeof buf), out); break;
-        case T_DURATION: fputs(fmt_duration(v, buf, sizeof buf), out); break;
-        case T_STRING:
-        case T_PATH:
-            put_value(out, (d->flags & F_SECRET) && s[0] ? MASK : s);
-            break;
-        case T_LISTEN: put_listen(out, cfg->bind, cfg->port); break;
-        case T_TLS_LISTEN:
-            if (cfg->tls_port) put_listen(out, cfg->tls_bind, cfg->tls_port);
-            break;
-        case T_ORIGINS:
-            for (int k = 0; k < cfg->n_origins; k++)
-                fprintf(out, "%s%s", k ? ", " : "", cfg->allowed_origins[k]);
-            break;
-        case T_BROKER: fputs(cfg->broker == BROKER_REDIS ? "redis" : "local", out); break;
-        case T_LOGLEVEL:
-            fputs(cfg->log_level >= 0 && cfg->log_level <= 3 ? levels[cfg->log_level] : "?", out);
-            break;
-        case T_REDIS_URL: {
-            const char *pw = url_password(s);
-            if (pw == NULL) {
-                put_value(out, s);
-                break;
-            }
-            snprintf(buf, sizeof buf, "%.*s" MASK "%s", (int)(pw - s), s, strrchr(s, '@'));
-            put_value(out, buf);
-            break;
+        if (!differs(running, fresh, d)) continue;
+        if (!(d->flags & F_RELOAD)) {
+            ch->restart[ch->nrestart++] = d->name;
+            continue;
         }
-        case T_TLS_VERSION: fputs(cfg->tls_min_version == 0x0304 ? "1.3" : "1.2", out); break;
-        case T_BOOL: fputs(v ? "on" : "off", out); break;
-        case T_PROXIES:
-            for (int k = 0; k < cfg->n_trusted_proxies; k++) {
-                const proxy_net *n = &cfg->trusted_proxies[k];
-                char ip[64];
-                proxy_format_ip(n->ip, ip, sizeof ip);
-                /* An IPv4 net is 96 bits of ::ffff:0:0/96 and its own. */
-                int v4 = strchr(ip, ':') == NULL, bits = v4 ? n->bits - 96 : n->bits;
-                fprintf(out, "%s%s", k ? " " : "", ip);
-                if (bits != (v4 ? 32 : 128)) fprintf(out, "/%d", bits);
-            }
-            break;
-        case T_LOGFORMAT: fputs(cfg->log_format == LOG_JSON ? "json" : "text", out); break;
-        }
-        fputc('\n', out);
+        ch->changed[ch->nchanged++] = d->name;
+        memcpy((char *)next + d->offset, (const char *)fresh + d->offset, d->size);
+        if (d->type == T_ORIGINS) next->n_origins = fresh->n_origins;
+        next->line[i] = fresh->line[i];
     }
+}
+
+/* Published by main, read by every thread at its safe points. */
+static _Atomic(const config *) live;
+
+void config_publish(const config *cfg) {
+    /* release: the config's contents, written by main, are visible to a
+     * thread that loads this pointer (acquire) */
+    atomic_store_explicit(&live, cfg, memory_order_release);
+}
+
+const config *config_current(void) {
+    /* acquire: pairs with config_publish's release */
+    return atomic_load_explicit(&live, memory_order_acquire);
 }
 
 const char *config_directive_name(size_t i) { return i < N_DIRECTIVES ? directives[i].name : NULL; }

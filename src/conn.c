@@ -752,7 +752,9 @@ conn *conn_new(worker *w, handoff *h) {
     c->ip_count = h->ip_count;
     h->ip_count = NULL;
     c->rate_ms = clock_ms();
-    c->tokens = (w->cfg->rate_burst > 0 ? w->cfg->rate_burst : w->cfg->rate_limit) * 1000;
+    /* A full bucket, cut to rate_burst at the first message: of the limit
+     * in force then, which a reload may have set since. */
+    c->tokens = INT32_MAX;
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
     w->conns = c;

@@ -585,9 +585,9 @@ static const char *judge_token(const char *q, size_t qlen, const config *cfg, ti
         return "token is not validly percent-encoded";
     if (rc == -2)
         return "token is too long";
-    if (auth_verify_exp(cfg->auth_secret, strlen(cfg->auth_secret), token, strlen(token), now,
-                        out->username, (size_t)clamp_max(cfg->max_username) + 1, &out->rooms,
-                        &out->exp, &why) < 0)
+    if (auth_verify_either(cfg->auth_secret, cfg->auth_secret_previous, token, strlen(token), now,
+                           out->username, (size_t)clamp_max(cfg->max_username) + 1, &out->rooms,
+                           &out->exp, &why) < 0)
         return why;
     return NULL;
 }

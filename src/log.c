@@ -15,8 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+_Atomic int log_level = LOG_INFO;
 /* Set by main before other threads start; read-only afterwards. */
-int log_level = LOG_INFO;
 int log_format = LOG_TEXT;
 
 static _Thread_local char thread_name[16] = "main";

@@ -64,6 +64,80 @@ static int64_t raise_nofile(void) {
     return n > FD_RESERVE * 2 ? n - FD_RESERVE : n / 2;
 }
 
+/* Every config published after the first, in a list freed once all other
+ * threads have stopped. A thread may still read a config after the next
+ * one is published (it switches at its next safe point), and knowing when
+ * every thread has switched would need an acknowledgement from each; a
+ * config is a few KB and one is kept per SIGHUP that changed something,
+ * so keeping them all is the simpler sound choice. */
+typedef struct kept_config {
+    config cfg;
+    struct kept_config *next;
+} kept_config;
+
+static void log_change(const char *verb, const config *from, const config *to, const char *name) {
+    char a[2200], b[2200];
+    config_value(from, name, a, sizeof(a));
+    config_value(to, name, b, sizeof(b));
+    if (strcmp(verb, "applied") == 0)
+        log_info("SIGHUP: %s: %s -> %s", name, a[0] ? a : "(empty)", b[0] ? b : "(empty)");
+    else
+        log_warn("SIGHUP: %s: %s -> %s needs a restart; keeping %s", name, a[0] ? a : "(empty)",
+                 b[0] ? b : "(empty)", a[0] ? a : "(empty)");
+}
+
+/* SIGHUP: reads the file as at start; on any error applies nothing. Else
+ * publishes running with the reloadable directives of the file, and
+ * returns the config now in force. */
+static const config *reload(const char *path, const config *running, tls *t, kept_config **kept) {
+    char err[512];
+    config *fresh = malloc(sizeof(*fresh));
+    kept_config *k = malloc(sizeof(*k));
+    config_changes *ch = malloc(sizeof(*ch));
+    if (fresh == NULL || k == NULL || ch == NULL) {
+        log_error("SIGHUP: out of memory; nothing is applied");
+        goto out;
+    }
+    config_defaults(fresh);
+    if ((path && config_load(fresh, path, err, sizeof(err)) < 0) ||
+        config_apply_env(fresh, err, sizeof(err)) < 0 ||
+        config_check(fresh, err, sizeof(err)) < 0 ||
+        config_load_secrets(fresh, err, sizeof(err)) < 0) {
+        log_error("SIGHUP: %s; nothing is applied, the running configuration stays", err);
+        goto out;
+    }
+    config_merge(running, fresh, &k->cfg, ch);
+    char warnings[2048];
+    int nwarn = config_warnings(fresh, warnings, sizeof(warnings));
+    for (char *w = nwarn ? strtok(warnings, "\n") : NULL; w; w = strtok(NULL, "\n"))
+        log_warn("SIGHUP: %s", w);
+    /* The certificate files may have changed under the same names: load
+     * them on every SIGHUP. A bad one stops the whole reload. */
+    if (t && tls_reload(t, &k->cfg, err, sizeof(err)) < 0) {
+        log_error("SIGHUP: %s; the old certificate stays in service and nothing is applied", err);
+        goto out;
+    }
+    for (int i = 0; i < ch->nrestart; i++) log_change("kept", running, fresh, ch->restart[i]);
+    for (int i = 0; i < ch->nchanged; i++) log_change("applied", running, &k->cfg, ch->changed[i]);
+    log_info("SIGHUP: reloaded %s%s: %d change%s applied, %d need%s a restart",
+             path ? path : "(defaults)", t ? " and the TLS certificate" : "", ch->nchanged,
+             ch->nchanged == 1 ? "" : "s", ch->nrestart, ch->nrestart == 1 ? "s" : "");
+    if (ch->nchanged > 0) {
+        atomic_store_explicit(&log_level, k->cfg.log_level, memory_order_relaxed);
+        config_publish(&k->cfg);
+        running = &k->cfg;
+        k->next = *kept;
+        *kept = k;
+        k = NULL;
+    }
+out:
+    if (fresh) explicit_bzero(fresh, sizeof(*fresh)); /* secrets */
+    free(fresh);
+    free(k);
+    free(ch);
+    return running;
+}
+
 int main(int argc, char **argv) {
     const char *path = NULL;
     int test_only = 0, dump = 0, opt;
@@ -121,6 +195,7 @@ int main(int argc, char **argv) {
     }
     log_level = cfg.log_level;
     log_format = cfg.log_format;
+    config_publish(&cfg); /* before any thread starts: they load it at will */
     for (char *w = nwarn ? strtok(warnings, "\n") : NULL; w; w = strtok(NULL, "\n"))
         log_warn("%s", w);
 
@@ -136,6 +211,8 @@ int main(int argc, char **argv) {
     int64_t ceiling = raise_nofile();
     int64_t max_clients = cfg.max_clients > 0 && cfg.max_clients < ceiling ? cfg.max_clients
                                                                            : ceiling;
+    const config *running = &cfg; /* the config in force: main's own view */
+    kept_config *kept = NULL;
     log_info("open files allow %lld clients%s", (long long)ceiling,
              max_clients < ceiling ? " (max_clients is lower)" : "");
     if (cfg.max_clients > ceiling)
@@ -160,7 +237,7 @@ int main(int argc, char **argv) {
         if ((workers[i] = worker_new(i + 1, &cfg, err, sizeof(err))) == NULL) goto fatal;
     if ((b = broker_new(&cfg, workers, nworkers, err, sizeof(err))) == NULL) goto fatal;
     if (cfg.tls_port && (t = tls_new(&cfg, err, sizeof(err))) == NULL) goto fatal;
-    if ((a = acceptor_new(&cfg, t, b, workers, nworkers, max_clients, err, sizeof(err))) == NULL)
+    if ((a = acceptor_new(&cfg, t, b, workers, nworkers, ceiling, err, sizeof(err))) == NULL)
         goto fatal;
     if (broker_start(b) < 0) goto fatal_thread;
     for (; started < nworkers; started++)
@@ -185,10 +262,7 @@ int main(int argc, char **argv) {
         if (sigwait(&sigs, &sig) != 0) continue;
         if (sig == SIGHUP) {
             notify("RELOADING=1");
-            if (t == NULL) log_info("SIGHUP: no TLS certificate to reload");
-            else if (tls_reload(t, err, sizeof(err)) < 0)
-                log_error("SIGHUP: %s; the old certificate stays in service", err);
-            else log_info("SIGHUP: reloaded %s and %s", cfg.tls_cert, cfg.tls_key);
+            running = reload(path, running, t, &kept);
             notify("READY=1");
             continue;
         }
@@ -217,6 +291,12 @@ stop:
     broker_free(b);
     tls_free(t);
     free(workers);
+    while (kept) { /* every thread is gone: nobody reads them any more */
+        kept_config *next = kept->next;
+        explicit_bzero(&kept->cfg, sizeof(kept->cfg));
+        free(kept);
+        kept = next;
+    }
     libevent_global_shutdown();
     if (rc == 0) log_info("bye");
     return rc;

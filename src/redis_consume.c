@@ -259,7 +259,8 @@ static void consume_entry(consumer *c, redisReply *e) {
     if (kind) mk = strcmp(kind->str, "j") == 0 ? MSG_JOIN : strcmp(kind->str, "l") == 0 ? MSG_LEAVE : -1;
     /* Written by a node with a larger max_message, or by anything else that
      * can write the stream: this node's clients were promised no more. */
-    int big = text && (int64_t)text->len > b->cfg->max_message;
+    const config *live = config_current(); /* max_message reloads; b->cfg does not */
+    int big = text && (int64_t)text->len > (live ? live : b->cfg)->max_message;
     if (!rm || !user || (mk == MSG_CHAT && !text) || mk < 0 || big) {
         if (big) atomic_fetch_add_explicit(&b->oversize, 1, memory_order_relaxed); /* counter */
         c->refused_unlogged++;

@@ -308,7 +308,9 @@ static void pub_send(publisher *p, pub_item *it) {
     snprintf(pmax, sizeof(pmax), "%d", cfg->presence_max);
     snprintf(pttl, sizeof(pttl), "%d", cfg->presence_ttl_ms / 2); /* see redis.h */
     char budget[24];
-    snprintf(budget, sizeof(budget), "%" PRId64, cfg->max_output_buffer);
+    /* this worker's config: max_output_buffer reloads, b->cfg does not */
+    snprintf(budget, sizeof(budget), "%" PRId64,
+             p->b->workers[p->wid - 1]->cfg->max_output_buffer);
     const char *rname = it->data, *user = it->data + it->room_len,
                *text = it->data + it->room_len + it->user_len;
     size_t hlen = pub_key(hkey, sizeof(hkey), cfg->stream, "history", rname, it->room_len);

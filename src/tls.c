@@ -15,7 +15,6 @@
 #include <openssl/ssl.h>
 
 struct tls {
-    const config *cfg;
     pthread_mutex_t mu; /* guards ctx: swapped by main, used by the acceptor */
     SSL_CTX *ctx;
 };
@@ -88,7 +87,6 @@ tls *tls_new(const config *cfg, char *err, size_t errlen) {
         snprintf(err, errlen, "TLS: out of memory");
         return NULL;
     }
-    t->cfg = cfg;
     pthread_mutex_init(&t->mu, NULL);
     if ((t->ctx = tls_load(cfg, err, errlen)) == NULL) {
         tls_free(t);
@@ -97,8 +95,8 @@ tls *tls_new(const config *cfg, char *err, size_t errlen) {
     return t;
 }
 
-int tls_reload(tls *t, char *err, size_t errlen) {
-    SSL_CTX *ctx = tls_load(t->cfg, err, errlen);
+int tls_reload(tls *t, const config *cfg, char *err, size_t errlen) {
+    SSL_CTX *ctx = tls_load(cfg, err, errlen);
     if (ctx == NULL) return -1;
     pthread_mutex_lock(&t->mu);
     SSL_CTX *old = t->ctx;

@@ -261,10 +261,19 @@ static void worker_pump_rooms(worker *w) {
     }
 }
 
+/* A safe point, between events: connections read w->cfg afresh each time
+ * (what they fixed at their start, such as the frame parser's limit, stays
+ * theirs). Main keeps every config it published until the threads stop. */
+static void worker_reload(worker *w) {
+    const config *cur = config_current();
+    if (cur != NULL && cur != w->cfg) w->cfg = cur;
+}
+
 static void worker_on_bell(evutil_socket_t fd, short what, void *arg) {
     worker *w = arg;
     uint64_t v;
     (void)what;
+    worker_reload(w);
     ssize_t rc = read(fd, &v, sizeof(v));
     (void)rc; /* EAGAIN when re-activated by hand below */
 
@@ -298,6 +307,7 @@ static void worker_on_tick(evutil_socket_t fd, short what, void *arg) {
     worker *w = arg;
     (void)fd;
     (void)what;
+    worker_reload(w);
     int64_t now = clock_ms(); /* the clock conn.c keeps its deadlines in */
     conn *c = w->conns, *next;
     for (; c; c = next) {

@@ -411,6 +411,38 @@ static void test_secret_bytes(void **state) {
     assert_int_equal(auth_verify("ab", 2, t, strlen(t), NOW, user, USER_CAP, &why), -1);
 }
 
+static void test_rotation(void **state) {
+    (void)state;
+    char user[USER_CAP];
+    const char *why;
+    char by_new[2048], by_old[2048], old_expired[2048];
+    snprintf(by_new, sizeof by_new, "%s", token_with(HS256, PAYLOAD("\"alice\"", ""), "new"));
+    snprintf(by_old, sizeof by_old, "%s", token_with(HS256, PAYLOAD("\"bob\"", ""), "old"));
+    snprintf(old_expired, sizeof old_expired, "%s",
+             token_with(HS256, "{\"sub\":\"carol\",\"exp\":1699999999}", "old"));
+    /* Either secret signs a good token. */
+    assert_int_equal(auth_verify_either("new", "old", by_new, strlen(by_new), NOW, user, USER_CAP,
+                                        NULL, NULL, &why), 0);
+    assert_string_equal(user, "alice");
+    assert_int_equal(auth_verify_either("new", "old", by_old, strlen(by_old), NOW, user, USER_CAP,
+                                        NULL, NULL, &why), 0);
+    assert_string_equal(user, "bob");
+    /* A token the previous secret signed keeps its own reason. */
+    assert_int_equal(auth_verify_either("new", "old", old_expired, strlen(old_expired), NOW, user,
+                                        USER_CAP, NULL, NULL, &why), -1);
+    assert_string_equal(why, "token has expired");
+    /* Without a previous secret (NULL or empty) the old tokens are refused. */
+    assert_int_equal(auth_verify_either("new", "", by_old, strlen(by_old), NOW, user, USER_CAP,
+                                        NULL, NULL, &why), -1);
+    assert_string_equal(why, "token signature is wrong");
+    assert_int_equal(auth_verify_either("new", NULL, by_old, strlen(by_old), NOW, user, USER_CAP,
+                                        NULL, NULL, &why), -1);
+    assert_int_equal(auth_verify_either("other", "another", by_old, strlen(by_old), NOW, user,
+                                        USER_CAP, NULL, NULL, &why), -1);
+    assert_string_equal(why, "token signature is wrong");
+    assert_string_equal(user, "");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
@@ -428,6 +460,7 @@ int main(void) {
         cmocka_unit_test(test_exp),
         cmocka_unit_test(test_nbf),
         cmocka_unit_test(test_secret_bytes),
+        cmocka_unit_test(test_rotation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1196,6 +1196,100 @@ static void test_dump_net_ops(void **state) {
     assert_memory_equal(settings(&again), settings(&cfg), sizeof cfg);
 }
 
+/* True if name is among the n names of list. */
+static int has(const char *const *list, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(list[i], name) == 0) return 1;
+    return 0;
+}
+
+static void test_merge(void **state) {
+    (void)state;
+    static config running, fresh, next;
+    static config_changes ch;
+    config_defaults(&running);
+    assert_int_equal(parse(&running, "listen = 127.0.0.1:7000\nworkers = 2\nrate_limit = 5\n"
+                                     "auth_secret = old\nhistory_size = 10\n"),
+                     0);
+
+    /* The same file again: nothing changes, next is running. */
+    config_defaults(&fresh);
+    assert_int_equal(parse(&fresh, "listen = 127.0.0.1:7000\nworkers = 2\nrate_limit = 5\n"
+                                   "auth_secret = old\nhistory_size = 10\n"),
+                     0);
+    config_merge(&running, &fresh, &next, &ch);
+    assert_int_equal(ch.nchanged, 0);
+    assert_int_equal(ch.nrestart, 0);
+    assert_memory_equal(&next, &running, sizeof next);
+
+    /* Reloadable directives are taken, the others kept and reported. */
+    config_defaults(&fresh);
+    assert_int_equal(parse(&fresh, "listen = 127.0.0.1:7001\nworkers = 3\nrate_limit = 7\n"
+                                   "auth_secret = new\nauth_secret_previous = old\n"
+                                   "allowed_origins = http://a.example, http://b.example\n"
+                                   "log_level = debug\nmax_message = 1k\nhistory_size = 20\n"
+                                   "broker = redis\nring_size = 1024\n"),
+                     0);
+    config_merge(&running, &fresh, &next, &ch);
+    const char *changed[] = {"rate_limit", "auth_secret", "auth_secret_previous",
+                             "allowed_origins", "log_level", "max_message"};
+    const char *restart[] = {"listen", "workers", "history_size", "broker", "ring_size"};
+    assert_int_equal(ch.nchanged, sizeof changed / sizeof changed[0]);
+    assert_int_equal(ch.nrestart, sizeof restart / sizeof restart[0]);
+    for (size_t i = 0; i < sizeof changed / sizeof changed[0]; i++)
+        if (!has(ch.changed, ch.nchanged, changed[i])) fail_msg("%s not applied", changed[i]);
+    for (size_t i = 0; i < sizeof restart / sizeof restart[0]; i++)
+        if (!has(ch.restart, ch.nrestart, restart[i])) fail_msg("%s not kept", restart[i]);
+    assert_int_equal(next.rate_limit, 7);
+    assert_string_equal(next.auth_secret, "new");
+    assert_string_equal(next.auth_secret_previous, "old");
+    assert_int_equal(next.n_origins, 2);
+    assert_string_equal(next.allowed_origins[1], "http://b.example");
+    assert_int_equal(next.log_level, LOG_DEBUG);
+    assert_int_equal(next.max_message, 1024);
+    assert_int_equal(next.port, 7000); /* restart-only: the running values */
+    assert_int_equal(next.workers, 2);
+    assert_int_equal(next.history_size, 10);
+    assert_int_equal(next.broker, BROKER_LOCAL);
+    assert_int_equal(next.ring_size, running.ring_size);
+    assert_int_equal(config_check(&next, err, sizeof err), 0);
+
+    /* Fewer origins: the list shrinks; an emptied secret counts as a change. */
+    static config after;
+    config_defaults(&fresh);
+    assert_int_equal(parse(&fresh, "listen = 127.0.0.1:7000\nworkers = 2\nrate_limit = 7\n"
+                                   "auth_secret = new\nallowed_origins = http://a.example\n"
+                                   "log_level = debug\nmax_message = 1k\nhistory_size = 10\n"),
+                     0);
+    config_merge(&next, &fresh, &after, &ch);
+    assert_int_equal(ch.nchanged, 2);
+    assert_true(has(ch.changed, ch.nchanged, "auth_secret_previous"));
+    assert_true(has(ch.changed, ch.nchanged, "allowed_origins"));
+    assert_int_equal(ch.nrestart, 0);
+    assert_int_equal(after.n_origins, 1);
+    assert_string_equal(after.auth_secret_previous, "");
+
+    /* Every directive is judged, and the judgement is what config_reloadable says. */
+    const char *name;
+    for (size_t i = 0; (name = config_directive_name(i)) != NULL; i++)
+        assert_true(config_reloadable(name) == 0 || config_reloadable(name) == 1);
+    assert_int_equal(config_reloadable("no_such"), -1);
+    assert_int_equal(config_reloadable("stream"), 0);
+    assert_int_equal(config_reloadable("tls_cert"), 1);
+
+    /* Values for the log: as the file says them, secrets masked. */
+    char buf[256];
+    assert_int_equal(config_value(&next, "auth_secret", buf, sizeof buf), 0);
+    assert_string_equal(buf, "********");
+    assert_int_equal(config_value(&next, "max_message", buf, sizeof buf), 0);
+    assert_string_equal(buf, "1k");
+    assert_int_equal(config_value(&next, "allowed_origins", buf, sizeof buf), 0);
+    assert_string_equal(buf, "http://a.example, http://b.example");
+    assert_int_equal(config_value(&running, "auth_secret_previous", buf, sizeof buf), 0);
+    assert_string_equal(buf, "");
+    assert_int_equal(config_value(&next, "no_such", buf, sizeof buf), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),  cmocka_unit_test(test_sizes),
@@ -1212,6 +1306,7 @@ int main(void) {
         cmocka_unit_test(test_check),     cmocka_unit_test(test_log),
         cmocka_unit_test(test_tls),       cmocka_unit_test(test_net_ops),
         cmocka_unit_test(test_log_fields), cmocka_unit_test(test_dump_net_ops),
+        cmocka_unit_test(test_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
