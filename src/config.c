@@ -737,7 +737,11 @@ static void bad_value(char *err, size_t errlen, const directive *d, const char *
 int config_set(config *cfg, const char *key, const char *value, char *err, size_t errlen) {
     const directive *d = find_directive(key);
     if (d == NULL) {
-        seterr(err, errlen, "unknown directive '%.80s'", key);
+        /* Only its first word: "auth_secret s3cret" (no '=') is all key,
+         * and the rest of it must not reach a log. */
+        int n = 0;
+        while (n < 80 && key[n] && key[n] != ' ' && key[n] != '\t') n++;
+        seterr(err, errlen, "unknown directive '%.*s'", n, key);
         return -1;
     }
     const char *why = apply(cfg, d, value);

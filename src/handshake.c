@@ -723,6 +723,12 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
         qlen = 0;
     }
     int is_get = r->parser.method == HTTP_GET;
+    /* More X-Forwarded-For lines than are kept: the last (a trusted
+     * proxy's own) would be lost, and the client would pass for the proxy. */
+    if (r->f[H_XFF].count > XFF_LINES_MAX) {
+        refuse(out, 400, "too many X-Forwarded-For header lines");
+        return;
+    }
 
     if (plen == 8 && memcmp(url, "/healthz", 8) == 0) {
         if (!is_get) {

@@ -261,7 +261,15 @@ int main(int argc, char **argv) {
         int sig;
         if (sigwait(&sigs, &sig) != 0) continue;
         if (sig == SIGHUP) {
-            notify("RELOADING=1");
+            /* systemd (253 and later) wants the time with it, to tell
+             * this reload from an older one */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            char reloading[64];
+            unsigned long long usec = (unsigned long long)ts.tv_sec * 1000000ULL +
+                                      (unsigned long long)ts.tv_nsec / 1000;
+            snprintf(reloading, sizeof reloading, "RELOADING=1\nMONOTONIC_USEC=%llu", usec);
+            notify(reloading);
             running = reload(path, running, t, &kept);
             notify("READY=1");
             continue;

@@ -116,6 +116,22 @@ def test_xff_from_untrusted_peer_is_ignored(chatd):
         b.close()
 
 
+def test_xff_with_more_lines_than_kept_is_refused(chatd):
+    """haproxy's `option forwardfor` appends its own line: a client that sent
+    eight of its own before it would, if the ninth were dropped, pass for
+    the proxy itself (and lock out everyone behind it by max_clients_per_ip)."""
+    node = chatd(trusted_proxies="127.0.0.1", max_clients_per_ip=1)
+    lines = [f"X-Forwarded-For: 198.51.100.{k}" for k in range(9)]
+    w, status = upgrade(node.port, "/?username=many", extra=lines)
+    w.close()
+    assert status == 400
+    ok, s_ok = xff(node.port, "203.0.113.1", "alice")  # the proxy's address is not used up
+    try:
+        assert s_ok == 101
+    finally:
+        ok.close()
+
+
 # --------------------------------------------------------------------------
 # PROXY protocol
 
