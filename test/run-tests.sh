@@ -71,7 +71,7 @@ if [ "${TEST_QUICK:-0}" != 1 ]; then
     step tsan-ring    build/tsan/unit/test_ring
     step tsan-chat    pytest_run build/tsan/chatd -m tsan
     step asan-chat    pytest_run build/asan/chatd
-    step fuzz         make -s fuzz FUZZ_SECONDS=10
+    step fuzz         make -s fuzz FUZZ_SECONDS=5
 fi
 if [ "${TEST_QUICK:-0}" != 1 ]; then
     step integration  pytest_run build/chatd -m "not faults and not slow"
