@@ -22,6 +22,8 @@
 
 typedef enum { BROKER_LOCAL = 0, BROKER_REDIS = 1 } broker_kind;
 
+enum { PROXY_ON_WS = 1, PROXY_ON_WSS = 2 }; /* proxy_protocol: which listeners */
+
 typedef struct config {
     /* network */
     char bind[64];              /* address of the ws listener */
@@ -37,7 +39,8 @@ typedef struct config {
     proxy_net trusted_proxies[PROXY_NETS_MAX]; /* peers whose X-Forwarded-For
                                    and PROXY headers name the client */
     int n_trusted_proxies;
-    int proxy_protocol;         /* 1: every connection starts with a PROXY
+    int proxy_protocol;         /* PROXY_ON_WS | PROXY_ON_WSS: connections on
+                                   those listeners start with a PROXY
                                    header (v1 or v2) from a trusted peer */
 
     /* TLS (wss://): off while tls_port is 0 */

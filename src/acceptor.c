@@ -917,7 +917,7 @@ static void acc_on_accept(evutil_socket_t lfd, short what, void *arg) {
         else a->oldest = p;
         a->pendings = p;
         a->npending++;
-        if (a->cfg->proxy_protocol) {
+        if (a->cfg->proxy_protocol & (l->tls ? PROXY_ON_WSS : PROXY_ON_WS)) {
             if (!proxy_trusted(a->cfg->trusted_proxies, a->cfg->n_trusted_proxies, p->ip)) {
                 pending_refuse_proxy(p, "proxy_protocol is on and the peer is not a trusted proxy");
                 continue;

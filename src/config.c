@@ -41,6 +41,7 @@ typedef enum {
                     the config file's directory */
     T_PROXIES,   /* addresses and CIDRs into trusted_proxies (proxy.h) */
     T_LOGFORMAT, /* text | json */
+    T_PROXYPROTO, /* off | on | ws | wss: which listeners expect a PROXY header */
 } ctype;
 
 enum {
@@ -92,8 +93,8 @@ static const directive directives[] = {
     {"web", T_BOOL, F_RELOAD, 0, 1, "on", FIELD(web), "on: GET / serves the chat page; off: it does not"},
     {"trusted_proxies", T_PROXIES, 0, 0, PROXY_NETS_MAX, "", FIELD(trusted_proxies),
      "proxies (addresses or CIDRs) whose X-Forwarded-For or PROXY header names the client"},
-    {"proxy_protocol", T_BOOL, 0, 0, 1, "off", FIELD(proxy_protocol),
-     "on: every connection starts with a PROXY header (v1 or v2) from a trusted proxy"},
+    {"proxy_protocol", T_PROXYPROTO, 0, 0, 0, "off", FIELD(proxy_protocol),
+     "on (both listeners), ws or wss (that one): connections start with a PROXY header"},
 
     /* TLS */
     {"tls_listen", T_TLS_LISTEN, 0, 0, 65535, "", FIELD(tls_bind),
@@ -318,6 +319,9 @@ static void describe(const directive *d, char *buf, size_t len) {
         break;
     case T_LOGFORMAT:
         snprintf(buf, len, "text or json");
+        break;
+    case T_PROXYPROTO:
+        snprintf(buf, len, "off, on (both listeners), ws or wss (that listener only)");
         break;
     }
 }
@@ -713,6 +717,17 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
             cfg->log_format = f;
         break;
     }
+    case T_PROXYPROTO: {
+        static const char *const names[] = {"off", "ws", "wss", "on"}; /* by mask */
+        int f = -1;
+        for (int k = 0; k < 4; k++)
+            if (strcmp(value, names[k]) == 0) f = k;
+        if (f < 0)
+            why = "unknown value";
+        else
+            cfg->proxy_protocol = f;
+        break;
+    }
     }
     return why;
 }
@@ -1007,7 +1022,7 @@ int config_check(const config *cfg, char *err, size_t errlen) {
         return -1;
     }
     if (cfg->proxy_protocol && cfg->n_trusted_proxies == 0) {
-        seterr(err, errlen, "proxy_protocol = on needs trusted_proxies: it would refuse everyone");
+        seterr(err, errlen, "proxy_protocol needs trusted_proxies: it would refuse everyone");
         return -1;
     }
     /* Two listeners on one port: bind would fail at start, after -t said
@@ -1233,6 +1248,11 @@ static void format_value(const config *cfg, const directive *d, char *out, size_
         }
         break;
     case T_LOGFORMAT: put(&b, "%s", cfg->log_format == LOG_JSON ? "json" : "text"); break;
+    case T_PROXYPROTO: {
+        static const char *const names[] = {"off", "ws", "wss", "on"};
+        put(&b, "%s", names[cfg->proxy_protocol & 3]);
+        break;
+    }
     }
 }
 

@@ -202,7 +202,7 @@ def test_proxy_protocol_needs_trusted_proxies(chatd):
     write_config(node.conf_path, node.conf)
     r = run_chatd_cmd(["-t", "-c", str(node.conf_path)])
     assert r.returncode != 0
-    assert "proxy_protocol = on needs trusted_proxies" in r.stdout + r.stderr
+    assert "proxy_protocol needs trusted_proxies" in r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +227,33 @@ def test_proxy_header_before_tls(chatd, cert):
     finally:
         raw.close()
     node.wait_log(r"conn \d+ 198\.51\.100\.9:45000 tlsuser: open .*tls=on")
+
+
+def test_proxy_protocol_per_listener(chatd, cert):
+    """proxy_protocol = wss: the balancer in front of the TLS port speaks
+    PROXY, the plain port is reached directly (and the other way round)."""
+    node = tls_node(chatd, cert, trusted_proxies="127.0.0.1", proxy_protocol="wss")
+    w, status = upgrade(node.port, "/?username=direct")  # ws: no header expected
+    w.close()
+    assert status == 101
+    raw = socket.create_connection((HOST, node.tls_port), timeout=5)
+    try:  # wss: a TLS hello where the PROXY header must be is refused
+        s = client_ctx().wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        with pytest.raises((ssl.SSLError, OSError)):
+            s.do_handshake()
+            s.sendall(http_request_bytes("/?username=nohdr"))
+            if not s.recv(4096):
+                raise OSError("closed")
+    finally:
+        raw.close()
+    node.stop()
+    node2 = tls_node(chatd, cert, trusted_proxies="127.0.0.1", proxy_protocol="ws")
+    w, status = upgrade(node2.port, "/?username=nohdr2")  # ws now expects the header
+    w.close()
+    assert status is None
+    w, status = upgrade(node2.port, "/?username=withhdr", prefix=proxy_v1("198.51.100.10", 45001))
+    w.close()
+    assert status == 101
 
 
 # --------------------------------------------------------------------------

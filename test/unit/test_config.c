@@ -919,9 +919,17 @@ static void test_net_ops(void **state) {
     config_defaults(&cfg);
     assert_int_equal(set(&cfg, "proxy_protocol", "on"), 0);
     assert_int_equal(config_check(&cfg, err, sizeof err), -1);
-    assert_non_null(strstr(err, "proxy_protocol = on needs trusted_proxies"));
+    assert_non_null(strstr(err, "proxy_protocol needs trusted_proxies"));
     assert_int_equal(set(&cfg, "trusted_proxies", "127.0.0.1"), 0);
     assert_int_equal(config_check(&cfg, err, sizeof err), 0);
+    /* Per listener: ws, wss, or on for both. */
+    assert_int_equal(set(&cfg, "proxy_protocol", "ws"), 0);
+    assert_int_equal(cfg.proxy_protocol, PROXY_ON_WS);
+    assert_int_equal(set(&cfg, "proxy_protocol", "wss"), 0);
+    assert_int_equal(cfg.proxy_protocol, PROXY_ON_WSS);
+    assert_int_equal(set(&cfg, "proxy_protocol", "on"), 0);
+    assert_int_equal(cfg.proxy_protocol, PROXY_ON_WS | PROXY_ON_WSS);
+    expect_bad("proxy_protocol", "yes", "unknown value");
 }
 
 /* ---- issue 15: nginx's spellings, paths, conflicts, warnings, secrets ---- */
