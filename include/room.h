@@ -112,6 +112,10 @@ room *room_find(room_index *ix, const char *name, size_t len);
 /* Finds or creates a room. NULL when out of memory. */
 room *room_get(room_index *ix, const char *name, size_t len);
 
+/* Frees r if nothing holds it (a room made by room_get for a join that
+ * then failed). */
+void room_release(room_index *ix, room *r);
+
 /* Adds mb (its conn set by the caller) to r; its cursor starts at the
  * room's head. */
 void room_join(room *r, member *mb);

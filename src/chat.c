@@ -399,6 +399,7 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     if (r == NULL || mb == NULL || jw == NULL) {
         if (mb != &c->first) free(mb);
         free(jw);
+        if (r) room_release(&w->rooms, r);
         return -1;
     }
     /* How many messages to replay: what was asked, or after a since that
@@ -421,6 +422,7 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     if (count < 0) {
         if (mb != &c->first) free(mb);
         free(jw);
+        room_release(&w->rooms, r);
         return -1;
     }
     mb->conn = c;

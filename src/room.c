@@ -134,6 +134,8 @@ static void room_maybe_free(room_index *ix, room *r) {
     free(r);
 }
 
+void room_release(room_index *ix, room *r) { room_maybe_free(ix, r); }
+
 void room_leave(room_index *ix, member *mb) {
     room *r = mb->room;
     if (r == NULL) return;

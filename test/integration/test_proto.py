@@ -5,6 +5,7 @@ client beside JSON clients, the token's rooms claim, presence_max."""
 
 import asyncio
 import json
+import socket
 import time
 import pytest
 
@@ -757,3 +758,32 @@ def test_token_rooms_claim(chatd):
         await close_all([a, b])
 
     arun(main(), 30)
+
+
+def test_answers_a_client_does_not_read_are_a_backlog(chatd):
+    """A client that floods pings and never reads: its pongs are a backlog
+    like room messages are, so past max_output_buffer (twice it for private
+    answers) it is closed with 1008 rather than buffered without end."""
+    from conftest import HOST, frame, metrics
+    node = chatd(max_output_buffer="8k")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for us
+    s.settimeout(5)
+    s.connect((HOST, node.port))
+    try:
+        s.sendall(http_request_bytes("/?username=flood", extra=[PROTO_HEADER]))
+        ping = json.dumps({"op": "ping", "ref": "r" * 120}).encode()
+        batch = frame(OP_TEXT, ping) * 500
+        deadline = time.monotonic() + 30
+        for _ in range(2000):  # at most 1,000,000 pings, 30 s
+            if time.monotonic() > deadline or "of answers queued" in node.log():
+                break
+            try:
+                s.sendall(batch)
+            except OSError:  # closed under us: what we wait for
+                break
+        node.wait_log(r"slow consumer, \d+ bytes of answers queued, closing with 1008", 10)
+    finally:
+        s.close()
+    m = metrics(node.port)
+    assert m['chatd_clients_closed_total{reason="max_output_buffer"}'] >= 1, m

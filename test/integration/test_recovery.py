@@ -652,3 +652,39 @@ def test_local_broker_since_after_a_restart_is_not_recovered(chatd):
             await a.close()
 
     arun(after(), 30)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_recovery_to_a_node_that_reads_behind_repeats_nothing(redis, chatd):
+    """A client read message X on node A, and rejoins on node C whose
+    reads lag (0.4 s between C and Redis): its since is ahead of what C has
+    delivered when it joins. Redis knows X, so the answer is recovered:true;
+    X then reaches C's room log later and must not be told again."""
+    from faultproxy import FaultProxy
+    r = redis()
+    with FaultProxy(r.port) as px:
+        a = redis_node(chatd, r, "a")
+        c = chatd(name="c", broker="redis", redis_url=px.url, workers=2)
+
+        async def main():
+            await nodes_delivering([a, c])
+            mover = await JsonClient.connect(url(a, "mover"), "mover")
+            j = await mover.join("seam")
+            await mover.say("seam", "before")
+            await asyncio.sleep(0.5)  # C has read it too
+            px.set_delay(0.4)
+            x = await mover.say("seam", "X")
+            await mover.expect("msg", room="seam", id=x)
+            mover.abort()
+            back = await JsonClient.connect(url(c, "mover"), "mover")
+            await back.req("join", room="seam", since=x, epoch=j["epoch"])
+            joined = check_joined(await back.expect("joined", room="seam", timeout=10), "seam")
+            assert joined["recovered"] is True, joined
+            await back.drain(2.0)
+            again = [f for f in back.pending if f.get("op") == "msg" and parse_id(f["id"]) <= parse_id(x)]
+            assert again == [], f"told again after recovered:true: {again}"
+            px.set_delay(0)
+            await back.close()
+
+        arun(main(), 60)
