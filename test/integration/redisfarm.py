@@ -200,7 +200,7 @@ class RedisProc:
         self.conf_path = self.dir / ("sentinel.conf" if sentinel else "redis.conf")
         self.log_path = tmp_path / f"{name}-{self.port}.log"
         base = [f"port {self.port}", f"bind {HOST}", "protected-mode no", "daemonize no",
-                f'dir "{self.dir}"', f'logfile ""']
+                f'dir "{self.dir}"', 'logfile ""']
         self.conf_path.write_text("\n".join(base + list(conf_lines)) + "\n")
         self.proc = None
         self._log = None
