@@ -261,13 +261,17 @@ class RedisProc:
         self._log = None
         self.proc = None
 
-    def freeze(self):
-        """SIGSTOP: alive but silent (a replica that falls behind)."""
-        self.proc.send_signal(signal.SIGSTOP)
+    def detach(self):
+        """A replica that falls behind: its link to its master is cut and
+        cannot come back (the AUTH it now sends is refused) until attach().
+        (SIGSTOP would not do: what the master sent waits in the socket's
+        buffer and is read on SIGCONT.)"""
+        self.cli("CONFIG", "SET", "masterauth", "redisfarm-detached")
+        self.cli("CLIENT", "KILL", "TYPE", "master")
 
-    def thaw(self):
+    def attach(self):
         if self.running:
-            self.proc.send_signal(signal.SIGCONT)
+            self.cli("CONFIG", "SET", "masterauth", "")
 
     def cli(self, *args, timeout=5):
         return redis_cmd(self.port, *args, timeout=timeout)
@@ -389,7 +393,6 @@ class RedisCluster:
 
     def stop(self):
         for n in self.nodes:
-            n.thaw()
             n.stop()
 
     # -- the view of the cluster --------------------------------------------
@@ -567,7 +570,6 @@ class SentinelFarm:
 
     def stop(self):
         for n in self.nodes:
-            n.thaw()
             n.stop()
 
     def node_at(self, port):

@@ -31,7 +31,7 @@ SHARDS = 3
 RATE = 20.0         # messages per second per sender
 WARMUP = 2.0        # traffic before the fault
 AFTER = 3.0         # traffic after the cluster is whole again
-FREEZE = 0.5        # the killed master's replica is this far behind
+LAG = 0.5           # the killed master's replica is cut off this long before
 
 
 def cluster_nodes(redis_cluster, chatd, **conf):
@@ -81,9 +81,9 @@ def test_demo_and_shards_over_masters(redis_cluster, chatd):
         print(f"keys without a shard's tag: {untagged}")
 
 
-def failover_run(c, nodes, freeze, watch=False, restart=True):
+def failover_run(c, nodes, lag, watch=False, restart=True):
     """Traffic in fault_rooms() on both nodes; after WARMUP the master of
-    shard 0 is killed (its replica first frozen for `freeze` s, so that the
+    shard 0 is killed (its replica cut off `lag` s before, so that the
     master holds writes the replica lacks); once the replica is promoted and
     the cluster ok, the killed node is started again (restart: it comes back
     as a replica). watch: chatd.v1 Watchers in shard 0's rooms on every node.
@@ -99,12 +99,12 @@ def failover_run(c, nodes, freeze, watch=False, restart=True):
         watchers = [await Watcher.join(n, f"w{i}", rooms[:2]) for i, n in enumerate(nodes)] if watch else []
         await run.start()
         await asyncio.sleep(WARMUP)
-        out["t_freeze"] = now()
-        if freeze:
-            rep.freeze()
-            await asyncio.sleep(freeze)
+        out["t_cut"] = now()
+        if lag:
+            await in_thread(rep.detach)
+            await asyncio.sleep(lag)
         out["t_kill"] = await in_thread(c.kill, old)
-        rep.thaw()
+        await in_thread(rep.attach)
         out["new"] = await in_thread(c.wait_failover, old)
         out["t_promoted"] = now()
         if restart:
@@ -121,7 +121,7 @@ def failover_run(c, nodes, freeze, watch=False, restart=True):
     try:
         arun(main(), 120)
     finally:
-        rep.thaw()
+        rep.attach()
     took = out["t_promoted"] - out["t_kill"]
     for room in rooms:
         resume, gap = resume_after(run.checkers[room], out["t_kill"])
@@ -137,29 +137,29 @@ def failover_run(c, nodes, freeze, watch=False, restart=True):
 
 def test_master_killed_wait_1(redis_cluster, chatd):
     """(c) redis_wait_replicas = 1: a master dies while its replica is
-    FREEZE s behind (the publishes it holds are not acked: WAIT 1 waits);
+    LAG s behind (the publishes it holds are not acked: WAIT 1 waits);
     the replica is promoted; every room keeps its order, nothing acked is
     lost, nothing is stored twice, and delivery resumes within seconds."""
     c, nodes = cluster_nodes(redis_cluster, chatd, redis_wait_replicas=1)
-    out = failover_run(c, nodes, FREEZE)
+    out = failover_run(c, nodes, LAG)
     out["run"].assert_ok(f"after the SIGKILL of {out['old'].name} (redis_wait_replicas = 1)")
     for room, resume in out["resume"].items():
         assert resume is not None and resume < 20, f"room {room}: delivery resumed after {resume}s"
 
 
 def test_master_killed_wait_0_loss_is_told(redis_cluster, chatd):
-    """(d) redis_wait_replicas = 0: a master dies while its replica is FREEZE s
+    """(d) redis_wait_replicas = 0: a master dies while its replica is LAG s
     behind, so messages it had acked are gone from the promoted replica.
-    Those (sent from the freeze to the kill) are excused from the checker's
+    Those (sent from the cut to the kill) are excused from the checker's
     loss rules, never from order and duplicates; and a chatd.v1 client
     that rejoins with the last id it had from the dead master is told
     recovered:false when that id is gone, recovered:true (and exactly what
     followed) when it was kept."""
     c, nodes = cluster_nodes(redis_cluster, chatd)
     rooms = fault_rooms()
-    out = failover_run(c, nodes, FREEZE, watch=True, restart=False)
+    out = failover_run(c, nodes, LAG, watch=True, restart=False)
     run = out["run"]
-    run.exempt(out["t_freeze"] - 0.5, out["t_kill"])
+    run.exempt(out["t_cut"] - 0.5, out["t_kill"])
     run.assert_ok(f"after the SIGKILL of {out['old'].name} (redis_wait_replicas = 0)")
 
     new = out["new"]

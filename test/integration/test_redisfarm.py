@@ -1,7 +1,8 @@
 """The Redis deployments of redisfarm.py, proven without chatd: a Cluster of
 three masters and three replicas forms, places keys where CRC16 says, and a
 master killed with SIGKILL is replaced by its replica, keeping a write that
-WAIT 1 confirmed; a primary under three Sentinels is failed over the same
+WAIT 1 confirmed, while a replica that was cut off loses what its master
+took since; a primary under three Sentinels is failed over the same
 way, and the killed node comes back as a replica. The failover times are
 printed (run with -s to see them)."""
 
@@ -64,6 +65,20 @@ def test_cluster_forms_places_keys_and_fails_over(redis_cluster):
     assert new.cli("XLEN", key) == 1
     assert new.info()["role"] == "master"
     print(f"cluster failover: {rep.name} serves {m.name}'s slots {took:.2f}s after the SIGKILL")
+
+    # a replica that was cut off falls behind: what its master took since is
+    # gone with the master (what chatd's redis_wait_replicas is for)
+    key2 = shard_key("chatd:messages", 2, 3)
+    m2 = c.master_of_key(key2)
+    rep2 = c.replica_of(m2)
+    m2.pipeline(("XADD", key2, "*", "n", "kept"), ("WAIT", 1, 2000))
+    rep2.detach()
+    added, acked = m2.pipeline(("XADD", key2, "*", "n", "lost"), ("WAIT", 1, 300))
+    assert isinstance(added, bytes) and acked == 0, (added, acked)
+    c.kill(m2)
+    rep2.attach()
+    assert c.wait_failover(m2) is rep2
+    assert [e[1] for e in rep2.cli("XRANGE", key2, "-", "+")] == [[b"n", b"kept"]]
 
     # the killed master comes back as a replica of the new one
     t = time.monotonic()
