@@ -40,6 +40,9 @@ typedef struct broker_stats {
     uint64_t queued;     /* messages accepted, not yet stored (all workers) */
     int64_t oldest_ms;   /* age of the oldest unacknowledged publish; 0: none */
     uint64_t read_lag;   /* entries in the stream this node has not read yet */
+    int shards_up;       /* shards whose stream is read now */
+    uint64_t redirects;  /* MOVED redirects followed */
+    uint64_t route_changes; /* failovers followed */
 } broker_stats;
 
 /* Any thread: the broker's counters so far. */

@@ -65,6 +65,8 @@ void broker_get_stats(broker *b, broker_stats *out) {
     out->queued = 0;
     out->oldest_ms = 0;
     out->read_lag = 0;
+    out->shards_up = b->nshards;
+    out->redirects = out->route_changes = 0;
     if (b->ops->stats) b->ops->stats(b, out);
 }
 

@@ -96,6 +96,9 @@ static void redis_stats(broker *b, broker_stats *out) {
     out->up = atomic_load_explicit(&rb->nup, memory_order_relaxed) == rb->nshards;
     out->since_ms = atomic_load_explicit(&rb->since_ms, memory_order_relaxed);
     out->read_lag = atomic_load_explicit(&rb->read_lag, memory_order_relaxed);
+    out->shards_up = atomic_load_explicit(&rb->nup, memory_order_relaxed);
+    out->redirects = atomic_load_explicit(&rb->link.moves, memory_order_relaxed);
+    out->route_changes = atomic_load_explicit(&rb->link.failovers, memory_order_relaxed);
     redis_pub_stats(b, &out->queued, &out->oldest_ms);
 }
 

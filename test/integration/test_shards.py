@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from checker import nodes_delivering
-from conftest import arun
+from conftest import arun, metrics
 from jsonclient import JsonClient, url
 from test_recovery import Flow, Receiver, redis_node, sender, verify
 
@@ -88,6 +88,10 @@ def test_rooms_spread_over_shards_keep_their_order_and_recover(redis, chatd):
         return epochs
 
     epochs = arun(main(), 90)
+    for node in (a, b):
+        m = metrics(node.port)
+        assert m["chatd_redis_shards_up"] == n, m
+        assert m["chatd_redis_redirects_total"] == 0, m
     tags = {k: shard_tag(k, n) for k in range(n)}
     assert r.cli("EXISTS", STREAM) == 0, "with shards the plain stream key is not used"
     for k, tag in tags.items():
