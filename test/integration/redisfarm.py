@@ -562,8 +562,12 @@ class SentinelFarm:
             # every second (a restarted primary is seen at once), hellos
             # every 0.5 s (sentinels find each other, and a node that came
             # back as a primary is turned into a replica after 4 hellos, 2 s),
-            # and no 30 s TILT after a slow tick on a loaded machine.
-            s.cli("SENTINEL", "DEBUG", "info-period", 1000, "publish-period", 500,
+            # PING every 0.25 s (the first PING to a newly promoted primary
+            # goes out one period after the switch: at the default 1 s, as
+            # long as down-after, a sentinel may call it down before it could
+            # answer and fail it over again, to the empty node restarted
+            # meanwhile), and no 30 s TILT after a slow tick.
+            s.cli("SENTINEL", "DEBUG", "info-period", 1000, "publish-period", 500, "ping-period", 250,
                   "tilt-period", 3000, "min-link-reconnect-period", 1000, "election-timeout", 3000)
         self.wait_ok(timeout)
         return self
@@ -644,13 +648,31 @@ class SentinelFarm:
         assert p is not None, "no primary to fail"
         return p, p.kill()
 
+    def _settled_on(self, primary):
+        """Every running Sentinel names primary, sees it up and has no
+        failover under way."""
+        for s in self.sentinels:
+            if not s.running:
+                continue
+            m = dict(zip(*[iter(x.decode() if isinstance(x, bytes) else str(x)
+                                for x in s.cli("SENTINEL", "MASTER", self.master_name))] * 2))
+            if int(m.get("port", 0)) != primary.port or m.get("flags") != "master":
+                return False
+        return True
+
     def wait_new_primary(self, old, timeout=20):
         """Waits until a majority of the Sentinels name a primary other than
-        old and it says role:master. Returns it."""
+        old and it says role:master, then until every Sentinel names it and
+        has finished the failover (restarting old before that could make the
+        Sentinels pick it, empty, again). Returns the new primary; its
+        time.monotonic() of promotion is in self.t_promoted."""
         def moved():
             p = self.primary()
             return p if p is not None and p is not old else None
-        return wait_for(moved, timeout, f"the Sentinels to promote a replica of {old}")
+        p = wait_for(moved, timeout, f"the Sentinels to promote a replica of {old}")
+        self.t_promoted = time.monotonic()
+        wait_for(lambda: self._settled_on(p), timeout, f"every Sentinel to settle on {p}")
+        return p
 
     def restart(self, node):
         """Starts a killed node again, with its own config (it comes back a

@@ -68,7 +68,7 @@ def test_primary_killed_wait_1(sentinel_farm, chatd):
         old, out["t_kill"] = await in_thread(f.fail_primary)
         out["old"] = old
         out["new"] = await in_thread(f.wait_new_primary, old)
-        out["t_promoted"] = now()
+        out["t_promoted"] = f.t_promoted
         await in_thread(f.restart, old)
         await in_thread(f.wait_replica_of, old, out["new"])
         out["t_back"], out["wall_back"] = now(), time.time()
