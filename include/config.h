@@ -85,6 +85,11 @@ typedef struct config {
     char redis_pass[256];       /* the password in effect, decoded, from either
                                    of the two above (config_load_secrets);
                                    empty: the URL's own */
+    char redis_cluster[256];    /* seed nodes "host:port, ..."; empty: none */
+    char redis_sentinel[256];   /* sentinels "host:port, ..."; empty: none */
+    char redis_master_name[128];/* the primary the sentinels watch */
+    int redis_wait_replicas;    /* replicas that must have a message first */
+    int shards;                 /* streams the rooms are spread over */
     char stream[128];
     int64_t stream_maxlen;
     int publish_queue;          /* per worker, messages not yet stored */

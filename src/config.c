@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "redis_cluster.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -42,6 +43,7 @@ typedef enum {
     T_PROXIES,   /* addresses and CIDRs into trusted_proxies (proxy.h) */
     T_LOGFORMAT, /* text | json */
     T_PROXYPROTO, /* off | on | ws | wss: which listeners expect a PROXY header */
+    T_ADDRS,     /* "host:port, ..." (redis_cluster.h) into a char array */
 } ctype;
 
 enum {
@@ -159,6 +161,16 @@ static const directive directives[] = {
      "Redis password, in place of one in redis_url"},
     {"redis_password_file", T_PATH, 0, 0, 255, "", FIELD(redis_password_file),
      "file whose first line is the Redis password"},
+    {"redis_cluster", T_ADDRS, 0, 0, 255, "", FIELD(redis_cluster),
+     "seed nodes of a Redis Cluster (host:port, ...), in place of redis_url's host"},
+    {"redis_sentinel", T_ADDRS, 0, 0, 255, "", FIELD(redis_sentinel),
+     "Sentinels (host:port, ...) that name the Redis primary, in place of redis_url's host"},
+    {"redis_master_name", T_STRING, F_NOSPACE, 0, 127, "", FIELD(redis_master_name),
+     "the primary's name in the Sentinels' configuration"},
+    {"redis_wait_replicas", T_INT, 0, 0, 16, "0", FIELD(redis_wait_replicas),
+     "replicas that must have a message before it counts as stored (WAIT)"},
+    {"shards", T_INT, 0, 1, SHARDS_MAX, "1", FIELD(shards),
+     "streams the rooms are spread over (a room's keys share one Cluster slot)"},
     {"stream", T_STRING, F_NOSPACE, 1, 127, "chatd:messages", FIELD(stream),
      "Redis stream key holding the messages"},
     {"stream_maxlen", T_INT, 0, 0, 1000000000000LL, "100000", FIELD(stream_maxlen),
@@ -279,6 +291,10 @@ static void describe(const directive *d, char *buf, size_t len) {
     case T_PATH:
         snprintf(buf, len, "a file, relative to the config file's directory, up to %" PRId64
                  " bytes", d->max);
+        break;
+    case T_ADDRS:
+        snprintf(buf, len, "host:port addresses separated by commas or blanks, e.g. "
+                           "10.0.0.1:7000, 10.0.0.2:7000");
         break;
     case T_STRING:
         snprintf(buf, len, "%" PRId64 "..%" PRId64 " bytes%s", d->min, d->max,
@@ -629,6 +645,16 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         why = parse_string(d, value);
         if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
         break;
+    case T_ADDRS: {
+        redis_addr a[CLUSTER_MAX_NODES];
+        static char reason[160]; /* main thread only, like the rest of config */
+        why = parse_string(d, value);
+        if (why == NULL && value[0] &&
+            redis_addr_list_parse(value, 6379, a, CLUSTER_MAX_NODES, reason, sizeof reason) < 0)
+            why = reason;
+        if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
+        break;
+    }
     case T_LISTEN: {
         char bind[sizeof cfg->bind] = "";
         int port;
@@ -1054,6 +1080,14 @@ int config_check(const config *cfg, char *err, size_t errlen) {
         seterr(err, errlen, "log_level: %d is not a level", cfg->log_level);
         return -1;
     }
+    if (cfg->redis_cluster[0] && cfg->redis_sentinel[0]) {
+        seterr(err, errlen, "redis_cluster and redis_sentinel are both set: give one");
+        return -1;
+    }
+    if (cfg->redis_sentinel[0] && cfg->redis_master_name[0] == '\0') {
+        seterr(err, errlen, "redis_sentinel needs redis_master_name: the primary's name");
+        return -1;
+    }
     if (cfg->broker == BROKER_REDIS && parse_redis_url(cfg->redis_url, sizeof cfg->redis_url)) {
         seterr(err, errlen, "redis_url is not a Redis URL (not repeated here)");
         return -1;
@@ -1127,6 +1161,12 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
         {"stream", "broker = local"},
         {"stream_maxlen", "broker = local"},
         {"redis_timeout", "broker = local"},
+        {"redis_cluster", "broker = local"},
+        {"redis_sentinel", "broker = local"},
+        {"redis_master_name", "broker = local"},
+        {"redis_wait_replicas", "broker = local"},
+        {"shards", "broker = local"},
+        {"redis_master_name", "redis_sentinel is empty"},
         {"history_ttl", "broker = local"},
         {"rate_burst", "rate_limit = 0 (no limit)"},
         {"auth_secret_previous", "auth_secret is empty (no authentication)"},
@@ -1210,6 +1250,7 @@ static void format_value(const config *cfg, const directive *d, char *out, size_
     case T_DURATION: put(&b, "%s", fmt_duration(v, buf, sizeof buf)); break;
     case T_STRING:
     case T_PATH:
+    case T_ADDRS:
         put_value(&b, (d->flags & F_SECRET) && s[0] ? MASK : s);
         break;
     case T_LISTEN: put_listen(&b, cfg->bind, cfg->port); break;
@@ -1285,6 +1326,7 @@ static bool differs(const config *a, const config *b, const directive *d) {
     switch (d->type) {
     case T_STRING:
     case T_PATH:
+    case T_ADDRS:
     case T_REDIS_URL:
         return strncmp(x, y, d->size) != 0;
     case T_LISTEN:

@@ -225,15 +225,15 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
          * anyway: with 1001 while storing merely takes time (what it sent
          * is still stored before the worker exits), with 1011 when storing
          * fails, so that a lost message is never hidden behind a 1001. */
-        int failing;
-        uint64_t stored = broker_stored(w->broker, w->id, &failing);
         int late = in_phase >= (int64_t)cfg->drain_time_ms + WORKER_DRAIN_GRACE_MS;
         conn *c = w->conns, *next;
         for (; c && w->drained < due; c = next) {
             next = c->next;
-            if (c->state != CONN_OPEN || (c->ticket > stored && !late)) continue;
+            if (c->state != CONN_OPEN) continue;
+            int failing, stored = broker_ticket_stored(w->broker, w->id, c->ticket, &failing);
+            if (!stored && !late) continue;
             w->drained++;
-            if (c->ticket > stored && failing)
+            if (!stored && failing)
                 conn_close(c, WS_CLOSE_INTERNAL, "message not stored");
             else conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
             conn_flush(c);
