@@ -8,8 +8,8 @@ stopped by pid.
   wscat (the README's demo client) land on both nodes, and every message
   reaches every client in one order.
 - A rolling restart: a node stopped with SIGTERM fails /readyz, haproxy's
-  check marks it down, its clients are closed with 1001 in batches over
-  drain_time, reconnect through haproxy in one attempt (no 503 reaches
+  check marks it down (within drain_delay, before any client is closed),
+  its clients are closed with 1001 in batches over drain_time, reconnect through haproxy in one attempt (no 503 reaches
   them), land on the other node and recover with since + epoch while
   messages flow; nothing acknowledged is lost or doubled. The node starts
   again and new clients reach it.
@@ -52,11 +52,12 @@ HAPROXY_CFG = os.path.join(REPO, "conf", "haproxy.cfg")
 WSCAT = os.path.join(REPO, "test", "tools", "node_modules", ".bin", "wscat")
 CLIENT_IP = "127.0.0.5"  # where the Python clients connect from
 DRAIN_TIME = 2
+DRAIN_DELAY = 3  # > haproxy's fall 2 x inter 1s, as the README advises
 
 
 def redis_node(chatd, r, name, **kw):
     conf = dict(broker="redis", redis_url=r.url, workers=2, trusted_proxies=HOST,
-                drain_time=f"{DRAIN_TIME}s")
+                drain_delay=f"{DRAIN_DELAY}s", drain_time=f"{DRAIN_TIME}s")
     conf.update(kw)
     return chatd(name=name, **conf)
 
@@ -422,6 +423,7 @@ def test_rolling_restart_behind_haproxy(redis, chatd, haproxy):
         row = await in_thread(lb.wait_status, server[go.name], "DOWN", 5)
         assert row["check_status"] == "L7STS" and row["check_code"] == "503", \
             f"haproxy marked {go.name} down for another reason than its /readyz: {row}"
+        t_down = time.monotonic()
 
         rc, problems = await stopping
         failed = [t.exception() for t in readers if t.done() and t.exception()]
@@ -432,6 +434,9 @@ def test_rolling_restart_behind_haproxy(redis, chatd, haproxy):
         codes = {c for m in movers for c, _ in m.closes}
         assert codes == {1001}, f"the draining node closed its clients with {codes}"
         times = sorted(t for m in movers for _, t in m.closes)
+        # drain_delay: no client is closed before haproxy took the node out,
+        # so none of them can reconnect to it
+        assert times[0] > t_down, f"a client closed {t_down - times[0]:.2f} s before haproxy marked the node down"
         assert times[-1] - times[0] >= DRAIN_TIME / 4, \
             f"closes not spread over drain_time: {[round(t - t0, 2) for t in times]}"
         for m in movers:  # each came back through haproxy, to the other node
