@@ -101,6 +101,7 @@ typedef struct config {
     int log_format;             /* LOG_TEXT or LOG_JSON, see log.h */
     int access_log;             /* 1: a line at each connection's open and close */
     int shutdown_timeout_ms;    /* to store what was accepted, then to close */
+    int drain_delay_ms;         /* readiness fails this long before closes */
     int drain_time_ms;          /* clients closed in batches over this */
 
     /* where each directive was set, for warnings: the file and, per row of

@@ -190,6 +190,8 @@ static const directive directives[] = {
      "on: a line at info when a connection opens and when it closes"},
     {"shutdown_timeout", T_DURATION, F_RELOAD, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
      "on shutdown: time to store accepted messages, then for clients to close"},
+    {"drain_delay", T_DURATION, F_RELOAD, 0, 10 * MIN, "0", FIELD(drain_delay_ms),
+     "on shutdown: fail readiness this long before closing any client"},
     {"drain_time", T_DURATION, F_RELOAD, 0, 10 * MIN, "0", FIELD(drain_time_ms),
      "on shutdown: close clients in batches spread over this; 0 = all at once"},
 };
@@ -408,9 +410,18 @@ static const char *parse_size(const directive *d, const char *s, int64_t *out) {
 
 static const char *parse_duration(const directive *d, const char *s, int64_t *out) {
     const char *end;
-    int64_t v;
+    int64_t v, frac = 0, den = 1;
     const char *why = parse_number(s, &v, &end);
     if (why != NULL) return why;
+    if (*end == '.') { /* 1.5s, 0.25m: a fraction, down to a millisecond */
+        if (end[1] < '0' || end[1] > '9') return "not a number";
+        for (end++; *end >= '0' && *end <= '9'; end++) {
+            if (den >= 1000000000) return "too many decimals";
+            frac = frac * 10 + (*end - '0');
+            den *= 10;
+        }
+        if (v < 0) frac = -frac;
+    }
     int64_t mul;
     if (*end == '\0' || strcmp(end, "s") == 0)
         mul = SEC;
@@ -424,7 +435,10 @@ static const char *parse_duration(const directive *d, const char *s, int64_t *ou
         mul = DAY;
     else
         return "unknown unit";
-    return scale(d, v, mul, out);
+    if (frac * mul % den != 0) return "finer than a millisecond";
+    if (v > INT64_MAX / mul - 1 || v < INT64_MIN / mul + 1) return "out of range";
+    *out = v * mul + frac * mul / den;
+    return check_range(d, *out);
 }
 
 /* Length of the valid UTF-8 sequence at s (not overlong, no surrogates,

@@ -80,6 +80,7 @@ typedef struct reader {
     int backoff_ms;
     int64_t retry_ms;             /* monotonic: no connect before this */
     int down_logged;              /* a streak of failures was logged */
+    int loss_declared;            /* a reconnect found delivered entries gone */
     int req;                      /* REQ_*: in flight */
     int want, got;                /* replies expected, replies in */
     redisReply *reply[6];
@@ -103,6 +104,7 @@ typedef struct consumer {
 } consumer;
 
 static void mark(reader *rd);
+static void declare_loss(reader *rd);
 
 static int64_t wall_ms(void) {
     struct timeval tv;
@@ -235,7 +237,8 @@ static int check_stream(reader *rd, redisReply *info, size_t read) {
     rd->checked_ms = clock_ms();
     rd->check = 0;
     rd->unchecked = 0;
-    int delivered = strcmp(rd->last_id, "0-0") != 0;
+    int delivered = strcmp(rd->last_id, "0-0") != 0, declared = rd->loss_declared;
+    rd->loss_declared = 0;
     redisReply *last = info->type == REDIS_REPLY_ARRAY ? field(info, "last-generated-id") : NULL;
     int gone = info->type == REDIS_REPLY_ERROR && strstr(info->str, "no such key");
     int back = last && last->type == REDIS_REPLY_STRING && id_before(last->str, rd->last_id);
@@ -244,7 +247,7 @@ static int check_stream(reader *rd, redisReply *info, size_t read) {
          * Redis restarted from an older snapshot): what is left was read
          * here, so go on after it rather than deliver it all again. */
         redisReply *e = field(info, "last-entry");
-        stream_reset(rd, "lost its newest entries");
+        if (!declared) declare_loss(rd); /* unless the reconnect did */
         snprintf(rd->last_id, sizeof(rd->last_id), "%s", e->element[0]->str);
         int found;
         rd->pos = (uint64_t)field_int(info, "entries-added", &found);
@@ -390,6 +393,41 @@ static void new_epoch(char out[17]) {
     snprintf(out, 17, "%016" PRIx64, e | 1);
 }
 
+/* Entries this node delivered are gone while the stream lives on (a
+ * failover to a replica that was behind, without redis_wait_replicas): a
+ * new epoch, so that no client's since across the loss passes for
+ * recovered. Every node sees it at its next check. */
+static void declare_loss(reader *rd) {
+    char fresh[17];
+    new_epoch(fresh);
+    log_warn("redis: %s lost its newest entries (up to %s, which this node delivered): a new "
+             "epoch; clients cannot recover across the loss (redis_wait_replicas prevents it)",
+             rd->key, rd->last_id);
+    rd->loss_declared = 1;
+    atomic_fetch_add_explicit(&rd->c->b->resets, 1, memory_order_relaxed); /* a counter */
+    redisReply *r = cmd(rd, "SET %s:epoch %s", rd->key, fresh);
+    if (r) freeReplyObject(r);
+    rd->check = 1;
+}
+
+/* After a reconnect: is the last entry this node delivered still there?
+ * Gone from a stream that still reaches back before it means a loss. */
+static void check_last_entry(reader *rd) {
+    if (rd->last_id[0] == '\0' || strcmp(rd->last_id, "0-0") == 0) return;
+    redisReply *r = cmd(rd, "XRANGE %s %s %s", rd->key, rd->last_id, rd->last_id);
+    int gone = r && r->type == REDIS_REPLY_ARRAY && r->elements == 0;
+    if (r) freeReplyObject(r);
+    if (!gone) return;
+    r = cmd(rd, "XINFO STREAM %s", rd->key);
+    redisReply *first = r && r->type == REDIS_REPLY_ARRAY ? field(r, "first-entry") : NULL;
+    /* No stream: Redis lost everything, and its epoch with it. Trimmed past
+     * it: a gap, counted by the check. */
+    if (first && first->type == REDIS_REPLY_ARRAY && first->elements == 2 &&
+        first->element[0]->type == REDIS_REPLY_STRING && !id_before(rd->last_id, first->element[0]->str))
+        declare_loss(rd);
+    if (r) freeReplyObject(r);
+}
+
 /* The epoch Redis holds for the shard (set to a new one when it has none).
  * A change means Redis lost the data the old one named. */
 static void epoch_seen(reader *rd, redisReply *r) {
@@ -522,6 +560,7 @@ static int reader_connect(reader *rd, char *err, size_t errlen) {
         }
         freeReplyObject(r);
     }
+    if (rd->last_id[0]) check_last_entry(rd);
     if (rd->last_id[0] == '\0') {
         /* First contact: the epoch (set if there is none), then start after
          * the newest entry; no replay. */

@@ -208,7 +208,10 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
     int64_t now = clock_ms(), in_phase = now - w->phase_ms;
     int pending = broker_pending(w->broker, w->id);
     if (w->stopping == STOP_STORE) {
-        if (pending > 0 && in_phase < cfg->shutdown_timeout_ms) return;
+        /* A load balancer sees /readyz fail and stops sending new clients
+         * here before the first client is closed and reconnects. */
+        if (in_phase < cfg->drain_delay_ms && w->conns) return;
+        if (pending > 0 && in_phase < cfg->drain_delay_ms + cfg->shutdown_timeout_ms) return;
         w->drain_total = atomic_load_explicit(&w->nconns, memory_order_relaxed);
         w->drained = 0;
         worker_phase(w, STOP_DRAIN);
