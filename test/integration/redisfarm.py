@@ -24,7 +24,6 @@ only what it syncs from its master -- exactly the failover the tests are
 about. Every wait is bounded in time and every loop in count.
 """
 
-import os
 import random
 import signal
 import socket
@@ -289,6 +288,14 @@ class RedisProc:
     def info(self, section="replication"):
         return parse_info(self.cli("INFO", section))
 
+    def in_sync_replica(self, master=None):
+        """True when this is a replica (of master, if given) whose link is up
+        and whose first sync is done."""
+        i = self.info()
+        return (i.get("role") == "slave" and i.get("master_link_status") == "up"
+                and i.get("master_sync_in_progress") == "0"
+                and (master is None or int(i.get("master_port", 0)) == master.port))
+
     def log(self):
         try:
             return self.log_path.read_text(errors="replace")
@@ -458,14 +465,7 @@ class RedisCluster:
         master_ports = {p for p, _ in views[0][0]}
         if len(views[0][1]) + len(master_ports) != len(running):
             return False
-        for n in running:
-            if n.port in master_ports:
-                continue
-            i = n.info()
-            if i.get("role") != "slave" or i.get("master_link_status") != "up" \
-                    or i.get("master_sync_in_progress") != "0":
-                return False
-        return True
+        return all(n.in_sync_replica() for n in running if n.port not in master_ports)
 
     def wait_ok(self, timeout=30):
         """Waits until _healthy(): cluster_state:ok everywhere, one view,
@@ -501,11 +501,7 @@ class RedisCluster:
     def wait_replica_of(self, node, master, timeout=20):
         """Waits until node is a replica of master, in sync, and the cluster
         is ok."""
-        def ok():
-            i = node.info()
-            return (i.get("role") == "slave" and int(i.get("master_port", 0)) == master.port
-                    and i.get("master_link_status") == "up" and i.get("master_sync_in_progress") == "0")
-        wait_for(ok, timeout, f"{node} to be an in-sync replica of {master}")
+        wait_for(lambda: node.in_sync_replica(master), timeout, f"{node} to be an in-sync replica of {master}")
         self.wait_ok(timeout)
 
 
@@ -605,9 +601,13 @@ class SentinelFarm:
                     return node
         return None
 
+    def master_state(self, s):
+        """SENTINEL MASTER of sentinel s, as a dict of strings."""
+        r = [x.decode() if isinstance(x, bytes) else str(x) for x in s.cli("SENTINEL", "MASTER", self.master_name)]
+        return dict(zip(r[0::2], r[1::2]))
+
     def _sentinel_ok(self, s, primary):
-        m = dict(zip(*[iter(x.decode() if isinstance(x, bytes) else str(x)
-                            for x in s.cli("SENTINEL", "MASTER", self.master_name))] * 2))
+        m = self.master_state(s)
         if int(m.get("port", 0)) != primary.port or "o_down" in m.get("flags", "") \
                 or "s_down" in m.get("flags", ""):
             return False
@@ -626,13 +626,8 @@ class SentinelFarm:
         primary = primary or self.primary()
         if primary is None:
             return False
-        for n in self.data:
-            if n is primary or not n.running:
-                continue
-            i = n.info()
-            if i.get("role") != "slave" or int(i.get("master_port", 0)) != primary.port \
-                    or i.get("master_link_status") != "up" or i.get("master_sync_in_progress") != "0":
-                return False
+        if not all(n.in_sync_replica(primary) for n in self.data if n is not primary and n.running):
+            return False
         return all(self._sentinel_ok(s, primary) for s in self.sentinels if s.running) and primary
 
     def wait_ok(self, timeout=30, primary=None):
@@ -654,8 +649,7 @@ class SentinelFarm:
         for s in self.sentinels:
             if not s.running:
                 continue
-            m = dict(zip(*[iter(x.decode() if isinstance(x, bytes) else str(x)
-                                for x in s.cli("SENTINEL", "MASTER", self.master_name))] * 2))
+            m = self.master_state(s)
             if int(m.get("port", 0)) != primary.port or m.get("flags") != "master":
                 return False
         return True
@@ -681,11 +675,8 @@ class SentinelFarm:
         return node
 
     def wait_replica_of(self, node, primary, timeout=20):
-        def ok():
-            i = node.info()
-            return (i.get("role") == "slave" and int(i.get("master_port", 0)) == primary.port
-                    and i.get("master_link_status") == "up" and i.get("master_sync_in_progress") == "0")
-        wait_for(ok, timeout, f"{node} to be made an in-sync replica of {primary}")
+        wait_for(lambda: node.in_sync_replica(primary), timeout,
+                 f"{node} to be made an in-sync replica of {primary}")
 
 
 @pytest.fixture
