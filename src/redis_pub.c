@@ -932,6 +932,7 @@ int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
     it->conn_id = q->conn_id;
     it->accepted_ms = clock_ms();
     it->sent_ms = 0;
+    it->replied = 0;
     it->room_len = (uint32_t)q->room_len;
     it->user_len = (uint32_t)q->user_len;
     it->text_len = (uint32_t)q->text_len;
