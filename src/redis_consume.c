@@ -47,6 +47,8 @@
 #define REFUSED_LOG_MS 10000      /* one line per this for refused entries */
 #define RECENT 1024               /* entries remembered to tell a rollback */
 #define POLL_MS 50                /* how soon stop and retries are seen */
+#define ROUTE_CHECK_MS 1000       /* sentinels, cluster: ask where Redis is this often */
+#define RESET_UNDO_MS 30000       /* a reset may be undone on another server this long */
 
 /* An entry this node delivered: its id and a fingerprint of its content. */
 typedef struct recent_entry {
@@ -81,6 +83,11 @@ typedef struct reader {
     int64_t retry_ms;             /* monotonic: no connect before this */
     int down_logged;              /* a streak of failures was logged */
     int loss_declared;            /* a reconnect found delivered entries gone */
+    int pos_unknown;              /* pos is learnt at the next check */
+    char reset_from[64];          /* last_id before a reset, the server it was */
+    char reset_host[256];         /*   seen on, and when: undone if a failover */
+    int reset_port;               /*   shows that server was not the one to */
+    int64_t reset_ms;             /*   read (see reader_connect) */
     int req;                      /* REQ_*: in flight */
     int want, got;                /* replies expected, replies in */
     redisReply *reply[6];
@@ -98,6 +105,7 @@ typedef struct consumer {
     reader *rd;                   /* one per shard */
     int n;
     int64_t refresh_ms;           /* monotonic: no route refresh before this */
+    int64_t routed_ms;            /* monotonic: the last route refresh */
     int refresh_backoff_ms;
     uint64_t refused_unlogged;    /* entries refused since the last line */
     int64_t refused_logged_ms;
@@ -258,6 +266,10 @@ static int check_stream(reader *rd, redisReply *info, size_t read) {
         /* Gone, or made anew with older ids (a Redis elsewhere whose clock
          * is behind): all of it is new here. */
         stream_reset(rd, gone ? "is gone" : "went back to older ids");
+        snprintf(rd->reset_from, sizeof(rd->reset_from), "%s", rd->last_id);
+        snprintf(rd->reset_host, sizeof(rd->reset_host), "%s", rd->host);
+        rd->reset_port = rd->port;
+        rd->reset_ms = clock_ms();
         snprintf(rd->last_id, sizeof(rd->last_id), "0-0");
         rd->pos = 0;
         rd->lag = 0;
@@ -268,6 +280,11 @@ static int check_stream(reader *rd, redisReply *info, size_t read) {
     long long added = field_int(info, "entries-added", &has_added);
     long long len = field_int(info, "length", &has_len);
     if (!rd->counted || !has_added || !has_len) return 0; /* no stream, or Redis < 7 */
+    if (rd->pos_unknown) { /* count from here; a full read cannot tell where it began */
+        if (read < READ_COUNT) rd->pos = (uint64_t)added - read;
+        rd->pos_unknown = read == READ_COUNT;
+        return 0;
+    }
     if ((uint64_t)added < rd->pos) {
         /* Younger than what this node read, yet with newer ids: made anew
          * (Redis restarted empty while this node was away, a replica
@@ -534,6 +551,10 @@ static int reader_connect(reader *rd, char *err, size_t errlen) {
     consumer *c = rd->c;
     rbroker *rb = c->rb;
     redis_link *l = &rb->link;
+    /* The sentinels may have named a new primary since the last look: a
+     * restarted old one claims to be primary until they demote it. */
+    if (l->mode == REDIS_SENTINEL && redis_link_refresh(l, err, errlen) == 0)
+        c->routed_ms = clock_ms();
     if (redis_link_addr(l, rd->k, rd->host, sizeof(rd->host), &rd->port) < 0) {
         snprintf(err, errlen, "where %s is served is not known yet", rd->key);
         return -1;
@@ -559,6 +580,25 @@ static int reader_connect(reader *rd, char *err, size_t errlen) {
             goto fail;
         }
         freeReplyObject(r);
+    }
+    if (rd->reset_from[0] && clock_ms() - rd->reset_ms < RESET_UNDO_MS &&
+        (strcmp(rd->reset_host, rd->host) != 0 || rd->reset_port != rd->port)) {
+        /* The stream seemed reset on another server (a restarted primary,
+         * empty, that the sentinels had not demoted yet): if this one
+         * still has where this node was, go on from there, not from the
+         * start, which would deliver all of it again. */
+        r = cmd(rd, "XRANGE %s %s %s", rd->key, rd->reset_from, rd->reset_from);
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+            log_warn("redis: %s at %s:%d still has %s: reading on from there (the reset was "
+                     "%s:%d's)", rd->key, rd->host, rd->port, rd->reset_from, rd->reset_host,
+                     rd->reset_port);
+            snprintf(rd->last_id, sizeof(rd->last_id), "%s", rd->reset_from);
+            rd->pos_unknown = 1;
+            rd->nrecent = 0;
+        }
+        if (r) freeReplyObject(r);
+        r = NULL;
+        rd->reset_from[0] = '\0';
     }
     if (rd->last_id[0]) check_last_entry(rd);
     if (rd->last_id[0] == '\0') {
@@ -852,7 +892,9 @@ static void consumer_turn(consumer *c) {
     int64_t now = clock_ms();
     redis_link *l = &c->rb->link;
     /* relaxed: a hint; refreshing once too often costs one round trip */
-    if (atomic_load_explicit(&l->stale, memory_order_relaxed) && now >= c->refresh_ms) {
+    int due = l->mode != REDIS_SINGLE && now - c->routed_ms >= ROUTE_CHECK_MS;
+    if ((due || atomic_load_explicit(&l->stale, memory_order_relaxed)) && now >= c->refresh_ms) {
+        c->routed_ms = now;
         if (redis_link_refresh(l, err, sizeof(err)) < 0) {
             log_warn("redis: cannot find the Redis servers: %s; retrying", err);
             c->refresh_ms = now + c->refresh_backoff_ms;

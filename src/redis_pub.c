@@ -205,6 +205,8 @@ typedef struct publisher {
     const char *prefix;          /* its keys' */
     struct event_base *base;
     redisAsyncContext *ac;       /* NULL while there is no connection */
+    char host[256];              /* where ac goes */
+    int port;
     int up;                      /* ac is connected */
     int64_t connect_ms;          /* when ac was started */
     pub_item *head, *tail;       /* unanswered, oldest first */
@@ -632,7 +634,15 @@ static void pub_on_watch(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (p->ac == NULL) return;
     int64_t now = clock_ms(), limit = p->b->cfg->redis_timeout_ms;
-    if (!p->up && now - p->connect_ms > limit) {
+    char ip[256];
+    int port;
+    if (!p->asking && redis_link_addr(&p->rb->link, p->shard, ip, sizeof(ip), &port) == 0 &&
+        (strcmp(ip, p->host) != 0 || port != p->port)) {
+        /* A failover the sentinels or the slot map told of: a demoted or
+         * restarted primary may still take writes it will lose. */
+        log_info("redis: worker %d: %s is served by %s:%d now", p->wid, p->prefix, ip, port);
+        pub_drop(p);
+    } else if (!p->up && now - p->connect_ms > limit) {
         pub_trouble(p, "redis: worker %d: connect timed out%s; keeping %d messages, retrying", "");
         pub_drop(p);
     } else if (p->up && p->head && p->head != p->unsent && !p->holding &&
@@ -656,6 +666,8 @@ static void pub_connect(publisher *p) {
         pub_schedule(p, 100); /* the consumer finds it */
         return;
     }
+    snprintf(p->host, sizeof(p->host), "%s", ip);
+    p->port = port;
     p->ac = redisAsyncConnect(ip, port);
     if (p->ac == NULL || p->ac->err) {
         pub_trouble(p, "redis: worker %d cannot connect: %s; keeping %d messages, retrying",
