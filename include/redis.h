@@ -49,7 +49,7 @@ typedef struct redis_link {
     int nseeds;
     char master_name[128];       /* sentinel */
     _Atomic int stale;           /* a redirect, a failover: find the route again */
-    _Atomic uint64_t moves;      /* redirects followed (relaxed: a counter) */
+    _Atomic uint64_t moves;      /* MOVED and ASK followed (relaxed: a counter) */
     _Atomic uint64_t failovers;  /* times the route changed (relaxed: a counter) */
     char host[256];
     int port;

@@ -514,7 +514,7 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
     ONE("chatd_redis_shards_up", "gauge", "Shards whose stream this node reads now.",
         bs.shards_up);
     ONE("chatd_redis_redirects_total", "counter",
-        "Redis Cluster MOVED redirects followed.", bs.redirects);
+        "Redis Cluster MOVED and ASK redirects followed.", bs.redirects);
     ONE("chatd_redis_route_changes_total", "counter",
         "Times a shard's Redis changed (a failover the sentinels or the cluster told of).",
         bs.route_changes);

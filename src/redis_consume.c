@@ -733,6 +733,7 @@ static long refused(reader *rd, const char *e) {
             snprintf(rd->host, sizeof(rd->host), "%s", to.host);
             rd->port = to.port;
             rd->asking = 1;
+            atomic_fetch_add_explicit(&c->rb->link.moves, 1, memory_order_relaxed); /* a counter */
             return 0;
         }
         redis_link_moved(&c->rb->link, &to, slot);

@@ -479,6 +479,7 @@ static int pub_redirected(publisher *p, const char *err) {
     if (ask) {
         p->ask = to;
         p->ask_next = 1;
+        atomic_fetch_add_explicit(&p->rb->link.moves, 1, memory_order_relaxed); /* a counter */
     } else {
         redis_link_moved(&p->rb->link, &to, slot);
     }
@@ -545,7 +546,9 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
         }
         p->holding = 1;
         p->unsent = p->unreplied = p->head;
-        pub_back_off(p);
+        /* A slot on the move passes within moments: no growing backoff. */
+        if (strncmp(reply->str, "TRYAGAIN", 8) == 0) pub_schedule(p, REDIS_BACKOFF_MIN_MS);
+        else pub_back_off(p);
         return;
     }
     if (p->troubled) log_info("redis: worker %d: messages stored again", p->wid);

@@ -16,10 +16,10 @@ import collections
 
 import pytest
 
-from conftest import CHATD_URL, arun
+from conftest import CHATD_URL, arun, metrics
 from farmchat import (STREAM, Rooms, Watcher, demo, in_thread, now, probe_since, resume_after,
                       start_nodes)
-from redisfarm import redis_cluster, rooms_per_shard, shard_key, shard_of, shard_tag  # noqa: F401
+from redisfarm import keyslot, redis_cluster, rooms_per_shard, shard_key, shard_of, shard_tag  # noqa: F401
 
 pytestmark = [
     pytest.mark.redis,
@@ -192,3 +192,47 @@ def test_master_killed_wait_0_loss_is_told(redis_cluster, chatd):
 
     told = arun(probes(), 60)
     print(f"rejoins with since (room, since, kept, recovered): {told}")
+
+
+def test_slot_migration_while_messages_flow(redis_cluster, chatd):
+    """(e) Shard 0's slot is moved to another master, key by key, while
+    messages flow in its rooms (CLUSTER SETSLOT IMPORTING / MIGRATING,
+    MIGRATE, SETSLOT NODE -- what redis-cli --cluster reshard does): chatd
+    follows ASK while the keys move and MOVED after, nothing is lost,
+    doubled or reordered, and both nodes count the redirects they followed."""
+    c = redis_cluster(replicas=0)
+    nodes = start_nodes(chatd, SHARDS, redis_cluster=c.seeds(2))
+    rooms = rooms_per_shard(SHARDS, per_shard=2)[0]
+    run = Rooms(nodes, rooms, rate=RATE, senders_per_node=1, receivers_per_node=1)
+    stream = shard_key(STREAM, 0, SHARDS)
+    slot = keyslot(stream)
+    src = c.master_of_slot(slot)
+    dst = next(m for m in c.masters() if m is not src)
+    ids = {m.port: m.cli("CLUSTER", "MYID").decode() for m in (src, dst)}
+
+    async def main():
+        await run.start()
+        await asyncio.sleep(WARMUP)
+        await in_thread(dst.cli, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src.port])
+        await in_thread(src.cli, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst.port])
+        moved = 0
+        for _ in range(200):  # a few keys at a time, the flow going on meanwhile: ASK
+            keys = await in_thread(src.cli, "CLUSTER", "GETKEYSINSLOT", slot, 3)
+            if not keys:
+                break
+            await in_thread(src.cli, "MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            await asyncio.sleep(0.2)
+        assert moved and not await in_thread(src.cli, "CLUSTER", "GETKEYSINSLOT", slot, 1)
+        await asyncio.sleep(0.5)  # every key at dst, the slot still src's: ASK
+        for m in c.masters():
+            await in_thread(m.cli, "CLUSTER", "SETSLOT", slot, "NODE", ids[dst.port])
+        await asyncio.sleep(AFTER)  # now MOVED, for whoever still asks src
+        await run.stop()
+
+    arun(main(), 120)
+    run.assert_ok(f"shard 0's slot {slot} moved from {src.name} to {dst.name}")
+    assert c.master_of_slot(slot) is dst
+    assert dst.cli("TYPE", stream) == "stream"
+    redirects = [metrics(n.port)["chatd_redis_redirects_total"] for n in nodes]
+    assert all(r > 0 for r in redirects), f"redirects followed per node: {redirects}"
