@@ -1,0 +1,389 @@
+"""Review of issue 14: failing tests for defects found in the sharded,
+Cluster- and Sentinel-aware Redis path. Each test names the code path it
+proves wrong; they pass once it is fixed.
+
+  CHATD_BIN=$PWD/build/chatd /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+      test/integration/test_review14.py
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import CHATD_URL, HOST, arun, free_port, metrics, wait_until
+from redisfarm import redis_cluster, sentinel_farm  # noqa: F401
+from faultproxy import FaultProxy
+from jsonclient import JsonClient, url
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(bool(CHATD_URL), reason="starts its own Redis and nodes"),
+]
+
+STREAM = "chatd:messages"
+
+
+class Relay:
+    """A plain TCP relay (bytes only, no RESP parsing) for a replica's link
+    to its master. freeze() keeps every connection open but drops every byte
+    both ways from then on: the master still counts the replica as online
+    (until repl-timeout) while it receives nothing and acks nothing -- a
+    replication link behind a black hole."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.frozen = False
+        self.socks = []
+        self.lock = threading.Lock()
+        self.lsock = None
+        self.stopping = False
+
+    def start(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((HOST, self.port))
+        self.lsock.listen(16)
+        self.lsock.settimeout(0.2)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self):
+        for _ in range(1_000_000):
+            if self.stopping:
+                return
+            try:
+                c, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                u = socket.create_connection((HOST, self.upstream_port), timeout=2)
+            except OSError:
+                c.close()
+                continue
+            with self.lock:
+                self.socks += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        src.settimeout(0.2)
+        for _ in range(10_000_000):
+            if self.stopping:
+                return
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            if self.frozen:
+                continue  # dropped: the black hole
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self):
+        self.frozen = True
+
+    def stop(self):
+        self.stopping = True
+        with self.lock:
+            for s in self.socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+
+
+def replica_in_sync(r):
+    info = r.cli("INFO", "replication").decode()
+    return "master_link_status:up" in info and "master_sync_in_progress:0" in info
+
+
+def texts(entries):
+    out = []
+    for _id, fields in entries:
+        d = dict(zip(fields[0::2], fields[1::2]))
+        if b"text" in d:
+            out.append(d[b"text"].decode())
+    return out
+
+
+@pytest.fixture
+def lagging_replica(redis):
+    """A primary whose only replica is linked through a Relay (freeze() it
+    to make the replica lag while the primary still counts it online)."""
+    made = []
+
+    def make():
+        p = redis(args=["--repl-timeout", "60", "--maxmemory-policy", "noeviction"])
+        relay = Relay(p.port).start()
+        made.append(relay)
+        r = redis(args=["--replicaof", HOST, str(relay.port), "--repl-ping-replica-period", "1"])
+        wait_until(lambda: replica_in_sync(r), 15, what="the replica in sync")
+        return p, relay, r
+
+    try:
+        yield make
+    finally:
+        for relay in made:
+            relay.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_publisher_wait_on_new_connection_counts_a_lagging_replica(lagging_replica, chatd):
+    """PASSES on Debian's Redis 7.0 (every executed command sets the
+    client's WAIT offset there); FAILS on Redis 7.2 and later, whose call()
+    sets it only when the command propagated something. A guard for the
+    Redis that operators of a Cluster may well run.
+
+    redis_pub.c:500 (pub_on_wait) after pub_on_connect (:603-605): a
+    message stored on the primary whose WAIT failed is sent again on a new
+    connection; the script answers "stored already" and writes nothing, so
+    that connection's replication offset (WAIT's target) is 0 and WAIT
+    counts any online replica -- one that lacks the message included. The
+    publisher then forgets the message: a failover loses it without an ack
+    and without a 1011 (the consumer's comment at redis_consume.c:24-25
+    relies on the publisher "storing it again")."""
+    p, relay, r = lagging_replica()
+    proxy = FaultProxy(p.port).start()
+    try:
+        a = chatd(name="a", broker="redis", redis_url=proxy.url, workers=1,
+                  redis_wait_replicas=1, redis_timeout="1s")
+
+        async def main():
+            s = await JsonClient.connect_retry(url(a, "sam", "w"), "sam")
+            await s.expect("joined", room="w")
+            await s.req("send", room="w", text="m0", ref="h0")
+            await s.expect("ack", ref="h0", timeout=15)
+            relay.freeze()  # the replica is online for the primary, and gets nothing
+            await s.req("send", room="w", text="m1", ref="h1")
+            await s.drain(1.5)
+            assert not s.take("ack", ref="h1"), "acked with the only replica cut off"
+            assert metrics(a.port)["chatd_publish_queue"] == 1
+            proxy.kill_connections()  # a network blip: publisher and reader reconnect
+            await s.drain(3.0)
+            have = texts(r.cli("XRANGE", STREAM, "-", "+"))
+            assert "m1" not in have, have
+            queued = metrics(a.port)["chatd_publish_queue"]
+            assert queued == 1, (
+                f"the publisher dropped m1 from its queue as if a replica had it, yet the "
+                f"replica has only {have}: a failover now loses m1 and its sender is never told")
+            await s.close()
+
+        arun(main(), 60)
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_consumer_wait_after_a_refused_set_acks_what_no_replica_has(lagging_replica, chatd):
+    """PASSES on Debian's Redis 7.0 (the reader's XRANGE/XREAD on the new
+    connection already set its WAIT offset there); FAILS on Redis 7.2 and
+    later (the offset moves only with a command that propagated: a refused
+    SET leaves it at 0). A guard, as above.
+
+    redis_consume.c:776-782 (handle_replies, REQ_WAIT) ignores the reply
+    to `SET <key>:synced` (rep[0]). When Redis refuses that SET (OOM here;
+    MOVED/ASK for a reader in ASK mode, which sends no ASKING before it:
+    send_wait, :702-712) the WAIT after it measures the connection's
+    earlier writes -- none on a new connection -- and counts any online
+    replica: entries no replica has are delivered and acked under
+    redis_wait_replicas = 1."""
+    p, relay, r = lagging_replica()
+    proxy = FaultProxy(p.port).start()
+    try:
+        a = chatd(name="a", broker="redis", redis_url=proxy.url, workers=1,
+                  redis_wait_replicas=1, redis_timeout="1s")
+
+        async def main():
+            s = await JsonClient.connect_retry(url(a, "sam", "w"), "sam")
+            await s.expect("joined", room="w")
+            await s.req("send", room="w", text="m0", ref="h0")
+            await s.expect("ack", ref="h0", timeout=15)
+            relay.freeze()
+            await s.req("send", room="w", text="m1", ref="h1")
+            await s.drain(1.5)
+            assert not s.take("ack", ref="h1"), "acked with the only replica cut off"
+            p.cli("CONFIG", "SET", "maxmemory", "1")  # Redis out of memory: writes refused
+            proxy.kill_connections()  # the reader reconnects and reads m1 again
+            await s.drain(3.0)
+            have = texts(r.cli("XRANGE", STREAM, "-", "+"))
+            assert "m1" not in have, have
+            acked = s.take("ack", ref="h1")
+            assert not acked, (
+                f"m1 acked under redis_wait_replicas = 1 while the only replica has {have}")
+            p.cli("CONFIG", "SET", "maxmemory", "0")
+            await s.close()
+
+        arun(main(), 60)
+    finally:
+        proxy.stop()
+
+
+async def latencies(s, room, seconds, every=0.2):
+    """Sends a message every `every` seconds for `seconds`; returns the time
+    from each send to its msg coming back (the sender is in the room)."""
+    out = []
+    end = time.monotonic() + seconds
+    for i in range(10_000):
+        if time.monotonic() >= end:
+            break
+        ref = f"l{time.monotonic_ns()}-{i}"
+        t = time.monotonic()
+        await s.req("send", room=room, text=ref, ref=ref)
+        await s.expect("msg", room=room, text=ref, timeout=30)
+        out.append(time.monotonic() - t)
+        await asyncio.sleep(max(0.0, every - (time.monotonic() - t)))
+    return out
+
+
+@pytest.mark.slow
+def test_a_hung_sentinel_stalls_all_delivery(sentinel_farm, chatd):
+    """redis_link.c:169-199 (refresh_sentinel) asks the sentinels in list
+    order with a blocking connect and command of redis_timeout each, on the
+    consumer thread, every ROUTE_CHECK_MS (redis_consume.c:896-907) and
+    before every reader connect (:556). One hung sentinel of three (a
+    frozen host: the kernel still accepts, nothing answers) -- which
+    Sentinel itself tolerates -- blocks the consumer redis_timeout per
+    refresh, and the next refresh is due at once (routed_ms is taken
+    before the refresh): every shard's delivery stalls for about
+    redis_timeout at a time, for as long as that sentinel hangs."""
+    f = sentinel_farm()
+    s0 = f.sentinels[0]
+    a = chatd(name="a", broker="redis", redis_sentinel=f.addrs(), redis_master_name=f.master_name,
+              workers=1, redis_timeout="2s")
+
+    async def main():
+        s = await JsonClient.connect_retry(url(a, "sam", "w"), "sam")
+        await s.expect("joined", room="w")
+        before = await latencies(s, "w", 2.0)
+        os.kill(s0.proc.pid, signal.SIGSTOP)
+        try:
+            during = await latencies(s, "w", 6.0)
+        finally:
+            os.kill(s0.proc.pid, signal.SIGCONT)
+        await s.close()
+        return before, during
+
+    before, during = arun(main(), 90)
+    print(f"\nlatency before: max {max(before):.3f}s; with sentinel 0 hung: max {max(during):.3f}s, "
+          f"median {sorted(during)[len(during) // 2]:.3f}s, {len(during)} messages")
+    assert max(before) < 0.5, before
+    assert max(during) < 1.0, (
+        f"one hung sentinel of three stalls delivery: latencies {[round(x, 2) for x in during]}")
+
+
+@pytest.mark.slow
+def test_a_hung_master_stalls_the_other_shards(redis_cluster, chatd):
+    """The consumer thread drives every shard, and a reader that connects
+    again makes blocking calls of up to READ_BLOCK_MS + redis_timeout each
+    on that thread (reader_connect, redis_consume.c:550-640: dial, then
+    check_last_entry's XRANGE :432-446; sweep's EVAL :502-512; epoch_seen's
+    SET :456; declare_loss's SET :425; the ASK redial in refused() :730).
+    One hung master (a frozen host: the kernel accepts, nothing answers)
+    with no failover yet (cluster-node-timeout not reached, or no replica)
+    stalls the rooms of every other shard for seconds at a time."""
+    c = redis_cluster(masters=3, replicas=0, node_timeout=30000, full_coverage=False)
+    shards = 3
+    a = chatd(name="a", broker="redis", redis_cluster=c.seeds(2), shards=shards, workers=1,
+              redis_timeout="2s")
+    from redisfarm import rooms_per_shard, shard_key
+    rooms = rooms_per_shard(shards)
+    hung = c.master_of_key(shard_key(STREAM, 1, shards))
+
+    async def main():
+        s = await JsonClient.connect_retry(url(a, "sam", rooms[0][0]), "sam")
+        await s.expect("joined", room=rooms[0][0])
+        await s.req("join", room=rooms[2][0])
+        await s.expect("joined", room=rooms[2][0])
+        await s.req("join", room=rooms[1][0])
+        await s.expect("joined", room=rooms[1][0])
+        await latencies(s, rooms[1][0], 0.5)  # shard 1 has entries: its reader has a last id
+        before = await latencies(s, rooms[0][0], 1.0) + await latencies(s, rooms[2][0], 1.0)
+        os.kill(hung.proc.pid, signal.SIGSTOP)
+        try:
+            during = []
+            for _ in range(3):
+                during += await latencies(s, rooms[0][0], 1.5)
+                during += await latencies(s, rooms[2][0], 1.5)
+        finally:
+            os.kill(hung.proc.pid, signal.SIGCONT)
+        await s.close()
+        return before, during
+
+    before, during = arun(main(), 120)
+    print(f"\nshards 0 and 2, latency before: max {max(before):.3f}s; with shard 1's master hung: "
+          f"max {max(during):.3f}s, median {sorted(during)[len(during) // 2]:.3f}s")
+    assert max(before) < 0.5, before
+    assert max(during) < 1.0, (
+        f"shard 1's hung master stalls shards 0 and 2: latencies {[round(x, 2) for x in during]}")
+
+
+@pytest.mark.slow
+def test_ask_mode_ends_once_the_slot_has_moved(redis_cluster, chatd):
+    """redis_consume.c: a reader sent away by ASK sets rd->asking (:735),
+    and only disconnect() clears it (:156); follow_route skips asking
+    readers (:881), and send_read never runs the checked read while asking
+    (:678). Once the slot has moved for good nothing ends ASK mode: the
+    shard's reader reads on with ASKING forever and never again runs XINFO
+    or reads the epoch -- a new epoch (another node declaring a loss), a
+    reset stream or a trimming gap on that shard go unseen until the
+    connection happens to drop."""
+    shards = 3
+    c = redis_cluster(replicas=0)
+    a = chatd(name="a", broker="redis", redis_cluster=c.seeds(2), shards=shards, workers=1)
+    from redisfarm import keyslot, rooms_per_shard, shard_key
+    room = rooms_per_shard(shards)[0][0]
+    stream = shard_key(STREAM, 0, shards)
+    slot = keyslot(stream)
+    src = c.master_of_slot(slot)
+    dst = next(m for m in c.masters() if m is not src)
+    ids = {m.port: m.cli("CLUSTER", "MYID").decode() for m in (src, dst)}
+
+    async def main():
+        s = await JsonClient.connect_retry(url(a, "sam", room), "sam")
+        await s.expect("joined", room=room)
+        await s.say(room, "before")
+        dst.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src.port])
+        src.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst.port])
+        for _ in range(100):
+            keys = src.cli("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if not keys:
+                break
+            src.cli("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+        await asyncio.sleep(1.5)  # the reader's next read at src is told ASK
+        assert metrics(a.port)["chatd_redis_redirects_total"] > 0, "the reader was never told ASK"
+        for m in c.masters():
+            m.cli("CLUSTER", "SETSLOT", slot, "NODE", ids[dst.port])
+        await s.say(room, "after")
+        await asyncio.sleep(1.0)
+        dst.cli("SET", f"{stream}:epoch", "00000000000000ab")  # a new epoch, as a loss sets
+        await asyncio.sleep(4.0)  # CHECK_EVERY_MS is 1 s
+        await s.close()
+
+    arun(main(), 60)
+    assert "the epoch of " + stream + " changed" in a.log(), (
+        "the shard's reader never looked at the epoch again after the slot moved (still in ASK "
+        "mode):\n" + "\n".join(a.log().splitlines()[-15:]))
