@@ -387,3 +387,53 @@ def test_ask_mode_ends_once_the_slot_has_moved(redis_cluster, chatd):
     assert "the epoch of " + stream + " changed" in a.log(), (
         "the shard's reader never looked at the epoch again after the slot moved (still in ASK "
         "mode):\n" + "\n".join(a.log().splitlines()[-15:]))
+
+
+@pytest.mark.faults
+def test_drain_closes_with_1001_while_a_message_of_another_shard_is_unstored(redis, chatd):
+    """worker.c:236 judges a client by c->ticket, the ticket of the last
+    message it sent (chat.c:639, conn.h:90), as if storing were one
+    sequence. With shards it is one per shard: a client whose message in a
+    room of shard 0 cannot be stored (Redis refuses it, passing errors:
+    LOADING here) and who then sent one in a room of shard 1 (stored) is
+    closed with 1001 "server shutting down", and its shard-0 message is
+    dropped at exit -- a lost message hidden behind a 1001, which the drain
+    promises never to do (worker.c:224-228)."""
+    from redisfarm import rooms_per_shard, shard_key
+    shards = 2
+    r = redis()
+    proxy = FaultProxy(r.port).start()
+    try:
+        a = chatd(name="a", broker="redis", redis_url=proxy.url, workers=1, shards=shards,
+                  shutdown_timeout="3s")
+        per = rooms_per_shard(shards)
+        room0, room1 = per[0][0], per[1][0]
+        prefix0 = shard_key(STREAM, 0, shards).encode()
+
+        async def main():
+            s = await JsonClient.connect_retry(url(a, "sam", room0), "sam")
+            await s.expect("joined", room=room0)
+            await s.join(room1)
+            proxy.refuse(lambda argv: argv[:1] == [b"EVALSHA"] and len(argv) > 3 and argv[3] == prefix0,
+                         "LOADING Redis is loading the dataset in memory")
+            await s.req("send", room=room0, text="in shard 0", ref="a0")
+            await s.say(room1, "in shard 1")
+            a.send_signal(signal.SIGTERM)
+            closed = None
+            for _ in range(1000):
+                try:
+                    await s.recv(timeout=15)
+                except Exception as e:  # the close
+                    closed = e
+                    break
+            return closed
+
+        closed = arun(main(), 60)
+        a.wait(15)
+        assert "messages of " + prefix0.decode() + " not stored" in a.log(), a.log()
+        code = getattr(closed, "code", None)
+        assert code == 1011, (
+            f"the client's message in {room0} was never stored (dropped at exit), yet it was "
+            f"closed with {code} {getattr(closed, 'reason', '')!r}")
+    finally:
+        proxy.stop()
