@@ -437,3 +437,36 @@ def test_drain_closes_with_1001_while_a_message_of_another_shard_is_unstored(red
             f"closed with {code} {getattr(closed, 'reason', '')!r}")
     finally:
         proxy.stop()
+
+
+@pytest.mark.faults
+def test_a_refused_read_is_retried_after_a_backoff_not_at_once(redis, chatd):
+    """redis_consume.c:948: READ_REFUSED calls back_off(), which sets
+    retry_ms -- but retry_ms is only looked at while the reader has no
+    connection (:913-914); a refused read keeps its connection, so the next
+    turn sends the next read at once: while Redis refuses reads (LOADING
+    after a restart, CLUSTERDOWN and TRYAGAIN during a failover or a slot
+    move, MASTERDOWN) the consumer spins, one read per round trip, and
+    back_off's want_refresh makes every turn refresh the route too
+    (consumer_turn :897: a successful refresh sets no refresh_ms) -- in a
+    Cluster a new connection and CLUSTER SLOTS per node per turn."""
+    r = redis()
+    proxy = FaultProxy(r.port).start()
+    try:
+        a = chatd(name="a", broker="redis", redis_url=proxy.url, workers=1)
+        rule = proxy.refuse({"XREAD"}, "LOADING Redis is loading the dataset in memory")
+        proxy.reset_counts()
+        time.sleep(2.0)
+        n = proxy.counts().get("XREAD", 0)
+        proxy.remove(rule)
+        cpu = None
+        try:
+            with open(f"/proc/{a.proc.pid}/stat") as f:
+                st = f.read().split(")")[1].split()
+            cpu = (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+        # backoff 50 ms doubling to 2 s: about 6 reads in 2 s; allow 40
+        assert n <= 40, f"{n} reads refused in 2 s (chatd CPU so far {cpu}s): no backoff"
+    finally:
+        proxy.stop()
