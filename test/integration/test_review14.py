@@ -470,3 +470,50 @@ def test_a_refused_read_is_retried_after_a_backoff_not_at_once(redis, chatd):
         assert n <= 40, f"{n} reads refused in 2 s (chatd CPU so far {cpu}s): no backoff"
     finally:
         proxy.stop()
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.faults
+def test_held_entries_leak_when_wait_is_refused(redis, chatd):
+    """redis_consume.c: a refused WAIT (handle_replies :783-784: here "ERR
+    WAIT cannot be used with replica instances", the node chatd reads was
+    turned into a replica) keeps rd->held and the connection; the next turn
+    reads the same entries again (:922-924, no backoff: see above) and
+    entries_read (:759) overwrites rd->held without freeing it. Every turn
+    leaks one XREAD reply: memory grows without bound, as fast as the
+    replica answers."""
+    p = redis()
+    a = chatd(name="a", broker="redis", redis_url=p.url, workers=1, redis_wait_replicas=1,
+              redis_timeout="1s")
+    q = redis()  # the primary p is about to follow
+    key = STREAM
+
+    async def main():
+        s = await JsonClient.connect_retry(url(a, "sam", "w"), "sam")
+        await s.expect("joined", room="w")
+        await s.req("send", room="w", text="m1", ref="h1")  # held: p has no replica
+        await s.drain(1.0)
+        for i in range(20):  # what another node wrote on the new primary q
+            q.cli("XADD", key, "*", "room", "w", "user", "bob", "text", f"x{i}", "mid", f"other.1.{i + 1}")
+        p.cli("REPLICAOF", HOST, str(q.port))  # p becomes q's replica and gets q's stream
+        wait_until(lambda: b"master_link_status:up" in p.cli("INFO", "replication"), 10,
+                   what="p a replica of q")
+        await s.drain(1.0)
+        before = rss_kb(a.proc.pid)
+        await s.drain(3.0)
+        after = rss_kb(a.proc.pid)
+        await s.close()
+        return before, after
+
+    before, after = arun(main(), 60)
+    p.cli("REPLICAOF", "NO", "ONE")
+    assert after - before < 20_000, (
+        f"chatd's RSS grew from {before} kB to {after} kB in 3 s while it read a replica "
+        f"under redis_wait_replicas = 1")
