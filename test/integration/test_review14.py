@@ -517,3 +517,51 @@ def test_held_entries_leak_when_wait_is_refused(redis, chatd):
     assert after - before < 20_000, (
         f"chatd's RSS grew from {before} kB to {after} kB in 3 s while it read a replica "
         f"under redis_wait_replicas = 1")
+
+
+class BlackHole:
+    """A port whose SYNs are dropped (its listen queue is full and nobody
+    accepts): connect() hangs until its timeout, as towards a host that
+    went dark."""
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(0)
+        self.port = self.lsock.getsockname()[1]
+        self.fill = []
+        for _ in range(3):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect((HOST, self.port))
+            except BlockingIOError:
+                pass
+            self.fill.append(s)
+        time.sleep(0.2)
+
+    def close(self):
+        for s in self.fill + [self.lsock]:
+            s.close()
+
+
+def test_shutdown_waits_for_every_shard_to_dial_a_dark_redis(chatd):
+    """redis_consume.c:911-921: every turn the consumer dials each shard
+    whose retry time passed, one after the other, each dial blocking up to
+    redis_timeout (redis_link_dial: redisConnectWithTimeout, then AUTH);
+    b->stop is looked at only between turns (:981). With Redis dark (SYNs
+    dropped) and shards = 16, a turn lasts 16 x redis_timeout, and SIGTERM
+    waits for it: the node outlives shutdown_timeout by that much (a
+    supervisor's stop timeout kills it, the drain promises are void)."""
+    bh = BlackHole()
+    try:
+        a = chatd(name="a", broker="redis", redis_url=f"redis://{HOST}:{bh.port}", workers=1,
+                  shards=16, redis_timeout="1s", shutdown_timeout="1s")
+        time.sleep(2.5)  # the consumer is well into its dials
+        t = time.monotonic()
+        rc, problems = a.stop(timeout=40)
+        took = time.monotonic() - t
+        assert not problems, problems
+        assert took < 5.0, f"SIGTERM to exit: {took:.1f}s with shutdown_timeout 1s (exit {rc})"
+    finally:
+        bh.close()
