@@ -565,3 +565,39 @@ def test_shutdown_waits_for_every_shard_to_dial_a_dark_redis(chatd):
         assert took < 5.0, f"SIGTERM to exit: {took:.1f}s with shutdown_timeout 1s (exit {rc})"
     finally:
         bh.close()
+
+
+@pytest.mark.slow
+def test_a_lost_shard_keeps_every_room_out(redis_cluster, chatd):
+    """Design, not a slip: broker_redis.c redis_ready fails /readyz while
+    any shard is not read (nstarted < nshards, nup < nshards), and the
+    acceptor then refuses every upgrade with 503. A master lost for good
+    in a cluster run with cluster-require-full-coverage no (or one being
+    failed over, for its seconds) takes every room of every node out, not
+    only its shard's -- and behind haproxy every node at once. (Slot map
+    and readers are fine: the other shards are read, chatd_redis_shards_up
+    says 2.)"""
+    from redisfarm import rooms_per_shard, shard_key
+    shards = 3
+    c = redis_cluster(masters=3, replicas=0, node_timeout=1000, full_coverage=False)
+    lost = c.master_of_key(shard_key(STREAM, 1, shards))
+    seeds = ", ".join(m.addr for m in c.masters() if m is not lost)
+    lost.kill()
+    wait_until(lambda: any(f"{lost.port}@" in ln and "fail" in ln.split()[2]
+                           for n in c.nodes if n.running
+                           for ln in n.cli("CLUSTER", "NODES").decode().splitlines()),
+               15, what="the lost master flagged fail")
+    a = chatd(name="a", broker="redis", redis_cluster=seeds, shards=shards, workers=1)
+    room = rooms_per_shard(shards)[0][0]
+
+    async def main():
+        s = await JsonClient.connect_retry(url(a, "sam", room), "sam", timeout=8)
+        await s.expect("joined", room=room)
+        await s.say(room, "shard 0 still has its master", timeout=10)
+        await s.close()
+
+    try:
+        arun(main(), 40)
+    except AssertionError as e:
+        up = metrics(a.port)["chatd_redis_shards_up"]
+        raise AssertionError(f"{up} of {shards} shards are read, yet no room takes a client: {e}")
