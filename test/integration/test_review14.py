@@ -601,3 +601,38 @@ def test_a_lost_shard_keeps_every_room_out(redis_cluster, chatd):
     except AssertionError as e:
         up = metrics(a.port)["chatd_redis_shards_up"]
         raise AssertionError(f"{up} of {shards} shards are read, yet no room takes a client: {e}")
+
+
+@pytest.mark.slow
+def test_a_stream_name_with_braces_breaks_the_shard_tags(redis_cluster, chatd):
+    """broker_redis.c: a shard's keys are "<stream>:{<tag>}", and
+    redis_link_route (redis_link.c:129-132) routes shard k by the slot of
+    <tag> alone. Redis hashes the FIRST {...} of a key: with a stream name
+    that has one (`stream = chat:{main}`, as Cluster users write keys), every
+    shard's keys land in the slot of "main" while chatd routes each shard
+    to the master of its tag's slot -- MOVED, then the same wrong master
+    again (redis_link_moved fixes the map for the key's slot, which is not
+    the one redis_link_addr looks up), forever. config.c accepts such a
+    name (stream: F_NOSPACE only)."""
+    from redisfarm import rooms_per_shard
+    shards = 3
+    c = redis_cluster(replicas=0)
+    a = chatd(name="a", broker="redis", redis_cluster=c.seeds(2), shards=shards, workers=1,
+              stream="chat:{main}")
+    rooms = [rs[0] for rs in rooms_per_shard(shards).values()]
+
+    async def main():
+        s = await JsonClient.connect_retry(url(a, "sam", rooms[0]), "sam", timeout=10)
+        await s.expect("joined", room=rooms[0])
+        for room in rooms[1:]:
+            await s.join(room)
+        for room in rooms:
+            await s.say(room, f"hello {room}", timeout=10)
+        await s.close()
+
+    try:
+        arun(main(), 60)
+    except AssertionError as e:
+        m = metrics(a.port)
+        raise AssertionError(f"{e}\nshards up {m['chatd_redis_shards_up']}, redirects "
+                             f"{m['chatd_redis_redirects_total']}")
