@@ -4,7 +4,7 @@
 CC      ?= cc
 PYTHON  := /usr/bin/python3
 SAN     ?=
-PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl jansson
+PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl jansson zlib
 LLHTTP_DIR     := /usr/share/llhttp
 LLHTTP_INCLUDE := /usr/share/include/llhttp
 
@@ -106,6 +106,7 @@ UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
 UNIT_DEPS_test_room      := room msg proto names ws
 UNIT_DEPS_test_proxy     := proxy
+UNIT_DEPS_test_pmd       := pmd
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
