@@ -124,9 +124,11 @@ void ws_parser_init(ws_parser *p, uint64_t max_message);
  * inflated bytes to max_message. */
 void ws_parser_deflate(ws_parser *p);
 
-/* Wire bytes a compressed message may take under a limit of max_message. */
+/* Wire bytes a compressed message may take under a limit of max_message
+ * (saturated, for a limit that never bites). */
 static inline uint64_t ws_deflated_limit(uint64_t max_message) {
-    return max_message + max_message / 8 + 64;
+    uint64_t extra = max_message / 8 + 64;
+    return max_message > UINT64_MAX - extra ? UINT64_MAX : max_message + extra;
 }
 
 /* Parses from buf[0..len). Returns how many bytes it consumed and fills ev
