@@ -82,6 +82,7 @@ typedef struct worker {
                                     nothing more (release/acquire) */
     _Atomic uint32_t nconns;     /* read by the acceptor to balance */
     _Atomic uint64_t msgs_in;    /* messages received from clients */
+    _Atomic uint64_t zmsgs_in;   /* of which compressed (permessage-deflate) */
     _Atomic uint64_t frames_out; /* frames written to clients */
     _Atomic uint64_t zframes_out; /* of which compressed */
     _Atomic uint64_t deflates;   /* frames this worker compressed (once per

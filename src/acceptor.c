@@ -425,10 +425,11 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
         free(out);
         return NULL;
     }
-    uint64_t in = 0, frames = 0, zframes = 0, deflates = 0, slow = 0, rate = 0, busy = 0;
+    uint64_t in = 0, zin = 0, frames = 0, zframes = 0, deflates = 0, slow = 0, rate = 0, busy = 0;
     for (int i = 0; i < a->nworkers; i++) {
         worker *w = a->workers[i];
         in += atomic_load_explicit(&w->msgs_in, memory_order_relaxed);
+        zin += atomic_load_explicit(&w->zmsgs_in, memory_order_relaxed);
         frames += atomic_load_explicit(&w->frames_out, memory_order_relaxed);
         zframes += atomic_load_explicit(&w->zframes_out, memory_order_relaxed);
         deflates += atomic_load_explicit(&w->deflates, memory_order_relaxed);
@@ -483,6 +484,8 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
         "Connections closed for lacking a valid PROXY header from a trusted proxy.",
         a->n_proxy_refused);
     ONE("chatd_messages_received_total", "counter", "Text messages received from clients.", in);
+    ONE("chatd_messages_received_compressed_total", "counter",
+        "Messages received compressed (permessage-deflate), good or bad.", zin);
     ONE("chatd_messages_delivered_total", "counter",
         "Messages in the shared order fanned out on this node.", bs.delivered);
     ONE("chatd_frames_sent_total", "counter", "Message frames written to clients.", frames);

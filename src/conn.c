@@ -117,6 +117,7 @@ static void conn_access_open(conn *c) {
         LOG_STR("rooms", rooms),
         LOG_STR("proto", c->json ? "chatd.v1" : "text"),
         LOG_STR("tls", c->ssl ? "on" : "off"),
+        LOG_STR("deflate", c->zbits ? "on" : "off"),
         LOG_INT("exp", c->exp),
     };
     log_conn_fields(LOG_INFO, &lc, f, sizeof f / sizeof f[0], "open");
@@ -246,6 +247,7 @@ static int conn_on_compressed(conn *c, const uint8_t *p, size_t len) {
     size_t n;
     unsigned code = 0;
     const char *why = NULL;
+    atomic_fetch_add_explicit(&c->w->zmsgs_in, 1, memory_order_relaxed); /* a counter */
     switch (pmd_inflate(c->w->pmd, p, len, (size_t)c->parser.max_message, &text, &n)) {
     case PMD_OK:
         if (utf8_validate(text, n) < 0) {
