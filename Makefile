@@ -107,6 +107,7 @@ UNIT_DEPS_test_proto     := proto names ws
 UNIT_DEPS_test_room      := room msg proto names ws
 UNIT_DEPS_test_proxy     := proxy
 UNIT_DEPS_test_pmd       := pmd
+UNIT_DEPS_test_msg       := msg pmd proto names ws
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
