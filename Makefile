@@ -104,7 +104,7 @@ UNIT_DEPS_test_net       := net
 UNIT_DEPS_test_redis_link := redis_link
 UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
-UNIT_DEPS_test_room      := room msg proto names ws
+UNIT_DEPS_test_room      := room msg pmd proto names ws
 UNIT_DEPS_test_proxy     := proxy
 UNIT_DEPS_test_pmd       := pmd
 UNIT_DEPS_test_msg       := msg pmd proto names ws
@@ -125,7 +125,7 @@ check-unit: unit
 
 # chatbench, the load generator of issue 5: `make bench-tool`.
 BENCH_SRC  := $(wildcard test/bench/*.c)
-BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl
+BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl zlib
 .PHONY: bench-tool
 bench-tool: $(BUILD)/chatbench
 $(BUILD)/chatbench: $(BENCH_SRC) $(wildcard test/bench/*.h)
