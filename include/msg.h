@@ -34,7 +34,7 @@ enum msg_kind {
 };
 
 /* A frame compressed with permessage-deflate: header (RSV1) and payload. */
-typedef struct msg_zframe {
+typedef struct msg_z {
     uint32_t len;
     uint8_t frame[];
 } msg_z;
@@ -60,9 +60,9 @@ typedef struct msg {
     const char *text;        /* MSG_SNAPSHOT: the members as a JSON array */
     const uint8_t *frame;
     const uint8_t *jframe;
-    _Atomic(msg_z *) z[2];    /* frame and jframe compressed: NULL until a
-                                   worker builds one (msg_zframe), then set
-                                   once for good */
+    _Atomic(msg_z *) z[2];   /* frame and jframe compressed: NULL until a
+                                worker builds one (msg_zframe), then set
+                                once for good */
     uint8_t data[];
 } msg;
 

@@ -465,7 +465,13 @@ def s7_deflate(kind, q, work, runs=2):
                 c = Cluster(kind, 1, work)
                 try:
                     time.sleep(0.5)
+                    chatbench(["--mode", "broadcast", "--conns", "8", "--senders", "4", "--rate",
+                               "20", "--duration", "1", "--drain", "2", "--msg-size", str(size),
+                               "--pad", pad] + (["--deflate"] if deflate else [])
+                              + ["--url", c.urls(room="warm")[0]], c, timeout=60)
+                    time.sleep(0.5)
                     base = c.rss_kib()
+                    m0 = node_metrics(c.ports[0])
                     r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2",
                                    "--ramp", "2000", "--senders", "5", "--rate", "20",
                                    "--duration", str(dur), "--drain", "5",
@@ -481,7 +487,8 @@ def s7_deflate(kind, q, work, runs=2):
                         "lost": r["expected"] - r["delivered"],
                         "bytes_per_delivery": round(r["data_bytes"] / max(1, r["delivered"]), 1),
                         "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
-                        "compressions": m.get("chatd_compressions_total", 0),
+                        "compressions": m.get("chatd_compressions_total", 0)
+                        - m0.get("chatd_compressions_total", 0),
                         "messages": r["sent"],
                         "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                         "kib_per_client": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2)})
