@@ -166,7 +166,7 @@ chaos: deps
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := ws utf8 handshake config auth proto proxy
+FUZZ_TARGETS := ws utf8 handshake config auth proto proxy pmd
 FUZZ_PKGS    := openssl jansson
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -I$(LLHTTP_INCLUDE) \
@@ -181,10 +181,12 @@ FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
 FUZZ_SRC_proto     := src/proto.c src/names.c src/ws.c
 FUZZ_SRC_proxy     := src/proxy.c
+FUZZ_SRC_pmd       := src/pmd.c
 FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS_config    = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_auth      = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_proto     = $(FUZZ_LIBS_handshake)
+FUZZ_LIBS_pmd       = $(shell pkg-config --libs zlib 2>/dev/null)
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)

@@ -15,6 +15,7 @@ Input layouts (see each fuzz_<target>.c):
   proto      byte 0 max_room (% 6) and max_message (/ 6 % 6) indices, a frame
   proxy      byte 0 mode (% 3): a PROXY header, an X-Forwarded-For value, a
              trusted_proxies list
+  pmd        byte 0 inflate limit index, a compressed message's payload
 """
 import base64
 import hashlib
@@ -276,10 +277,37 @@ def proxy_seeds():
     }
 
 
+def pmd_seeds():
+    # indices into `limits` in fuzz_pmd.c
+    L0, L125, L1000, L64K = 0, 4, 6, 8
+    text = "so I think we should meet at the station around seven, Jürgen 😀".encode()
+    final = zlib.compressobj(6, zlib.DEFLATED, -15)
+    final = final.compress(text) + final.flush(zlib.Z_FINISH)
+    stored = zlib.compressobj(0, zlib.DEFLATED, -15)
+    stored = (stored.compress(text) + stored.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    ctx = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated_ctx = [(ctx.compress(text) + ctx.flush(zlib.Z_SYNC_FLUSH))[:-4] for _ in range(2)]
+    return {
+        "chat": bytes([L1000]) + deflated(text),
+        "final-block": bytes([L1000]) + final,
+        "final-then-bytes": bytes([L1000]) + final + b"\x00",
+        "stored": bytes([L1000]) + stored,
+        "empty": bytes([L125]) + b"\x00",
+        "nothing": bytes([L125]),
+        "too-big": bytes([L125]) + deflated(text * 3),
+        "bomb": bytes([L64K]) + deflated(b"a" * (1 << 20)),
+        "bomb-fits": bytes([L64K]) + deflated(b"a" * 65536),
+        "limit-0": bytes([L0]) + deflated(b"x"),
+        "context-taken-over": bytes([L1000]) + deflated_ctx[1],
+        "reserved-block": bytes([L1000]) + b"\xff\xff\xff",
+        "cut": bytes([L1000]) + deflated(text)[:-2],
+    }
+
+
 def main():
     seeds = {"ws": ws_seeds(), "utf8": utf8_seeds(), "handshake": handshake_seeds(),
              "config": config_seeds(), "auth": auth_seeds(), "proto": proto_seeds(),
-             "proxy": proxy_seeds()}
+             "proxy": proxy_seeds(), "pmd": pmd_seeds()}
     total = 0
     for target, files in seeds.items():
         d = os.path.join(CORPUS, target)
