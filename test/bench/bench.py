@@ -444,57 +444,58 @@ def s6_redis(kind, q, work, rates):
     return rows
 
 
-def s7_deflate(kind, q, work, runs=2):
-    """Issue 16: one node, 1,000 clients in one room, 5 senders at 20 msg/s
-    for 10 s (200,000 deliveries), all clients offering permessage-deflate
-    as Chromium does or none. Chat text of about 150 bytes (random common
+def s7_deflate(kind, q, work, runs=2, rates=(20,)):
+    """Issue 16: one node, 1,000 clients in one room, 5 senders at each of
+    rates (msg/s in all) for 10 s, all clients offering permessage-deflate
+    as Chromium does, or none. Chat text of about 150 bytes (random common
     words) and a JSON-ish order of about 2 KB. Bytes of data frames the
     clients read per delivery; server CPU per delivery from the moment all
-    are connected (getrusage of the process: user + system); RSS growth per
-    client (peak while the clients are there, over the idle node).
-    Configurations alternate within each run so that a noisy moment of the
-    shared machine does not fall on one side only."""
+    are connected (user + system of the process); RSS growth per client
+    (peak while the clients are there, over the node after a warm-up of 8
+    clients that made each worker's compressor and decompressor, a fixed
+    cost of a few hundred KiB per worker, not one per client). The
+    configurations of a run follow each other, so that a noisy moment of
+    the shared machine does not fall on one side only."""
     if kind != "chatd":
         return []
     n = 500 if q else 1000
     dur = 5 if q else 10
     rows = []
-    for run in range(1, runs + 1):
-        for pad, size in (("words", 150), ("json", 2000)):
-            for deflate in (False, True):
-                c = Cluster(kind, 1, work)
-                try:
-                    time.sleep(0.5)
-                    chatbench(["--mode", "broadcast", "--conns", "8", "--senders", "4", "--rate",
-                               "20", "--duration", "1", "--drain", "2", "--msg-size", str(size),
-                               "--pad", pad] + (["--deflate"] if deflate else [])
-                              + ["--url", c.urls(room="warm")[0]], c, timeout=60)
-                    time.sleep(0.5)
-                    base = c.rss_kib()
-                    m0 = node_metrics(c.ports[0])
-                    r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2",
-                                   "--ramp", "2000", "--senders", "5", "--rate", "20",
-                                   "--duration", str(dur), "--drain", "5",
-                                   "--msg-size", str(size), "--pad", pad]
-                                  + (["--deflate"] if deflate else [])
-                                  + ["--url", c.urls(room="z")[0]], c, timeout=dur + 120)
-                    cpu = c.cpu_s() - r["cpu_at_start"]
-                    m = node_metrics(c.ports[0])
-                    rows.append({
-                        "scenario": 7, "server": kind, "run": run, "message": f"{pad} {size} B",
-                        "deflate": "on" if deflate else "off", "clients": n,
-                        "negotiated": r["deflate_clients"], "delivered": r["delivered"],
-                        "lost": r["expected"] - r["delivered"],
-                        "bytes_per_delivery": round(r["data_bytes"] / max(1, r["delivered"]), 1),
-                        "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
-                        "compressions": m.get("chatd_compressions_total", 0)
-                        - m0.get("chatd_compressions_total", 0),
-                        "messages": r["sent"],
-                        "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                        "kib_per_client": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2)})
-                    log(rows[-1])
-                finally:
-                    c.close()
+    for run, rate, (pad, size), deflate in [(run, rate, m, d) for run in range(1, runs + 1)
+                                            for rate in rates
+                                            for m in (("words", 150), ("json", 2000))
+                                            for d in (False, True)]:
+        z = ["--deflate"] if deflate else []
+        c = Cluster(kind, 1, work)
+        try:
+            time.sleep(0.5)
+            chatbench(["--mode", "broadcast", "--conns", "8", "--senders", "4", "--rate", "20",
+                       "--duration", "1", "--drain", "2", "--msg-size", str(size), "--pad", pad]
+                      + z + ["--url", c.urls(room="warm")[0]], c, timeout=60)
+            time.sleep(0.5)
+            base = c.rss_kib()
+            m0 = node_metrics(c.ports[0])
+            r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2",
+                           "--ramp", "2000", "--senders", "5", "--rate", str(rate),
+                           "--duration", str(dur), "--drain", "5", "--msg-size", str(size),
+                           "--pad", pad] + z + ["--url", c.urls(room="z")[0]], c,
+                          timeout=dur + 120)
+            cpu = c.cpu_s() - r["cpu_at_start"]
+            m = node_metrics(c.ports[0])
+            rows.append({
+                "scenario": 7, "server": kind, "run": run, "rate": rate,
+                "message": f"{pad} {size} B", "deflate": "on" if deflate else "off",
+                "clients": n, "negotiated": r["deflate_clients"], "delivered": r["delivered"],
+                "lost": r["expected"] - r["delivered"],
+                "bytes_per_delivery": round(r["data_bytes"] / max(1, r["delivered"]), 1),
+                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
+                "compressions": m.get("chatd_compressions_total", 0)
+                - m0.get("chatd_compressions_total", 0),
+                "messages": r["sent"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "kib_per_client": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2)})
+            log(rows[-1])
+        finally:
+            c.close()
     return rows
 
 
@@ -519,14 +520,14 @@ def node_metrics(port):
 def s7_summary(rows):
     """Medians (of two runs: their mean) per message and deflate setting."""
     out = []
-    for msg in dict.fromkeys(r["message"] for r in rows):
+    for rate, msg in dict.fromkeys((r["rate"], r["message"]) for r in rows):
         for d in ("off", "on"):
-            rs = [r for r in rows if r["message"] == msg and r["deflate"] == d]
+            rs = [r for r in rows if (r["rate"], r["message"], r["deflate"]) == (rate, msg, d)]
             if not rs:
                 continue
             med = lambda k: statistics.median(r[k] for r in rs)
             vals = lambda k: ", ".join(str(r[k]) for r in rs)
-            out.append({"message": msg, "deflate": d,
+            out.append({"rate": rate, "message": msg, "deflate": d,
                         "bytes_per_delivery": f"{med('bytes_per_delivery'):.1f} ({vals('bytes_per_delivery')})",
                         "cpu_us_per_delivery": f"{med('cpu_us_per_delivery'):.2f} ({vals('cpu_us_per_delivery')})",
                         "compressions_per_message": ", ".join(
@@ -573,6 +574,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenarios", default="1,2,3,4,5,6")
     ap.add_argument("--runs7", type=int, default=2, help="scenario 7: runs of each configuration")
+    ap.add_argument("--rates7", default="20,200",
+                    help="scenario 7: total send rates, msg/s, into the room of 1,000")
     ap.add_argument("--servers", default="chatd,node")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
@@ -607,7 +610,8 @@ def main():
             if 6 in scen:
                 results[6] += s6_redis(kind, a.quick, work, rates6)
             if 7 in scen:
-                results[7] += s7_deflate(kind, a.quick, work, a.runs7)
+                results[7] += s7_deflate(kind, a.quick, work, a.runs7,
+                                         [int(x) for x in a.rates7.split(",")])
     finally:
         stop_all()
 
@@ -679,17 +683,18 @@ def main():
                              for k, v in best.items()) or "none"))
     if results[7]:
         n7 = results[7][0]["clients"]
-        md += [f"\n### 7. permessage-deflate: {n7:,} clients in one room, 5 senders, 20 msg/s\n",
+        md += [f"\n### 7. permessage-deflate: {n7:,} clients in one room, 5 senders\n",
                "Every client offers permessage-deflate as Chromium does (`on`) or not (`off`); "
                "where accepted, senders compress too. `bytes_per_delivery`: bytes of data frames "
                "the clients read (headers included) per delivery; `cpu_us_per_delivery`: server "
                "CPU (user + system) from the moment all clients are connected; `compressions`: "
                "the node's `chatd_compressions_total`.\n",
-               table(results[7], ["run", "message", "deflate", "negotiated", "delivered", "lost",
+               table(results[7], ["run", "rate", "message", "deflate", "negotiated", "delivered",
+                                  "lost",
                                   "bytes_per_delivery", "cpu_us_per_delivery", "compressions",
                                   "messages", "p50_ms", "p99_ms", "kib_per_client"]),
                "\nMedians (both values):\n",
-               table(s7_summary(results[7]), ["message", "deflate", "bytes_per_delivery",
+               table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
                                               "cpu_us_per_delivery", "compressions_per_message",
                                               "kib_per_client", "p99_ms"])]
     text = "\n".join(md) + "\n"
