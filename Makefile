@@ -95,19 +95,20 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 # Each unit test links only the modules it tests (UNIT_DEPS_<test>).
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
-UNIT_DEPS_test_config    := config log proxy
-UNIT_DEPS_test_handshake := handshake auth config log ws proto names web web_assets proxy
-UNIT_DEPS_test_web       := web web_assets handshake auth config log ws proto names proxy
+UNIT_DEPS_test_config    := config log proxy redis_cluster
+UNIT_DEPS_test_handshake := handshake auth config log ws proto names web web_assets proxy redis_cluster
+UNIT_DEPS_test_web       := web web_assets handshake auth config log ws proto names proxy redis_cluster
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
-UNIT_DEPS_test_redis_link := redis_link
+UNIT_DEPS_test_redis_link := redis_link redis_cluster
 UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
-UNIT_DEPS_test_room      := room msg pmd proto names ws
+UNIT_DEPS_test_room      := room msg pmd proto names ws redis_cluster
 UNIT_DEPS_test_proxy     := proxy
+UNIT_DEPS_test_redis_cluster := redis_cluster
 UNIT_DEPS_test_pmd       := pmd
-UNIT_DEPS_test_msg       := msg pmd proto names ws
+UNIT_DEPS_test_msg       := msg pmd proto names ws redis_cluster
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit

@@ -42,6 +42,8 @@ typedef struct msg_z {
 typedef struct msg {
     _Atomic uint32_t refs;   /* one per holder: rings, room logs, histories */
     uint8_t kind;            /* enum msg_kind */
+    uint8_t shard;           /* whose stream it came from (ids and origin_seq
+                                are in that shard's order) */
     uint16_t origin_wid;     /* the worker of this node that published it, or 0 */
     uint16_t room_len;
     uint16_t user_len;

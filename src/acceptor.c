@@ -522,6 +522,13 @@ static char *acc_metrics(acceptor *a, size_t *out_len) {
         put(body, cap, &n, "chatd_publish_oldest_seconds 0\n");
     ONE("chatd_stream_read_lag", "gauge", "Stream entries this node has not read yet.",
         bs.read_lag);
+    ONE("chatd_redis_shards_up", "gauge", "Shards whose stream this node reads now.",
+        bs.shards_up);
+    ONE("chatd_redis_redirects_total", "counter",
+        "Redis Cluster MOVED and ASK redirects followed.", bs.redirects);
+    ONE("chatd_redis_route_changes_total", "counter",
+        "Times a shard's Redis changed (a failover the sentinels or the cluster told of).",
+        bs.route_changes);
 #undef ONE
 
     int h = snprintf(out, 256,

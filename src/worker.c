@@ -213,7 +213,10 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
     int64_t now = clock_ms(), in_phase = now - w->phase_ms;
     int pending = broker_pending(w->broker, w->id);
     if (w->stopping == STOP_STORE) {
-        if (pending > 0 && in_phase < cfg->shutdown_timeout_ms) return;
+        /* A load balancer sees /readyz fail and stops sending new clients
+         * here before the first client is closed and reconnects. */
+        if (in_phase < cfg->drain_delay_ms && w->conns) return;
+        if (pending > 0 && in_phase < cfg->drain_delay_ms + cfg->shutdown_timeout_ms) return;
         w->drain_total = atomic_load_explicit(&w->nconns, memory_order_relaxed);
         w->drained = 0;
         worker_phase(w, STOP_DRAIN);
@@ -230,15 +233,15 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
          * anyway: with 1001 while storing merely takes time (what it sent
          * is still stored before the worker exits), with 1011 when storing
          * fails, so that a lost message is never hidden behind a 1001. */
-        int failing;
-        uint64_t stored = broker_stored(w->broker, w->id, &failing);
         int late = in_phase >= (int64_t)cfg->drain_time_ms + WORKER_DRAIN_GRACE_MS;
         conn *c = w->conns, *next;
         for (; c && w->drained < due; c = next) {
             next = c->next;
-            if (c->state != CONN_OPEN || (c->ticket > stored && !late)) continue;
+            if (c->state != CONN_OPEN) continue;
+            int failing, stored = broker_ticket_stored(w->broker, w->id, c->ticket, &failing);
+            if (!stored && !late) continue;
             w->drained++;
-            if (c->ticket > stored && failing)
+            if (!stored && failing)
                 conn_close(c, WS_CLOSE_INTERNAL, "message not stored");
             else conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
             conn_flush(c);

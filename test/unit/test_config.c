@@ -147,6 +147,8 @@ static void test_durations(void **state) {
     } ok[] = {
         {"10", 10000}, {"10s", 10000}, {"250ms", 250}, {"100ms", 100},
         {"2m", 120000}, {"1h", 3600000}, {"3600", 3600000}, {"90s", 90000},
+        {"1.5s", 1500}, {"2.0s", 2000}, {"0.25m", 15000}, {"0.5", 500}, {"0.75h", 2700000},
+        {"0.001h", 3600},
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         config cfg;
@@ -167,7 +169,11 @@ static void test_durations(void **state) {
 
     expect_bad("handshake_timeout", "10x", "unknown unit");
     expect_bad("handshake_timeout", "1w", "unknown unit");
-    expect_bad("handshake_timeout", "1.5s", "unknown unit");
+    expect_bad("handshake_timeout", "1.5x", "unknown unit");
+    expect_bad("handshake_timeout", "150.5ms", "finer than a millisecond");
+    expect_bad("handshake_timeout", "1.s", "not a number");
+    expect_bad("handshake_timeout", "1.0000000001s", "too many decimals");
+    expect_bad("handshake_timeout", "0.05s", "out of range");
     expect_bad("handshake_timeout", "s", "not a number");
     expect_bad("handshake_timeout", "99ms", "out of range");
     expect_bad("handshake_timeout", "0", "out of range");
