@@ -177,7 +177,7 @@ FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $
 FUZZ_SRC_ws        := src/ws.c
 FUZZ_SRC_utf8      := src/ws.c
 FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c src/proto.c src/names.c \
-                      src/web.c src/web_assets.S src/proxy.c $(FUZZ_LLHTTP)
+                      src/web.c src/web_assets.S src/proxy.c src/redis_cluster.c $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
 FUZZ_SRC_proto     := src/proto.c src/names.c src/ws.c
