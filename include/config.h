@@ -68,6 +68,8 @@ typedef struct config {
     int ping_timeout_ms;        /* close it if no pong within this */
     int64_t max_output_buffer;  /* bytes queued for one client (→ 1008) */
     int max_rooms_per_conn;     /* chatd.v1: rooms one connection may be in */
+    int permessage_deflate;     /* 1: accept permessage-deflate offers */
+    int compression_min_size;   /* smaller payloads go out uncompressed */
 
     /* history and presence */
     int history_size;           /* per room, in each node's memory; 0: none */

@@ -137,6 +137,10 @@ static const directive directives[] = {
      "bytes queued for one slow client before it is closed with 1008"},
     {"max_rooms_per_conn", T_INT, F_RELOAD, 1, 10000, "64", FIELD(max_rooms_per_conn),
      "rooms one chatd.v1 connection may be in at once"},
+    {"permessage_deflate", T_BOOL, F_RELOAD, 0, 1, "on", FIELD(permessage_deflate),
+     "on: accept a client's permessage-deflate offer (RFC 7692); off: decline it"},
+    {"compression_min_size", T_SIZE, F_RELOAD, 0, 64 * MIB, "64", FIELD(compression_min_size),
+     "messages shorter than this go to deflate clients uncompressed"},
 
     /* history and presence */
     {"history_size", T_INT, 0, 0, 100000, "100", FIELD(history_size),

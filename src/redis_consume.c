@@ -157,12 +157,11 @@ static void disconnect(reader *rd) {
     set_up(rd, 0);
 }
 
-/* After a failure: the next connect waits, backing off; the route may
- * have moved (a failover). */
+/* After a failure: the next connect (or, after a refusal, the next
+ * request) waits, backing off. */
 static void back_off(reader *rd) {
     rd->retry_ms = clock_ms() + rd->backoff_ms;
     rd->backoff_ms = redis_backoff(rd->backoff_ms);
-    redis_link_want_refresh(&rd->c->rb->link);
 }
 
 /* 1 if stream id a is before b ("ms-seq"). */
@@ -854,6 +853,7 @@ static void reader_lost(reader *rd, const char *why) {
     rd->down_logged = 1;
     disconnect(rd);
     back_off(rd);
+    redis_link_want_refresh(&rd->c->rb->link); /* a failover moved it? */
 }
 
 /* Redis served rd: clears its trouble. */
@@ -916,10 +916,12 @@ static void consumer_turn(consumer *c) {
                 if (!rd->down_logged) log_warn("redis: consumer: %s; retrying with backoff", err);
                 rd->down_logged = 1;
                 back_off(rd);
+                redis_link_want_refresh(l);
                 continue;
             }
         }
         if (rd->req == REQ_NONE) {
+            if (clock_ms() < rd->retry_ms) continue; /* refused a moment ago */
             if (rd->up) sweep(rd);
             if (send_read(rd) < 0) {
                 reader_lost(rd, rd->ctx->errstr);

@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "conn.h"
 #include "log.h"
+#include "pmd.h"
 
 #define WORKER_RBUF (64 * 1024)
 #define WORKER_HANDOFF_RING 4096
@@ -74,7 +75,9 @@ worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     w->rbuf_size = WORKER_RBUF;
     w->rbuf = malloc(w->rbuf_size);
     w->tlsbuf = malloc(WORKER_TLS_RECORD);
-    if (!w->tlsbuf || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
+    w->pmd = pmd_new();
+    if (!w->tlsbuf || !w->pmd || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox ||
+        !w->handoffs || !w->rbuf ||
         room_index_init(&w->rooms, (uint32_t)cfg->history_size, (uint64_t)cfg->history_bytes) < 0 ||
         chat_init(w) < 0)
         goto oom;
@@ -114,6 +117,7 @@ void worker_free(worker *w) {
     if (w->bell_fd >= 0) close(w->bell_fd);
     free(w->rbuf);
     free(w->tlsbuf);
+    pmd_free(w->pmd);
     free(w);
 }
 
@@ -130,10 +134,11 @@ static void *worker_main(void *arg) {
     atomic_store_explicit(&w->done, 1, memory_order_release);
     while (w->conns) conn_free(w->conns);
     broker_detach(w->broker, w->id);
-    log_info("worker %d: %llu messages in, %llu frames out, %llu slow clients closed, "
-             "%llu over rate_limit, %llu refused with 1013",
+    log_info("worker %d: %llu messages in, %llu frames out (%llu compressed), %llu slow clients "
+             "closed, %llu over rate_limit, %llu refused with 1013",
              w->id, (unsigned long long)atomic_load(&w->msgs_in),
              (unsigned long long)atomic_load(&w->frames_out),
+             (unsigned long long)atomic_load(&w->zframes_out),
              (unsigned long long)atomic_load(&w->slow_closes),
              (unsigned long long)atomic_load(&w->rate_closes),
              (unsigned long long)atomic_load(&w->busy_closes));

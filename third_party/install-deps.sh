@@ -23,7 +23,7 @@ fi
 set_name=${1:-test}
 
 RUN_PKGS="build-essential pkg-config libevent-dev libhiredis-dev libssl-dev node-llhttp
-          libjansson-dev"
+          libjansson-dev zlib1g-dev"
 CLUSTER_PKGS="redis-server"
 TEST_PKGS="libcmocka-dev python3 python3-pytest python3-websockets openssl clang
            libclang-rt-14-dev chromium haproxy"

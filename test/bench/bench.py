@@ -7,12 +7,15 @@ server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5,6] [--servers chatd,node] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7] [--servers chatd,node] [--quick]
 
 Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
 and delivered on node B through Redis, 1,000 clients in one room, latency
-from send on A to receipt on B.
+from send on A to receipt on B; 7 is issue 16's permessage-deflate: one
+chatd node, 1,000 clients in one room, chat text and a JSON-ish message,
+every client with and without compression (chatd only), bytes on the wire
+and server CPU per delivery.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
 holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
@@ -26,6 +29,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -440,6 +444,99 @@ def s6_redis(kind, q, work, rates):
     return rows
 
 
+def s7_deflate(kind, q, work, runs=2, rates=(20,)):
+    """Issue 16: one node, 1,000 clients in one room, 5 senders at each of
+    rates (msg/s in all) for 10 s, all clients offering permessage-deflate
+    as Chromium does, or none. Chat text of about 150 bytes (random common
+    words) and a JSON-ish order of about 2 KB. Bytes of data frames the
+    clients read per delivery; server CPU per delivery from the moment all
+    are connected (user + system of the process); RSS growth per client
+    (peak while the clients are there, over the node after a warm-up of 8
+    clients that made each worker's compressor and decompressor, a fixed
+    cost of a few hundred KiB per worker, not one per client). The
+    configurations of a run follow each other, so that a noisy moment of
+    the shared machine does not fall on one side only."""
+    if kind != "chatd":
+        return []
+    n = 500 if q else 1000
+    dur = 5 if q else 10
+    rows = []
+    for run, rate, (pad, size), deflate in [(run, rate, m, d) for run in range(1, runs + 1)
+                                            for rate in rates
+                                            for m in (("words", 150), ("json", 2000))
+                                            for d in (False, True)]:
+        z = ["--deflate"] if deflate else []
+        c = Cluster(kind, 1, work)
+        try:
+            time.sleep(0.5)
+            chatbench(["--mode", "broadcast", "--conns", "8", "--senders", "4", "--rate", "20",
+                       "--duration", "1", "--drain", "2", "--msg-size", str(size), "--pad", pad]
+                      + z + ["--url", c.urls(room="warm")[0]], c, timeout=60)
+            time.sleep(0.5)
+            base = c.rss_kib()
+            m0 = node_metrics(c.ports[0])
+            r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2",
+                           "--ramp", "2000", "--senders", "5", "--rate", str(rate),
+                           "--duration", str(dur), "--drain", "5", "--msg-size", str(size),
+                           "--pad", pad] + z + ["--url", c.urls(room="z")[0]], c,
+                          timeout=dur + 120)
+            cpu = c.cpu_s() - r["cpu_at_start"]
+            m = node_metrics(c.ports[0])
+            rows.append({
+                "scenario": 7, "server": kind, "run": run, "rate": rate,
+                "message": f"{pad} {size} B", "deflate": "on" if deflate else "off",
+                "clients": n, "negotiated": r["deflate_clients"], "delivered": r["delivered"],
+                "lost": r["expected"] - r["delivered"],
+                "bytes_per_delivery": round(r["data_bytes"] / max(1, r["delivered"]), 1),
+                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
+                "compressions": m.get("chatd_compressions_total", 0)
+                - m0.get("chatd_compressions_total", 0),
+                "messages": r["sent"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "kib_per_client": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2)})
+            log(rows[-1])
+        finally:
+            c.close()
+    return rows
+
+
+def node_metrics(port):
+    """GET /metrics of a node, as {name: number} (labels kept in the name)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    out = {}
+    for line in data.split(b"\r\n\r\n", 1)[-1].decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def s7_summary(rows):
+    """Medians (of two runs: their mean) per message and deflate setting."""
+    out = []
+    for rate, msg in dict.fromkeys((r["rate"], r["message"]) for r in rows):
+        for d in ("off", "on"):
+            rs = [r for r in rows if (r["rate"], r["message"], r["deflate"]) == (rate, msg, d)]
+            if not rs:
+                continue
+            med = lambda k: statistics.median(r[k] for r in rs)
+            vals = lambda k: ", ".join(str(r[k]) for r in rs)
+            out.append({"rate": rate, "message": msg, "deflate": d,
+                        "bytes_per_delivery": f"{med('bytes_per_delivery'):.1f} ({vals('bytes_per_delivery')})",
+                        "cpu_us_per_delivery": f"{med('cpu_us_per_delivery'):.2f} ({vals('cpu_us_per_delivery')})",
+                        "compressions_per_message": ", ".join(
+                            f"{r['compressions'] / max(1, r['messages']):.3f}" for r in rs),
+                        "kib_per_client": f"{med('kib_per_client'):.2f} ({vals('kib_per_client')})",
+                        "p99_ms": vals("p99_ms")})
+    return out
+
+
 # ---- report --------------------------------------------------------------
 
 def table(rows, cols):
@@ -476,6 +573,9 @@ def plot(rows, path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenarios", default="1,2,3,4,5,6")
+    ap.add_argument("--runs7", type=int, default=2, help="scenario 7: runs of each configuration")
+    ap.add_argument("--rates7", default="20,200",
+                    help="scenario 7: total send rates, msg/s, into the room of 1,000")
     ap.add_argument("--servers", default="chatd,node")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
@@ -494,7 +594,7 @@ def main():
     rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: []}
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: []}
     try:
         for kind in servers:
             if 1 in scen:
@@ -509,6 +609,9 @@ def main():
                 results[5].append(s5_storm(kind, a.quick, work, a.storm_per_node)); log(results[5][-1])
             if 6 in scen:
                 results[6] += s6_redis(kind, a.quick, work, rates6)
+            if 7 in scen:
+                results[7] += s7_deflate(kind, a.quick, work, a.runs7,
+                                         [int(x) for x in a.rates7.split(",")])
     finally:
         stop_all()
 
@@ -578,6 +681,22 @@ def main():
         md.append("\nHighest rate with p99 < 1 s and nothing lost: " +
                   (", ".join(f"{k} {v[0]:,} msg/s published ({v[1]:,} deliveries/s)"
                              for k, v in best.items()) or "none"))
+    if results[7]:
+        n7 = results[7][0]["clients"]
+        md += [f"\n### 7. permessage-deflate: {n7:,} clients in one room, 5 senders\n",
+               "Every client offers permessage-deflate as Chromium does (`on`) or not (`off`); "
+               "where accepted, senders compress too. `bytes_per_delivery`: bytes of data frames "
+               "the clients read (headers included) per delivery; `cpu_us_per_delivery`: server "
+               "CPU (user + system) from the moment all clients are connected; `compressions`: "
+               "the node's `chatd_compressions_total`.\n",
+               table(results[7], ["run", "rate", "message", "deflate", "negotiated", "delivered",
+                                  "lost",
+                                  "bytes_per_delivery", "cpu_us_per_delivery", "compressions",
+                                  "messages", "p50_ms", "p99_ms", "kib_per_client"]),
+               "\nMedians (both values):\n",
+               table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
+                                              "cpu_us_per_delivery", "compressions_per_message",
+                                              "kib_per_client", "p99_ms"])]
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:

@@ -982,6 +982,47 @@ static void test_net_ops(void **state) {
     expect_bad("proxy_protocol", "yes", "unknown value");
 }
 
+/* permessage_deflate and compression_min_size (issue 16): both reload. */
+static void test_compression(void **state) {
+    (void)state;
+    config cfg;
+    config_defaults(&cfg);
+    assert_int_equal(cfg.permessage_deflate, 1);
+    assert_int_equal(cfg.compression_min_size, 64);
+    assert_int_equal(set(&cfg, "permessage_deflate", "off"), 0);
+    assert_int_equal(cfg.permessage_deflate, 0);
+    assert_int_equal(set(&cfg, "permessage_deflate", "on"), 0);
+    assert_int_equal(cfg.permessage_deflate, 1);
+    assert_int_equal(set(&cfg, "compression_min_size", "0"), 0);
+    assert_int_equal(cfg.compression_min_size, 0);
+    assert_int_equal(set(&cfg, "compression_min_size", "1k"), 0);
+    assert_int_equal(cfg.compression_min_size, 1024);
+    assert_int_equal(set(&cfg, "compression_min_size", "64m"), 0);
+    assert_int_equal(cfg.compression_min_size, 64 << 20);
+    expect_bad("permessage_deflate", "yes", "neither on nor off");
+    expect_bad("compression_min_size", "65m", "out of range");
+    expect_bad("compression_min_size", "-1", "out of range");
+    expect_bad("compression_min_size", "big", "not a number");
+    assert_int_equal(config_reloadable("permessage_deflate"), 1);
+    assert_int_equal(config_reloadable("compression_min_size"), 1);
+
+    char buf[64];
+    assert_int_equal(parse(&cfg, "permessage_deflate = off\ncompression_min_size = 2k\n"), 0);
+    assert_int_equal(config_value(&cfg, "permessage_deflate", buf, sizeof buf), 0);
+    assert_string_equal(buf, "off");
+    assert_int_equal(config_value(&cfg, "compression_min_size", buf, sizeof buf), 0);
+    assert_string_equal(buf, "2k");
+
+    /* A reload applies both. */
+    config running, next;
+    config_changes ch;
+    config_defaults(&running);
+    config_merge(&running, &cfg, &next, &ch);
+    assert_int_equal(next.permessage_deflate, 0);
+    assert_int_equal(next.compression_min_size, 2048);
+    assert_int_equal(ch.nrestart, 0);
+}
+
 /* ---- issue 15: nginx's spellings, paths, conflicts, warnings, secrets ---- */
 
 static void test_tls_version_spellings(void **state) {
@@ -1376,6 +1417,7 @@ int main(void) {
         cmocka_unit_test(test_tls),       cmocka_unit_test(test_net_ops),
         cmocka_unit_test(test_log_fields), cmocka_unit_test(test_dump_net_ops),
         cmocka_unit_test(test_merge),     cmocka_unit_test(test_unknown_key_hides_the_rest),
+        cmocka_unit_test(test_compression),
         cmocka_unit_test(test_review14_negative_fraction), cmocka_unit_test(test_review14_cluster_db),
         cmocka_unit_test(test_review14_seeds), cmocka_unit_test(test_review14_master_name_alone),
     };
