@@ -494,6 +494,7 @@ def rss_kb(pid):
     return 0
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_held_entries_leak_when_wait_is_refused(redis, chatd):
     """redis_consume.c: a refused WAIT (handle_replies :783-784: here "ERR
@@ -561,6 +562,7 @@ class BlackHole:
             s.close()
 
 
+@pytest.mark.slow
 def test_shutdown_waits_for_every_shard_to_dial_a_dark_redis(chatd):
     """redis_consume.c:911-921: every turn the consumer dials each shard
     whose retry time passed, one after the other, each dial blocking up to
