@@ -91,6 +91,7 @@ typedef struct conn {
     uint32_t tls_out_off;      /* of which written since */
     _Atomic int *ip_count;     /* per-address count to lower at close */
     uint64_t ticket;           /* broker ticket of the last message it sent */
+    uint64_t sent_shards;      /* shards it sent messages to (bit k: shard k) */
     int64_t rate_ms;           /* last token bucket refill */
     int32_t tokens;            /* rate_limit bucket, in 1/1000 messages */
     int64_t last_read_ms;

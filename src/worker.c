@@ -238,7 +238,8 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
         for (; c && w->drained < due; c = next) {
             next = c->next;
             if (c->state != CONN_OPEN) continue;
-            int failing, stored = broker_ticket_stored(w->broker, w->id, c->ticket, &failing);
+            int failing,
+                stored = broker_sent_stored(w->broker, w->id, c->ticket, c->sent_shards, &failing);
             if (!stored && !late) continue;
             w->drained++;
             if (!stored && failing)
