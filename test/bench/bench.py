@@ -7,7 +7,7 @@ server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7] [--servers chatd,node] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,shards] [--servers chatd,node] [--quick]
 
 Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
@@ -15,7 +15,12 @@ and delivered on node B through Redis, 1,000 clients in one room, latency
 from send on A to receipt on B; 7 is issue 16's permessage-deflate: one
 chatd node, 1,000 clients in one room, chat text and a JSON-ish message,
 every client with and without compression (chatd only), bytes on the wire
-and server CPU per delivery.
+and server CPU per delivery. `shards` is issue 14's figure (chatd only):
+messages per second through one Redis with one shard, then through a Redis
+Cluster of three masters with six shards, six rooms of 4 clients each with
+its own chatbench (senders on node A, receivers on node B), the CPU of
+every process and of chatd's consumer thread and workers, two runs, each
+after waiting for a quiet machine.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
 holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
@@ -26,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -54,6 +60,71 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_pair(lo=20000, hi=29999):
+    """A port P with P + 10000 free too (a Redis Cluster node's bus), below
+    the kernel's ephemeral range so that no outgoing connection takes them."""
+    for _ in range(2000):
+        p = random.randint(lo, hi)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 10000))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+# Where chatd puts a room and a shard's keys (as redis_cluster.c and
+# test/integration/redisfarm.py): FNV-1a of the room name mod shards; shard
+# k's keys carry the tag "<k>-<j>" of the smallest j whose CRC16 slot lies in
+# the k-th part of the slot space.
+
+def _crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        crc &= 0xFFFF
+    return crc
+
+
+def keyslot(key):
+    key = key.encode()
+    s = key.find(b"{")
+    if s >= 0:
+        e = key.find(b"}", s + 1)
+        if e > s + 1:
+            key = key[s + 1:e]
+    return _crc16(key) % 16384
+
+
+def shard_of(room, shards):
+    h = 0x811C9DC5
+    for b in room.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % shards
+
+
+def shard_tag(k, shards):
+    lo, hi = k * 16384 // shards, (k + 1) * 16384 // shards
+    for j in range(1_000_000):
+        if lo <= keyslot(f"{k}-{j}") < hi:
+            return f"{k}-{j}"
+    raise RuntimeError(f"no tag for shard {k} of {shards}")
+
+
+def one_room_per_shard(shards, prefix="room"):
+    """["<prefix>-<i>", ...]: the first room of each shard, shard 0 first."""
+    out = {}
+    for i in range(100_000):
+        out.setdefault(shard_of(f"{prefix}-{i}", shards), f"{prefix}-{i}")
+        if len(out) == shards:
+            return [out[k] for k in range(shards)]
+    raise RuntimeError("one_room_per_shard loop bound")
 
 
 def wait_port(port, timeout=15):
@@ -144,17 +215,20 @@ def cpu_s(pid):
 
 
 class Cluster:
-    """A redis-server and `nodes` servers of one kind sharing it."""
+    """A redis-server and `nodes` servers of one kind sharing it; or, with
+    masters > 0 (chatd only), a Redis Cluster of that many masters without
+    replicas, made as test/integration/redisfarm.py makes it, and chatd
+    nodes with `shards` streams spread over it."""
 
-    def __init__(self, kind, nodes, workdir, tls=None):
+    def __init__(self, kind, nodes, workdir, tls=None, shards=1, masters=0, conf=()):
         self.kind, self.workdir = kind, workdir
-        self.redis_port = free_port()
-        rdir = os.path.join(workdir, f"redis-{self.redis_port}")
-        os.makedirs(rdir, exist_ok=True)
-        self.redis = start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--dir", rdir,
-                            "--maxclients", "1000"], "redis")
-        wait_port(self.redis_port)
+        self.shards, self.masters = shards, masters
+        self.redis_ports, self.redis_procs = [], []
+        for _ in range(max(1, masters)):
+            self._start_redis(cluster=masters > 0)
+        self.redis_port, self.redis = self.redis_ports[0], self.redis_procs[0]
+        if masters:
+            self._create_cluster()
         self.nodes, self.ports = [], []
         for i in range(nodes):
             port = free_port()
@@ -164,6 +238,12 @@ class Cluster:
                 conf = os.path.join(workdir, f"chatd-{port}.conf")
                 lines = [f"listen = 127.0.0.1:{port}", "broker = redis", f"redis_url = {url}",
                          "log_level = warn", "workers = auto"]
+                if shards != 1:
+                    lines.append(f"shards = {shards}")
+                if masters:
+                    lines.append("redis_cluster = " +
+                                 ", ".join(f"127.0.0.1:{p}" for p in self.redis_ports))
+                lines += conf
                 if tls:
                     tport = free_port()
                     lines += [f"tls_listen = 127.0.0.1:{tport}", f"tls_cert = {tls[0]}",
@@ -173,13 +253,55 @@ class Cluster:
                     f.write("\n".join(lines) + "\n")
                 p = start([CHATD, "-c", conf], f"chatd:{port}", logpath=logp)
             else:
-                if tls:
-                    raise RuntimeError("the Node peer is measured without TLS here")
+                if tls or shards != 1 or masters:
+                    raise RuntimeError("the Node peer is measured without TLS or shards here")
                 p = start(["node", PEER], f"node:{port}", env={"PORT": str(port), "REDIS_URL": url},
                           logpath=logp)
             wait_port(port)
             self.nodes.append(p)
             self.ports.append(port)
+
+    def _start_redis(self, cluster):
+        # A Cluster node also listens on port + 10000 (its bus).
+        port = free_port_pair() if cluster else free_port()
+        rdir = os.path.join(self.workdir, f"redis-{port}")
+        os.makedirs(rdir, exist_ok=True)
+        cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", rdir, "--maxclients", "1000"]
+        if cluster:
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "5000"]
+        self.redis_procs.append(start(cmd, f"redis:{port}"))
+        self.redis_ports.append(port)
+        wait_port(port)
+
+    def _create_cluster(self, timeout=60):
+        """redis-cli --cluster create, no replicas: the masters get even
+        slot ranges in the order given. Waits until every node says ok."""
+        r = subprocess.run(["redis-cli", "--cluster", "create"]
+                           + [f"127.0.0.1:{p}" for p in self.redis_ports]
+                           + ["--cluster-replicas", "0", "--cluster-yes"],
+                           capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0 or "[OK] All 16384 slots covered" not in r.stdout:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{r.stdout[-2000:]}{r.stderr}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in redis_cmd(p, "CLUSTER", "INFO")
+                   for p in self.redis_ports):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the Redis Cluster is not ok after {timeout}s")
+
+    def wait_shards_up(self, timeout=60):
+        """Until every chatd node reads every shard (chatd_redis_shards_up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(node_metrics(p).get("chatd_redis_shards_up") == self.shards
+                   for p in self.ports):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the nodes do not read all {self.shards} shards after {timeout}s")
 
     def rss_kib(self):
         return sum(rss_kib(p.pid) for p in self.nodes)
@@ -188,16 +310,35 @@ class Cluster:
         return sum(cpu_s(p.pid) for p in self.nodes)
 
     def redis_cpu_s(self):
-        return cpu_s(self.redis.pid)
+        return sum(cpu_s(p.pid) for p in self.redis_procs)
+
+    def stream_keys(self, stream="chatd:messages"):
+        """The stream of every shard, as chatd names them."""
+        if self.shards == 1 and not self.masters:
+            return [stream]
+        return [f"{stream}:{{{shard_tag(k, self.shards)}}}" for k in range(self.shards)]
+
+    def _port_of(self, key):
+        if not self.masters:
+            return self.redis_port
+        slot = keyslot(key)
+        for r in redis_cmd(self.redis_port, "CLUSTER", "SLOTS"):
+            if r[0] <= slot <= r[1]:
+                return int(r[2][1])
+        raise RuntimeError(f"no master serves slot {slot}")
 
     def stream_entries_added(self, stream="chatd:messages"):
-        """Entries ever XADDed to the stream (survives MAXLEN trimming)."""
-        try:
-            info = redis_cmd(self.redis_port, "XINFO", "STREAM", stream)
-        except RuntimeError:  # no such key: nothing was published
-            return 0
-        d = dict(zip(info[::2], info[1::2]))
-        return int(d.get("entries-added", d.get("length", 0)))
+        """Entries ever XADDed to the streams of every shard (survives
+        MAXLEN trimming)."""
+        n = 0
+        for key in self.stream_keys(stream):
+            try:
+                info = redis_cmd(self._port_of(key), "XINFO", "STREAM", key)
+            except RuntimeError:  # no such key: nothing was published
+                continue
+            d = dict(zip(info[::2], info[1::2]))
+            n += int(d.get("entries-added", d.get("length", 0)))
+        return n
 
     def urls(self, scheme="ws", room=None):
         q = "username=u{i}" + (f"&room={room}" if room else "")
@@ -206,7 +347,8 @@ class Cluster:
     def close(self):
         for p in self.nodes:
             stop(p)
-        stop(self.redis)
+        for p in self.redis_procs:
+            stop(p)
 
 
 def chatbench(args, cluster, timeout, on_start=None):
@@ -537,6 +679,223 @@ def s7_summary(rows):
     return out
 
 
+def thread_cpu_s(pid):
+    """CPU seconds of each thread of pid, in the order they were made."""
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        # fields[19]: start time; the thread id breaks a tie.
+        out.append(((int(fields[19]), int(t)), (int(fields[11]) + int(fields[12])) / CLK_TCK))
+    return [c for _, c in sorted(out)]
+
+
+def tree_cpu_s(pid):
+    """CPU seconds of pid and of its live children (chatbench forks its
+    client processes even with --procs 1)."""
+    total = cpu_s(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except FileNotFoundError:
+        kids = []
+    return total + sum(cpu_s(k) for k in kids)
+
+
+def machine_busy_s():
+    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK_TCK  # minus idle and iowait
+
+
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def wait_quiet(max_s=1500, every=20, below=2.0):
+    """The 2 cores are shared with other work: before a measurement, wait
+    (polling every `every` s, at most max_s) until no test suite runs
+    (run-tests.sh) and the 1-minute load average is below `below`. Returns
+    (seconds waited, load average, whether a suite still ran)."""
+    t0 = time.monotonic()
+    for _ in range(max_s // every + 2):
+        busy = subprocess.run(["pgrep", "-f", "run-tests.sh"], capture_output=True).returncode == 0
+        la = load1()
+        if not busy and la < below:
+            break
+        if time.monotonic() - t0 >= max_s:
+            log(f"still busy after {max_s}s (load {la}, run-tests.sh: {busy}); measuring anyway")
+            break
+        log(f"waiting for a quiet machine: load {la}, run-tests.sh running: {busy}")
+        time.sleep(every)
+    return round(time.monotonic() - t0), load1(), busy
+
+
+def shards_step(c, rooms, rate, dur, per_room, senders, drain=5):
+    """One chatbench per room at once, rate/len(rooms) msg/s each, senders
+    on node A, the other clients on node B. CPU is taken over the send
+    window: from the moment every chatbench has started its run until
+    `dur` seconds later."""
+    stream0 = c.stream_entries_added()
+    runs, started = [], []
+    for k, room in enumerate(rooms):
+        url_a, url_b = [f"ws://127.0.0.1:{p}/?username=r{k}u{{i}}&room={room}" for p in c.ports]
+        cmd = [CHATBENCH, "-v", "--mode", "broadcast", "--conns", str(per_room),
+               "--senders", str(senders), "--rate", f"{rate / len(rooms):.3f}",
+               "--duration", str(dur), "--drain", str(drain),
+               "--sender-url", url_a, "--url", url_b]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append((p, "chatbench"))
+        ev = threading.Event()
+
+        def watch(p=p, ev=ev):
+            for line in p.stderr:
+                if "starting the run" in line:
+                    ev.set()
+                elif "client " not in line and "chatbench:" in line and "connected" not in line:
+                    sys.stderr.write(line)
+
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        runs.append((p, t))
+        started.append(ev)
+    log(f"shards: {len(rooms)} x chatbench --conns {per_room} --senders {senders} "
+        f"--rate {rate / len(rooms):.1f} --duration {dur}")
+    try:
+        deadline = time.monotonic() + 60
+        for ev in started:
+            if not ev.wait(max(0.1, deadline - time.monotonic())):
+                raise RuntimeError("a chatbench did not start its run within 60 s")
+
+        def snap():
+            return {"a": thread_cpu_s(c.nodes[0].pid), "b": thread_cpu_s(c.nodes[1].pid),
+                    "redis": [cpu_s(r.pid) for r in c.redis_procs],
+                    "bench": sum(tree_cpu_s(p.pid) for p, _ in runs),
+                    "machine": machine_busy_s(), "entries": c.stream_entries_added(),
+                    "t": time.monotonic()}
+
+        s0 = snap()
+        time.sleep(dur)
+        s1 = snap()
+        reports = []
+        for p, t in runs:
+            try:
+                out, _ = p.communicate(timeout=dur + drain + 120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, _ = p.communicate(timeout=10)
+            t.join(5)
+            line = [ln for ln in out.splitlines() if ln.startswith("{")]
+            if not line:
+                raise RuntimeError(f"chatbench printed no JSON report:\n{out[-2000:]}")
+            reports.append(json.loads(line[-1]))
+            if reports[-1]["dropped"] or reports[-1]["expected"] != reports[-1]["delivered"]:
+                sys.stderr.write("".join(ln + "\n" for ln in out.splitlines()
+                                         if ln.startswith(("held", "send", "delivery"))))
+    finally:
+        for p, _ in runs:
+            stop(p, 5)
+    published = c.stream_entries_added() - stream0
+    win = s1["t"] - s0["t"]
+
+    def d(key):
+        return s1[key] - s0[key]
+
+    def node(key):
+        # Threads: main, the consumer (broker), the workers, the acceptor.
+        th = [x - y for x, y in zip(s1[key], s0[key])]
+        return round(sum(th), 2), round(th[1], 2), round(sum(th[2:-1]), 2), \
+            round(max(th[2:-1]), 2)
+
+    a, b = node("a"), node("b")
+    ours = sum(a[:1] + b[:1]) + d("bench") + sum(x - y for x, y in zip(s1["redis"], s0["redis"]))
+    lost = sum(r["expected"] - r["delivered"] for r in reports)
+    return {"rate": rate, "sent": sum(r["sent"] for r in reports),
+            "published": published,
+            "published_per_s": round(d("entries") / win),
+            "delivered_per_s": round(sum(r["deliveries_per_s"] for r in reports) / per_room),
+            "deliveries_per_s": round(sum(r["deliveries_per_s"] for r in reports)),
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in reports), 1),
+            "p99_ms": round(max(r["p99_ms"] for r in reports), 1),
+            "lost": lost, "dup": sum(r["dup"] for r in reports),
+            "closed": sum(r["dropped"] for r in reports),
+            "reorder": sum(r["reorder"] for r in reports),
+            "cpu_a": a[0], "consumer_a": a[1], "workers_a": a[2], "worker_max_a": a[3],
+            "cpu_b": b[0], "consumer_b": b[1], "workers_b": b[2], "worker_max_b": b[3],
+            "cpu_redis": " + ".join(f"{x - y:.2f}" for x, y in zip(s1["redis"], s0["redis"])),
+            "cpu_bench": round(d("bench"), 2), "cpu_machine": round(d("machine"), 2),
+            "cpu_others": round(d("machine") - ours, 2), "window_s": round(win, 2)}
+
+
+# A worker's publish_queue is per shard: with six shards a worker may have
+# six times as many messages waiting for Redis. The third configuration
+# gives one shard the same room, to tell that budget from Redis' speed.
+SHARD_CONFIGS = (("1 Redis, shards = 1", 0, 1, ()),
+                 ("3 masters, shards = 6", 3, 6, ()),
+                 ("1 Redis, shards = 1, publish_queue = 6144", 0, 1, ("publish_queue = 6144",)))
+
+
+def s_shards(q, work, rates, runs=2, max_wait=1500, per_room=4, senders=2):
+    """Issue 14's figure: messages per second through one Redis with one
+    shard, then through a Redis Cluster of three masters (no replicas) with
+    six shards, two chatd nodes. Six rooms, one per shard of six (the same
+    six with one shard), each its own chatbench: `senders` of its
+    `per_room` clients on node A, the rest on node B; the total rate split
+    evenly. Then one Redis again with six shards' worth of publish_queue.
+    Rates step up until a step saturates (p99 > 2 s or a loss).
+    Each run waits for a quiet machine first; the configurations of a run
+    follow each other."""
+    rooms = one_room_per_shard(6)
+    dur = 5 if q else 10
+    rows = []
+    for run in range(1, runs + 1):
+        waited, la, suite = wait_quiet(max_wait)
+        log(f"shards run {run}: waited {waited}s, load {la}, run-tests.sh running: {suite}")
+        for name, masters, shards, conf in SHARD_CONFIGS:
+            c = Cluster("chatd", 2, work, shards=shards, masters=masters, conf=conf)
+            try:
+                c.wait_shards_up()
+                for rate in rates:
+                    la = load1()
+                    r = shards_step(c, rooms, rate, dur, per_room, senders)
+                    r.update({"scenario": "shards", "config": name, "run": run,
+                              "load1_before": la, "waited_s": waited})
+                    rows.append(r)
+                    log(r)
+                    if r["p99_ms"] > 2000 or r["lost"] > 0:
+                        break
+            finally:
+                c.close()
+    return rows
+
+
+def shards_summary(rows):
+    """Per configuration and rate: medians of the runs (with every value)."""
+    out = []
+    for name, rate in dict.fromkeys((r["config"], r["rate"]) for r in rows):
+        rs = [r for r in rows if (r["config"], r["rate"]) == (name, rate)]
+        row = {"config": name, "rate": rate, "runs": len(rs)}
+        for k in ("published_per_s", "delivered_per_s", "p50_ms", "p99_ms", "lost", "cpu_a",
+                  "consumer_a", "worker_max_a", "cpu_b", "consumer_b", "worker_max_b",
+                  "cpu_bench", "cpu_machine", "cpu_others"):
+            vals = [r[k] for r in rs]
+            med = statistics.median(vals)
+            med = round(med) if k in ("published_per_s", "delivered_per_s", "lost") else round(med, 2)
+            row[k] = f"{med}" + (f" ({', '.join(str(v) for v in vals)})" if len(set(vals)) > 1 else "")
+        row["cpu_redis"] = "; ".join(r["cpu_redis"] for r in rs)
+        out.append(row)
+    return out
+
+
 # ---- report --------------------------------------------------------------
 
 def table(rows, cols):
@@ -583,18 +942,27 @@ def main():
     ap.add_argument("--rates6", default=None,
                     help="scenario 6 total send rates, msg/s (default 20,50,100,200,500,1000,"
                          "2000,5000; --quick: 100,1000); stops after a saturated rate")
+    ap.add_argument("--rates-shards", default="2000,5000,10000,20000,30000,40000,60000,80000",
+                    help="scenario shards: total send rates, msg/s, over the six rooms; "
+                         "stops after a saturated rate (p99 > 2 s or a loss)")
+    ap.add_argument("--runs-shards", type=int, default=2,
+                    help="scenario shards: runs of each configuration")
+    ap.add_argument("--wait-quiet", type=int, default=1500,
+                    help="scenario shards: before each run, wait at most this many seconds "
+                         "for no run-tests.sh and a load average under 2 (0: do not wait)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
     a = ap.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (stop_all(), sys.exit(130)))
-    scen = {int(x) for x in a.scenarios.split(",")}
+    names = a.scenarios.split(",")
+    scen = {int(x) for x in names if x.isdigit()}
     servers = a.servers.split(",")
     rates = [float(x) if "." in x else int(x) for x in a.rates.split(",")]
     rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: []}
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], "shards": []}
     try:
         for kind in servers:
             if 1 in scen:
@@ -612,6 +980,10 @@ def main():
             if 7 in scen:
                 results[7] += s7_deflate(kind, a.quick, work, a.runs7,
                                          [int(x) for x in a.rates7.split(",")])
+            if "shards" in names and kind == "chatd":
+                results["shards"] += s_shards(a.quick, work,
+                                              [int(x) for x in a.rates_shards.split(",")],
+                                              a.runs_shards, a.wait_quiet)
     finally:
         stop_all()
 
@@ -697,6 +1069,29 @@ def main():
                table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
                                               "cpu_us_per_delivery", "compressions_per_message",
                                               "kib_per_client", "p99_ms"])]
+    if results["shards"]:
+        md += ["\n### shards: one Redis, then a Redis Cluster of 3 masters with 6 shards\n",
+               "Two chatd nodes; six rooms (one per shard of six), one chatbench each, "
+               "2 senders on node A and 2 receivers on node B per room, the total rate split "
+               "evenly. `published_per_s`: entries added to the shard streams in the send "
+               "window; `delivered_per_s`: deliveries per second over clients per room; p50: "
+               "median of the rooms', p99: the worst room's; `closed`: clients the server "
+               "closed (1013 when a worker's publish_queue is full). CPU: seconds in the send window "
+               "(10 s = one core): each node, its consumer thread, its busiest worker; each "
+               "Redis; all chatbench processes; the whole machine (2 cores: 20 s at most) and "
+               "what of it was not ours (`others`).\n",
+               table(results["shards"], ["config", "run", "load1_before", "rate", "sent",
+                                         "published_per_s", "delivered_per_s", "p50_ms",
+                                         "p99_ms", "lost", "closed", "dup", "reorder", "cpu_a",
+                                         "consumer_a", "worker_max_a", "cpu_b", "consumer_b",
+                                         "worker_max_b", "cpu_redis", "cpu_bench",
+                                         "cpu_machine", "cpu_others"]),
+               "\nMedians of the runs (every value in parentheses where they differ):\n",
+               table(shards_summary(results["shards"]),
+                     ["config", "rate", "runs", "published_per_s", "delivered_per_s", "p50_ms",
+                      "p99_ms", "lost", "cpu_a", "consumer_a", "worker_max_a", "cpu_b",
+                      "consumer_b", "worker_max_b", "cpu_redis", "cpu_bench", "cpu_machine",
+                      "cpu_others"])]
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:
