@@ -220,7 +220,7 @@ class Cluster:
     replicas, made as test/integration/redisfarm.py makes it, and chatd
     nodes with `shards` streams spread over it."""
 
-    def __init__(self, kind, nodes, workdir, tls=None, shards=1, masters=0, conf=()):
+    def __init__(self, kind, nodes, workdir, tls=None, shards=1, masters=0, extra=()):
         self.kind, self.workdir = kind, workdir
         self.shards, self.masters = shards, masters
         self.redis_ports, self.redis_procs = [], []
@@ -243,7 +243,7 @@ class Cluster:
                 if masters:
                     lines.append("redis_cluster = " +
                                  ", ".join(f"127.0.0.1:{p}" for p in self.redis_ports))
-                lines += conf
+                lines += extra
                 if tls:
                     tport = free_port()
                     lines += [f"tls_listen = 127.0.0.1:{tport}", f"tls_cert = {tls[0]}",
@@ -861,7 +861,7 @@ def s_shards(q, work, rates, runs=2, max_wait=1500, per_room=4, senders=2):
         waited, la, suite = wait_quiet(max_wait)
         log(f"shards run {run}: waited {waited}s, load {la}, run-tests.sh running: {suite}")
         for name, masters, shards, conf in SHARD_CONFIGS:
-            c = Cluster("chatd", 2, work, shards=shards, masters=masters, conf=conf)
+            c = Cluster("chatd", 2, work, shards=shards, masters=masters, extra=conf)
             try:
                 c.wait_shards_up()
                 for rate in rates:
