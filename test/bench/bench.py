@@ -709,13 +709,6 @@ def tree_cpu_s(pid):
     return total + sum(cpu_s(k) for k in kids)
 
 
-def machine_busy_s():
-    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(v) - v[3] - v[4]) / CLK_TCK  # minus idle and iowait
-
-
 def load1():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -780,7 +773,7 @@ def shards_step(c, rooms, rate, dur, per_room, senders, drain=5):
             return {"a": thread_cpu_s(c.nodes[0].pid), "b": thread_cpu_s(c.nodes[1].pid),
                     "redis": [cpu_s(r.pid) for r in c.redis_procs],
                     "bench": sum(tree_cpu_s(p.pid) for p, _ in runs),
-                    "machine": machine_busy_s(), "entries": c.stream_entries_added(),
+                    "entries": c.stream_entries_added(),
                     "t": time.monotonic()}
 
         s0 = snap()
@@ -817,7 +810,7 @@ def shards_step(c, rooms, rate, dur, per_room, senders, drain=5):
             round(max(th[2:-1]), 2)
 
     a, b = node("a"), node("b")
-    ours = sum(a[:1] + b[:1]) + d("bench") + sum(x - y for x, y in zip(s1["redis"], s0["redis"]))
+    redis = [x - y for x, y in zip(s1["redis"], s0["redis"])]
     lost = sum(r["expected"] - r["delivered"] for r in reports)
     return {"rate": rate, "sent": sum(r["sent"] for r in reports),
             "published": published,
@@ -831,9 +824,9 @@ def shards_step(c, rooms, rate, dur, per_room, senders, drain=5):
             "reorder": sum(r["reorder"] for r in reports),
             "cpu_a": a[0], "consumer_a": a[1], "workers_a": a[2], "worker_max_a": a[3],
             "cpu_b": b[0], "consumer_b": b[1], "workers_b": b[2], "worker_max_b": b[3],
-            "cpu_redis": " + ".join(f"{x - y:.2f}" for x, y in zip(s1["redis"], s0["redis"])),
-            "cpu_bench": round(d("bench"), 2), "cpu_machine": round(d("machine"), 2),
-            "cpu_others": round(d("machine") - ours, 2), "window_s": round(win, 2)}
+            "cpu_redis": " + ".join(f"{x:.2f}" for x in redis),
+            "cpu_bench": round(d("bench"), 2),
+            "cpu_all": round(a[0] + b[0] + sum(redis) + d("bench"), 2), "window_s": round(win, 2)}
 
 
 # A worker's publish_queue is per shard: with six shards a worker may have
@@ -852,15 +845,17 @@ def s_shards(q, work, rates, runs=2, max_wait=1500, per_room=4, senders=2):
     `per_room` clients on node A, the rest on node B; the total rate split
     evenly. Then one Redis again with six shards' worth of publish_queue.
     Rates step up until a step saturates (p99 > 2 s or a loss).
-    Each run waits for a quiet machine first; the configurations of a run
-    follow each other."""
+    The configurations of a run follow each other, each after waiting for
+    a quiet machine (the first of a run up to max_wait, the others up to 5
+    minutes: our own load of the one before must decay first)."""
     rooms = one_room_per_shard(6)
     dur = 5 if q else 10
     rows = []
     for run in range(1, runs + 1):
-        waited, la, suite = wait_quiet(max_wait)
-        log(f"shards run {run}: waited {waited}s, load {la}, run-tests.sh running: {suite}")
-        for name, masters, shards, conf in SHARD_CONFIGS:
+        for i, (name, masters, shards, conf) in enumerate(SHARD_CONFIGS):
+            waited, la, suite = wait_quiet(max_wait if i == 0 else min(max_wait, 300))
+            log(f"shards run {run}, {name}: waited {waited}s, load {la}, "
+                f"run-tests.sh running: {suite}")
             c = Cluster("chatd", 2, work, shards=shards, masters=masters, extra=conf)
             try:
                 c.wait_shards_up()
@@ -886,7 +881,7 @@ def shards_summary(rows):
         row = {"config": name, "rate": rate, "runs": len(rs)}
         for k in ("published_per_s", "delivered_per_s", "p50_ms", "p99_ms", "lost", "cpu_a",
                   "consumer_a", "worker_max_a", "cpu_b", "consumer_b", "worker_max_b",
-                  "cpu_bench", "cpu_machine", "cpu_others"):
+                  "cpu_bench", "cpu_all"):
             vals = [r[k] for r in rs]
             med = statistics.median(vals)
             med = round(med) if k in ("published_per_s", "delivered_per_s", "lost") else round(med, 2)
@@ -1078,20 +1073,20 @@ def main():
                "median of the rooms', p99: the worst room's; `closed`: clients the server "
                "closed (1013 when a worker's publish_queue is full). CPU: seconds in the send window "
                "(10 s = one core): each node, its consumer thread, its busiest worker; each "
-               "Redis; all chatbench processes; the whole machine (2 cores: 20 s at most) and "
-               "what of it was not ours (`others`).\n",
+               "Redis; all chatbench processes; `cpu_all`: all of these (the machine's 2 cores "
+               "give 20 s at most; the rest went to other work). `load1_before`: the 1-minute "
+               "load average before the step.\n",
                table(results["shards"], ["config", "run", "load1_before", "rate", "sent",
                                          "published_per_s", "delivered_per_s", "p50_ms",
                                          "p99_ms", "lost", "closed", "dup", "reorder", "cpu_a",
                                          "consumer_a", "worker_max_a", "cpu_b", "consumer_b",
                                          "worker_max_b", "cpu_redis", "cpu_bench",
-                                         "cpu_machine", "cpu_others"]),
+                                         "cpu_all"]),
                "\nMedians of the runs (every value in parentheses where they differ):\n",
                table(shards_summary(results["shards"]),
                      ["config", "rate", "runs", "published_per_s", "delivered_per_s", "p50_ms",
                       "p99_ms", "lost", "cpu_a", "consumer_a", "worker_max_a", "cpu_b",
-                      "consumer_b", "worker_max_b", "cpu_redis", "cpu_bench", "cpu_machine",
-                      "cpu_others"])]
+                      "consumer_b", "worker_max_b", "cpu_redis", "cpu_bench", "cpu_all"])]
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:
