@@ -136,7 +136,8 @@ $(BUILD)/chatbench: $(BENCH_SRC) $(wildcard test/bench/*.h)
 	    $(shell pkg-config --cflags $(BENCH_PKGS)) -o $@ $(BENCH_SRC) \
 	    $(shell pkg-config --libs $(BENCH_PKGS))
 
-# The benchmark of issue 5 against the Node.js peer; appends to BENCHMARKS.md.
+# The benchmark of issue 5 against the Node.js and nginx + nchan peers; appends
+# to BENCHMARKS.md.
 # BENCH_ARGS="--quick" for a scaled-down run, "--scenarios 2 --servers chatd" etc.
 .PHONY: bench
 bench: deps

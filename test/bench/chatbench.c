@@ -10,8 +10,9 @@
  * the one report. CLOCK_MONOTONIC is system wide, so a send time written by
  * one child is comparable with the receive time taken by another.
  *
- * Broadcast messages are the text "b <sender> <seq> <t_us>[ padding]"; the
- * server delivers them as "NAME: b ...". Every receiver keeps, per sender, the
+ * Broadcast messages are the text "b <sender> <seq> <t_us>[ padding]"; chatd
+ * and the Node peer deliver them as "NAME: b ...", nginx + nchan as they were
+ * sent (a pub/sub channel knows no names). Every receiver keeps, per sender, the
  * highest sequence number seen and a 64-bit window below it, which separates
  * duplicates from late (reordered) arrivals and counts the gaps left open.
  *
@@ -100,7 +101,7 @@ static struct {
     long inflight;
     int procs;
     uint32_t src_lo, src_hi; /* host order; 0 = no binding */
-    double duration, drain, connect_timeout;
+    double duration, drain, connect_timeout, hold;
     long senders;
     double rate;
     long msg_size;
@@ -821,17 +822,22 @@ static void on_text(struct client *c, const uint8_t *p, size_t len)
         g.r.other++;
         return;
     }
-    /* "NAME: b <sender> <seq> <t_us>[ pad]": find the marker after the name. */
-    const uint8_t *m = memmem(p, len, ": b ", 4);
-    if (!m) {
+    /* "NAME: b <sender> <seq> <t_us>[ pad]": the fields follow the marker
+     * after the name; or "b <sender> ..." as sent (nchan). */
+    const uint8_t *m;
+    if (len > 2 && memcmp(p, "b ", 2) == 0) {
+        m = p + 2;
+    } else if ((m = memmem(p, len, ": b ", 4)) != NULL) {
+        m += 4;
+    } else {
         g.r.other++;
         return;
     }
     char tmp[80];
-    size_t tl = (size_t)(p + len - (m + 4));
+    size_t tl = (size_t)(p + len - m);
     if (tl >= sizeof tmp)
         tl = sizeof tmp - 1;
-    memcpy(tmp, m + 4, tl);
+    memcpy(tmp, m, tl);
     tmp[tl] = '\0';
     char *e;
     unsigned long k = strtoul(tmp, &e, 10);
@@ -1586,7 +1592,7 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
     struct timeval dl = tv_us((int64_t)(o.connect_timeout * 1e6));
     evtimer_add(g.deadline_ev, &dl);
     /* Whatever happens, this process reports and ends by itself. */
-    dl = tv_us((int64_t)((o.connect_timeout + o.duration + o.drain + 30) * 1e6));
+    dl = tv_us((int64_t)((o.connect_timeout + o.hold + o.duration + o.drain + 30) * 1e6));
     evtimer_add(g.hard_ev, &dl);
 
     ramp_tick(-1, 0, NULL);
@@ -1867,15 +1873,16 @@ static int parent_main(void)
                 (double)(mono_us() - t_start) / 1e6);
     }
 
-    /* One start instant for every child, a little ahead so all see it. */
-    uint64_t t0 = mono_us() + 200000;
+    /* One start instant for every child, a little ahead so all see it, and
+     * --hold later: the clients sit idle until then. */
+    uint64_t t0 = mono_us() + 200000 + (uint64_t)(o.hold * 1e6);
     for (int i = 0; i < o.procs; i++)
         if (kids[i].alive && ctl_send(kids[i].fd, CTL_GO, t0, 0) < 0)
             kid_lost(&kids[i], "the start");
 
     if (o.mode == MODE_BROADCAST) {
         uint64_t total = 0;
-        dl = t0 + (uint64_t)((o.duration + 15) * 1e6);
+        dl = t0 + (uint64_t)((o.duration + 15) * 1e6); /* t0 is after the hold */
         for (int i = 0; i < o.procs; i++)
             if (kid_expect(&kids[i], CTL_SENT, &m, dl, "the send window") == 0)
                 total += m.a;
@@ -1938,6 +1945,8 @@ static void usage(FILE *f)
             "                        127.0.0.2-127.0.0.60 (past ~28,000 ports per address)\n"
             "  --mode idle|broadcast idle: hold connections, answer pings (default idle)\n"
             "  --duration S          idle: how long to hold; broadcast: send window (10)\n"
+            "  --hold S              broadcast: idle seconds between the connect phase and\n"
+            "                        the first message (default 0)\n"
             "  --senders K           broadcast: clients that send (default 10)\n"
             "  --rate R              broadcast: messages per second, all senders together (100)\n"
             "  --drain S             broadcast: wait this long for deliveries after the send\n"
@@ -2069,6 +2078,7 @@ int main(int argc, char **argv)
         O_URL = 256, O_CONNS, O_RAMP, O_INFLIGHT, O_CTIMEOUT, O_PROCS, O_SRC, O_MODE,
         O_DURATION, O_SENDERS, O_RATE, O_DRAIN, O_SIZE, O_INSECURE, O_CAFILE,
         O_SENDER_URL, O_RECONNECT, O_RC_TRIES, O_RC_TIMEOUT, O_RC_BACKOFF, O_DEFLATE, O_PAD,
+        O_HOLD,
     };
     static const struct option lo[] = {
         {"url", required_argument, NULL, O_URL},
@@ -2080,6 +2090,7 @@ int main(int argc, char **argv)
         {"src-ips", required_argument, NULL, O_SRC},
         {"mode", required_argument, NULL, O_MODE},
         {"duration", required_argument, NULL, O_DURATION},
+        {"hold", required_argument, NULL, O_HOLD},
         {"senders", required_argument, NULL, O_SENDERS},
         {"rate", required_argument, NULL, O_RATE},
         {"drain", required_argument, NULL, O_DRAIN},
@@ -2120,6 +2131,7 @@ int main(int argc, char **argv)
                 die_usage("--mode is idle or broadcast, not %s", optarg);
             break;
         case O_DURATION: o.duration = num(optarg, "--duration", 0, 86400); break;
+        case O_HOLD: o.hold = num(optarg, "--hold", 0, 86400); break;
         case O_SENDERS: o.senders = (long)num(optarg, "--senders", 1, 100000); break;
         case O_RATE: o.rate = num(optarg, "--rate", 0.001, 1e7); break;
         case O_DRAIN: o.drain = num(optarg, "--drain", 0, 3600); break;
