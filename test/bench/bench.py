@@ -1,13 +1,13 @@
 #!/usr/bin/python3
-"""make bench: chatd against the Node.js ws + ioredis peer, same scenarios,
-same load generator (build/chatbench), same run.
+"""make bench: chatd against the Node.js ws + ioredis peer and the nginx +
+nchan peer, same scenarios, same load generator (build/chatbench), same run.
 
 Starts its own redis-server and server nodes on loopback, samples every
 server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7] [--servers chatd,node] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,big] [--servers chatd,node,nchan] [--quick]
 
 Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
@@ -15,7 +15,17 @@ and delivered on node B through Redis, 1,000 clients in one room, latency
 from send on A to receipt on B; 7 is issue 16's permessage-deflate: one
 chatd node, 1,000 clients in one room, chat text and a JSON-ish message,
 every client with and without compression (chatd only), bytes on the wire
-and server CPU per delivery.
+and server CPU per delivery; "big" is issue 16's 150,000 clients on 8 nodes
+(--big-clients, --big-nodes), loopback source addresses, all established
+and held idle, then one message per second to all of them in one room:
+server memory per connection and the time to reach everyone.
+
+The peers: test/bench/peer/server.js (Node) and test/bench/peer/nchan.conf
+(nginx + nchan, one nginx per node, nchan_pubsub over WebSocket, every node
+on the bench's Redis). nchan takes part in scenarios 1, 2, 3 and big; 4-7
+need what it does not offer in this setup (a chat wss listener, a node to
+SIGKILL with its worker, chatd's stream, permessage-deflate measured on
+chatd) and skip it.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
 holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
@@ -40,6 +50,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHATD = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
 CHATBENCH = os.path.join(REPO, "build", "chatbench")
 PEER = os.path.join(REPO, "test", "bench", "peer", "server.js")
+NCHAN_CONF = os.path.join(REPO, "test", "bench", "peer", "nchan.conf")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SRC_IPS = "127.0.0.2-127.0.0.60"
 
@@ -134,6 +146,20 @@ def rss_kib(pid):
     return 0
 
 
+def children(pid):
+    """Pids whose parent is pid (an nginx master's workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
 def cpu_s(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -172,20 +198,49 @@ class Cluster:
                 with open(conf, "w") as f:
                     f.write("\n".join(lines) + "\n")
                 p = start([CHATD, "-c", conf], f"chatd:{port}", logpath=logp)
-            else:
-                if tls:
-                    raise RuntimeError("the Node peer is measured without TLS here")
+            elif tls:
+                raise RuntimeError(f"the {kind} peer is measured without TLS here")
+            elif kind == "node":
                 p = start(["node", PEER], f"node:{port}", env={"PORT": str(port), "REDIS_URL": url},
                           logpath=logp)
+            elif kind == "nchan":
+                ndir = os.path.join(workdir, f"nchan-{port}")
+                os.makedirs(ndir, exist_ok=True)
+                with open(NCHAN_CONF) as f:
+                    conf = f.read()
+                for k, v in (("@DIR@", ndir), ("@PORT@", port), ("@REDIS_PORT@", self.redis_port)):
+                    conf = conf.replace(k, str(v))
+                cpath = os.path.join(ndir, "nginx.conf")
+                with open(cpath, "w") as f:
+                    f.write(conf)
+                p = start([NGINX, "-p", ndir + "/", "-c", cpath, "-e", logp], f"nchan:{port}",
+                          logpath=logp)
+            else:
+                raise RuntimeError(f"unknown server kind {kind}")
             wait_port(port)
             self.nodes.append(p)
             self.ports.append(port)
+        # The processes of each node: chatd or node itself; an nginx master
+        # and its worker, which the master forks after it listens.
+        self.pids = [[p.pid] for p in self.nodes]
+        deadline = time.monotonic() + 10
+        while kind == "nchan" and time.monotonic() < deadline:
+            self.pids = [[p.pid] + children(p.pid) for p in self.nodes]
+            if all(len(x) > 1 for x in self.pids):
+                break
+            time.sleep(0.1)
+
+    def node_pids(self, i):
+        return self.pids[i]
+
+    def node_cpu_s(self, i):
+        return sum(cpu_s(q) for q in self.node_pids(i))
 
     def rss_kib(self):
-        return sum(rss_kib(p.pid) for p in self.nodes)
+        return sum(rss_kib(q) for i in range(len(self.nodes)) for q in self.node_pids(i))
 
     def cpu_s(self):
-        return sum(cpu_s(p.pid) for p in self.nodes)
+        return sum(self.node_cpu_s(i) for i in range(len(self.nodes)))
 
     def redis_cpu_s(self):
         return cpu_s(self.redis.pid)
@@ -499,6 +554,88 @@ def s7_deflate(kind, q, work, runs=2, rates=(20,)):
     return rows
 
 
+def conntrack_wait(need, limit_s=240):
+    """Loopback connections are tracked on this machine (nf_conntrack), and
+    a closed one stays in the table for 120 s (TIME_WAIT): a big run right
+    after another could fill it, and the kernel would then drop new
+    connections. Waits, at most limit_s, until `need` more entries fit.
+    Returns the entries in the table then (None: no conntrack)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_max") as f:
+            cap = int(f.read())
+    except OSError:
+        return None
+    deadline = time.monotonic() + limit_s
+    while True:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+            n = int(f.read())
+        if n + need <= 0.95 * cap or time.monotonic() > deadline:
+            return n
+        log(f"conntrack holds {n:,} of {cap:,} entries, {need:,} more would not fit: waiting")
+        time.sleep(5)
+
+
+def s_big(kind, q, work, nodes, clients):
+    """Issue 16: `clients` on `nodes` nodes sharing one Redis, all in one
+    room, bound round-robin to scenario 1's loopback source addresses; held
+    idle once all are established (server memory per connection: the growth
+    of the servers' summed RSS, the peak while idle, over the nodes before
+    the clients came, as in scenario 1), then one message per second to all
+    of them: latency of every delivery (p99: the time to reach all but the
+    last 1 %; max: the last client of the slowest message) and server CPU
+    per delivery from the first message on."""
+    if q:
+        clients = clients // 10
+    hold, dur = (10, 10) if q else (20, 30)
+    # 20,000 open files per process: at most 18,000 clients per chatbench
+    # process, and at least 4 to spread the client work.
+    procs = max(4, -(-clients // 18000))
+    conntrack = conntrack_wait(clients + 2000)
+    c = Cluster(kind, nodes, work)
+    idle, stop_idle = {"peak": 0}, threading.Event()
+
+    def sample_idle():
+        # From "all established" until the first message (--hold).
+        end = time.monotonic() + hold
+        while time.monotonic() < end and not stop_idle.is_set():
+            idle["peak"] = max(idle["peak"], c.rss_kib())
+            time.sleep(0.5)
+        idle["cpu"] = c.cpu_s()
+
+    def on_start():
+        t = threading.Thread(target=sample_idle, daemon=True)
+        idle["thread"] = t
+        t.start()
+
+    try:
+        time.sleep(1)
+        base = c.rss_kib()
+        r = chatbench(["--mode", "broadcast", "--conns", str(clients), "--procs", str(procs),
+                       "--ramp", "4000", "--src-ips", SRC_IPS, "--senders", "1", "--rate", "1",
+                       "--hold", str(hold), "--duration", str(dur), "--drain", "15",
+                       "--connect-timeout", str(clients // 4000 + 120)]
+                      + sum([["--url", u] for u in c.urls(room="all")], []), c,
+                      timeout=clients // 4000 + hold + dur + 400, on_start=on_start)
+        stop_idle.set()
+        if "thread" in idle:
+            idle["thread"].join(5)
+        conn = max(1, r["connected"])
+        cpu = c.cpu_s() - idle.get("cpu", r["cpu_at_start"])
+        return {"scenario": "big", "server": kind, "nodes": nodes, "clients": clients,
+                "hold_s": hold, "duration_s": dur,
+                "procs": procs, "conntrack_before": conntrack, "connected": r["connected"],
+                "failed": r["failed"], "connect_s": r["connect_s"],
+                "kib_per_conn": round((idle["peak"] - base) / conn, 2),
+                "kib_per_conn_run": round((r["rss_peak_kib"] - base) / conn, 2),
+                "sent": r["sent"], "expected": r["expected"], "delivered": r["delivered"],
+                "lost": r["expected"] - r["delivered"], "dropped": r["dropped"],
+                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2)}
+    finally:
+        stop_idle.set()
+        c.close()
+
+
 def node_metrics(port):
     """GET /metrics of a node, as {name: number} (labels kept in the name)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -576,7 +713,10 @@ def main():
     ap.add_argument("--runs7", type=int, default=2, help="scenario 7: runs of each configuration")
     ap.add_argument("--rates7", default="20,200",
                     help="scenario 7: total send rates, msg/s, into the room of 1,000")
-    ap.add_argument("--servers", default="chatd,node")
+    ap.add_argument("--servers", default="chatd,node,nchan")
+    ap.add_argument("--big-clients", type=int, default=150000,
+                    help="scenario big: clients (default 150000; --quick: a tenth)")
+    ap.add_argument("--big-nodes", type=int, default=8, help="scenario big: nodes (default 8)")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
                     help="scenario 5 clients per node (default 15000; --quick: 1000)")
@@ -588,32 +728,39 @@ def main():
     a = ap.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (stop_all(), sys.exit(130)))
-    scen = {int(x) for x in a.scenarios.split(",")}
+    scen = set(a.scenarios.split(","))
+    if scen - {"1", "2", "3", "4", "5", "6", "7", "big"}:
+        ap.error(f"unknown scenarios {sorted(scen - set('1234567') - {'big'})}")
     servers = a.servers.split(",")
     rates = [float(x) if "." in x else int(x) for x in a.rates.split(",")]
     rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: []}
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], "big": []}
+    load = [os.getloadavg()]
     try:
         for kind in servers:
-            if 1 in scen:
+            if "1" in scen:
                 results[1].append(s1_idle(kind, a.quick, work)); log(results[1][-1])
-            if 2 in scen:
+            if "2" in scen:
                 results[2] += s2_fanout(kind, a.quick, work, rates)
-            if 3 in scen:
+            if "3" in scen:
                 results[3].append(s3_big_room(kind, a.quick, work)); log(results[3][-1])
-            if 4 in scen and kind == "chatd":
+            if "4" in scen and kind == "chatd":
                 results[4].append(s4_wss(kind, a.quick, work)); log(results[4][-1])
-            if 5 in scen:
+            if "5" in scen and kind != "nchan":
                 results[5].append(s5_storm(kind, a.quick, work, a.storm_per_node)); log(results[5][-1])
-            if 6 in scen:
+            if "6" in scen and kind != "nchan":
                 results[6] += s6_redis(kind, a.quick, work, rates6)
-            if 7 in scen:
+            if "7" in scen:
                 results[7] += s7_deflate(kind, a.quick, work, a.runs7,
                                          [int(x) for x in a.rates7.split(",")])
+            if "big" in scen:
+                results["big"].append(s_big(kind, a.quick, work, a.big_nodes, a.big_clients))
+                log(results["big"][-1])
     finally:
         stop_all()
+    load.append(os.getloadavg())
 
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
@@ -626,7 +773,9 @@ def main():
         pass
     md = [f"\n## Run of {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}",
           f"\n`{cmd}` on {os.cpu_count()} cores ({cpu}), {platform.system()} "
-          f"{platform.release()}; load generator, servers and Redis on the same machine."]
+          f"{platform.release()}; load generator, servers and Redis on the same machine; load "
+          f"average {load[0][0]:.2f} / {load[0][1]:.2f} / {load[0][2]:.2f} at the start, "
+          f"{load[1][0]:.2f} / {load[1][1]:.2f} / {load[1][2]:.2f} at the end."]
     if results[1]:
         md += ["\n### 1. Idle clients\n",
                table(results[1], ["server", "clients", "connected", "failed", "connect_s", "kib_per_conn"])]
@@ -697,6 +846,23 @@ def main():
                table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
                                               "cpu_us_per_delivery", "compressions_per_message",
                                               "kib_per_client", "p99_ms"])]
+    if results["big"]:
+        rb = results["big"][0]
+        md += [f"\n### big. {rb['clients']:,} clients on {rb['nodes']} nodes, one room, "
+               "one message per second\n",
+               "All established through scenario 1's loopback source addresses, held idle "
+               f"{rb['hold_s']} s (`kib_per_conn`: growth of the servers' summed RSS, the peak "
+               "while idle, per client; `kib_per_conn_run`: the peak while the messages went "
+               f"out), then {rb['duration_s']} s of one message per second to all of them; "
+               "latency of every delivery, `max_ms` the last "
+               "client of the slowest message; server CPU per delivery from the first message "
+               "on. `conntrack_before`: the kernel's connection-tracking entries when it "
+               "began.\n",
+               table(results["big"], ["server", "clients", "procs", "conntrack_before",
+                                      "connected", "failed", "connect_s", "kib_per_conn",
+                                      "kib_per_conn_run", "sent", "expected", "delivered",
+                                      "lost", "dropped", "p50_ms", "p99_ms", "max_ms",
+                                      "cpu_us_per_delivery"])]
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:
