@@ -575,13 +575,13 @@ def conntrack_wait(need, limit_s=240):
         time.sleep(5)
 
 
-def s_big(kind, q, work, nodes, clients):
+def s_big(kind, q, work, nodes, clients, rate=1):
     """Issue 16: `clients` on `nodes` nodes sharing one Redis, all in one
     room, bound round-robin to scenario 1's loopback source addresses; held
     idle once all are established (server memory per connection: the growth
     of the servers' summed RSS, the peak while idle, over the nodes before
-    the clients came, as in scenario 1), then one message per second to all
-    of them: latency of every delivery (p99: the time to reach all but the
+    the clients came, as in scenario 1), then `rate` messages per second
+    (one) to all of them: latency of every delivery (p99: the time to reach all but the
     last 1 %; max: the last client of the slowest message) and server CPU
     per delivery from the first message on."""
     if q:
@@ -611,7 +611,7 @@ def s_big(kind, q, work, nodes, clients):
         time.sleep(1)
         base = c.rss_kib()
         r = chatbench(["--mode", "broadcast", "--conns", str(clients), "--procs", str(procs),
-                       "--ramp", "4000", "--src-ips", SRC_IPS, "--senders", "1", "--rate", "1",
+                       "--ramp", "4000", "--src-ips", SRC_IPS, "--senders", "1", "--rate", str(rate),
                        "--hold", str(hold), "--duration", str(dur), "--drain", "15",
                        "--connect-timeout", str(clients // 4000 + 120)]
                       + sum([["--url", u] for u in c.urls(room="all")], []), c,
@@ -622,7 +622,7 @@ def s_big(kind, q, work, nodes, clients):
         conn = max(1, r["connected"])
         cpu = c.cpu_s() - idle.get("cpu", r["cpu_at_start"])
         return {"scenario": "big", "server": kind, "nodes": nodes, "clients": clients,
-                "hold_s": hold, "duration_s": dur,
+                "hold_s": hold, "duration_s": dur, "rate": rate,
                 "procs": procs, "conntrack_before": conntrack, "connected": r["connected"],
                 "failed": r["failed"], "connect_s": r["connect_s"],
                 "kib_per_conn": round((idle["peak"] - base) / conn, 2),
@@ -717,6 +717,8 @@ def main():
     ap.add_argument("--big-clients", type=int, default=150000,
                     help="scenario big: clients (default 150000; --quick: a tenth)")
     ap.add_argument("--big-nodes", type=int, default=8, help="scenario big: nodes (default 8)")
+    ap.add_argument("--big-rate", type=float, default=1,
+                    help="scenario big: messages per second into the room (default 1)")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
                     help="scenario 5 clients per node (default 15000; --quick: 1000)")
@@ -756,7 +758,8 @@ def main():
                 results[7] += s7_deflate(kind, a.quick, work, a.runs7,
                                          [int(x) for x in a.rates7.split(",")])
             if "big" in scen:
-                results["big"].append(s_big(kind, a.quick, work, a.big_nodes, a.big_clients))
+                results["big"].append(s_big(kind, a.quick, work, a.big_nodes, a.big_clients,
+                                            a.big_rate))
                 log(results["big"][-1])
     finally:
         stop_all()
@@ -849,11 +852,12 @@ def main():
     if results["big"]:
         rb = results["big"][0]
         md += [f"\n### big. {rb['clients']:,} clients on {rb['nodes']} nodes, one room, "
-               "one message per second\n",
+               f"{rb['rate']:g} message(s) per second\n",
                "All established through scenario 1's loopback source addresses, held idle "
                f"{rb['hold_s']} s (`kib_per_conn`: growth of the servers' summed RSS, the peak "
                "while idle, per client; `kib_per_conn_run`: the peak while the messages went "
-               f"out), then {rb['duration_s']} s of one message per second to all of them; "
+               f"out), then {rb['duration_s']} s of {rb['rate']:g} message(s) per second to all "
+               "of them; "
                "latency of every delivery, `max_ms` the last "
                "client of the slowest message; server CPU per delivery from the first message "
                "on. `conntrack_before`: the kernel's connection-tracking entries when it "
