@@ -213,8 +213,8 @@ class Cluster:
                 cpath = os.path.join(ndir, "nginx.conf")
                 with open(cpath, "w") as f:
                     f.write(conf)
-                p = start([NGINX, "-p", ndir + "/", "-c", cpath, "-e", logp], f"nchan:{port}",
-                          logpath=logp)
+                p = start([NGINX, "-p", ndir + "/", "-c", cpath, "-e", ndir + "/error.log"],
+                          f"nchan:{port}", logpath=logp)
             else:
                 raise RuntimeError(f"unknown server kind {kind}")
             wait_port(port)
