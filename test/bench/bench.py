@@ -36,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -48,7 +49,7 @@ import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHATD = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
-CHATBENCH = os.path.join(REPO, "build", "chatbench")
+CHATBENCH = os.environ.get("CHATBENCH_BIN") or os.path.join(REPO, "build", "chatbench")
 PEER = os.path.join(REPO, "test", "bench", "peer", "server.js")
 NCHAN_CONF = os.path.join(REPO, "test", "bench", "peer", "nchan.conf")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -144,6 +145,15 @@ def rss_kib(pid):
     except FileNotFoundError:
         pass
     return 0
+
+
+def machine_busy_s():
+    """CPU time the whole machine spent busy (all cores, /proc/stat: user,
+    nice, system, irq, softirq; this kernel charges softirq ticks to the
+    task they interrupt as well, so our processes' times include theirs)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
 
 
 def children(pid):
@@ -266,10 +276,16 @@ class Cluster:
 
 def chatbench(args, cluster, timeout, on_start=None):
     """Runs chatbench; samples the cluster's RSS while it runs. Returns the
-    JSON report plus rss_peak_kib. on_start() is called (from a thread) when
-    every client is connected and the measured phase begins."""
+    JSON report plus rss_peak_kib and client_cpu_s, the load generator's CPU
+    time (user + system, all its processes) from the start of the measured
+    phase. on_start() is called (from a thread) when every client is
+    connected and the measured phase begins."""
     cmd = [CHATBENCH, "-v"] + args
     log(" ".join(cmd))
+    # chatbench waits for its processes and we wait for chatbench: their CPU
+    # time adds up in ours for children.
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client0 = ru.ru_utime + ru.ru_stime
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     procs.append((p, "chatbench"))
     at_start = {}
@@ -282,6 +298,8 @@ def chatbench(args, cluster, timeout, on_start=None):
             if "starting the run" in line and "cpu" not in at_start:
                 at_start["cpu"] = cluster.cpu_s()
                 at_start["redis_cpu"] = cluster.redis_cpu_s()
+                at_start["client_cpu"] = sum(cpu_s(q) for q in [p.pid] + children(p.pid))
+                at_start["busy"], at_start["t"] = machine_busy_s(), time.monotonic()
                 if on_start:
                     on_start()
             if "client " not in line:
@@ -298,6 +316,9 @@ def chatbench(args, cluster, timeout, on_start=None):
         p.kill()
     out = p.stdout.read()
     p.wait()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = ru.ru_utime + ru.ru_stime - client0
+    busy, t_end = machine_busy_s(), time.monotonic()
     t.join(5)
     procs[:] = [(q, n) for q, n in procs if q is not p]
     sys.stderr.write(out)
@@ -308,6 +329,14 @@ def chatbench(args, cluster, timeout, on_start=None):
     r["rss_peak_kib"] = peak
     r["cpu_at_start"] = at_start.get("cpu", cluster.cpu_s())
     r["redis_cpu_at_start"] = at_start.get("redis_cpu", cluster.redis_cpu_s())
+    r["client_cpu_s"] = client_cpu - at_start.get("client_cpu", 0)
+    # What the rest of the machine (other users of the shared cores) took
+    # while we measured: a share of all cores.
+    if "busy" in at_start:
+        ours = (cluster.cpu_s() - r["cpu_at_start"] + cluster.redis_cpu_s()
+                - r["redis_cpu_at_start"] + r["client_cpu_s"])
+        wall = max(1e-9, t_end - at_start["t"]) * (os.cpu_count() or 1)
+        r["others_pct"] = round(max(0.0, busy - at_start["busy"] - ours) / wall * 100, 1)
     return r
 
 
@@ -369,9 +398,13 @@ def s3_big_room(kind, q, work):
                        "--ramp", "4000", "--src-ips", SRC_IPS, "--senders", "1", "--rate", "1",
                        "--duration", str(dur), "--drain", "10", "--connect-timeout", "120"]
                       + sum([["--url", u] for u in c.urls(room="all")], []), c, timeout=dur + 300)
+        delivered = max(1, r["delivered"])
         return {"scenario": 3, "server": kind, "clients": nodes * per, "connected": r["connected"],
                 "expected": r["expected"], "delivered": r["delivered"],
-                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"]}
+                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+                "cpu_us_per_delivery": round((c.cpu_s() - r["cpu_at_start"]) / delivered * 1e6, 2),
+                "client_cpu_us_per_delivery": round(r["client_cpu_s"] / delivered * 1e6, 2),
+                "others_pct": r.get("others_pct", "")}
     finally:
         c.close()
 
@@ -630,7 +663,10 @@ def s_big(kind, q, work, nodes, clients, rate=1):
                 "sent": r["sent"], "expected": r["expected"], "delivered": r["delivered"],
                 "lost": r["expected"] - r["delivered"], "dropped": r["dropped"],
                 "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
-                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2)}
+                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
+                "client_cpu_us_per_delivery": round(r["client_cpu_s"] / max(1, r["delivered"]) * 1e6,
+                                                    2),
+                "others_pct": r.get("others_pct", "")}
     finally:
         stop_idle.set()
         c.close()
@@ -799,8 +835,13 @@ def main():
             md.append(f"\n\nPlot: `{os.path.relpath(png, REPO)}`.")
     if results[3]:
         md += ["\n### 3. One room of all clients, one message per second\n",
+               "Server CPU (user + system of the server processes) and the load generator's "
+               "CPU (all of chatbench's processes) from the moment all are connected, per "
+               "delivery; `others_pct`: the share of the machine's cores that other work took "
+               "meanwhile.\n",
                table(results[3], ["server", "clients", "connected", "expected", "delivered",
-                                  "p50_ms", "p99_ms", "max_ms"])]
+                                  "p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery",
+                                  "client_cpu_us_per_delivery", "others_pct"])]
     if results[4]:
         md += ["\n### 4. wss idle clients\n",
                table(results[4], ["server", "clients", "connected", "failed", "connect_s",
@@ -860,13 +901,17 @@ def main():
                "of them; "
                "latency of every delivery, `max_ms` the last "
                "client of the slowest message; server CPU per delivery from the first message "
-               "on. `conntrack_before`: the kernel's connection-tracking entries when it "
-               "began.\n",
+               "on, the load generator's (all of chatbench's processes) from the moment all "
+               "were connected (it answers the servers' pings while idle). "
+               "`conntrack_before`: the kernel's connection-tracking entries when it began; "
+               "`others_pct`: the share of the machine's cores that other work took from the "
+               "moment all were connected.\n",
                table(results["big"], ["server", "clients", "procs", "conntrack_before",
                                       "connected", "failed", "connect_s", "kib_per_conn",
                                       "kib_per_conn_run", "sent", "expected", "delivered",
                                       "lost", "dropped", "p50_ms", "p99_ms", "max_ms",
-                                      "cpu_us_per_delivery"])]
+                                      "cpu_us_per_delivery", "client_cpu_us_per_delivery",
+                                      "others_pct"])]
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:

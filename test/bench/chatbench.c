@@ -1096,9 +1096,12 @@ static void on_readable(struct client *c)
         used += (size_t)r;
         memmove(g.rbuf, g.rbuf + used, have - used);
         have -= used;
-        /* Plain sockets: level triggered, come back later for the rest.
-         * TLS: bytes already decrypted would never wake us, read to the end. */
-        if (!c->ssl && iter >= 3)
+        /* Plain sockets: level triggered, come back later for the rest; a
+         * short read emptied the socket, and asking again would cost a
+         * recv() that says EAGAIN, as many as the deliveries when each
+         * wake-up brings one frame (a big room at a low rate). TLS: bytes
+         * already decrypted would never wake us, read to the end. */
+        if (!c->ssl && (iter >= 3 || (size_t)n < room))
             break;
     }
     stash(c, g.rbuf, have);
