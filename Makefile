@@ -125,7 +125,13 @@ check-unit: unit
 BENCH_SRC  := $(wildcard test/bench/*.c)
 BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl
 .PHONY: bench-tool
-bench-tool: $(BUILD)/chatbench
+bench-tool: $(BUILD)/chatbench $(BUILD)/tlsprobe
+# tlsprobe (issue 16): a wss connection's bytes by OpenSSL call site and its
+# server CPU, in the TLS context chatd's own tls.c builds.
+TLSPROBE_DEPS := tls config log proxy
+$(BUILD)/tlsprobe: test/bench/tlsprobe/tlsprobe.c $(TLSPROBE_DEPS:%=$(BUILD)/obj/%.o)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(ALLFLAGS) $(WARN) -o $@ $^ $(LDLIBS)
 $(BUILD)/chatbench: $(BENCH_SRC) $(wildcard test/bench/*.h)
 	$(call say,LINK,$@)
 	$(Q)mkdir -p $(@D)
