@@ -106,6 +106,7 @@ UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
 UNIT_DEPS_test_room      := room msg proto names ws
 UNIT_DEPS_test_proxy     := proxy
+UNIT_DEPS_test_tlsrec    := tlsrec tls config log proxy
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit

@@ -22,13 +22,19 @@ struct broker;
 struct event_base;
 struct event;
 struct conn;
+struct tlsrec;
+struct tlsrec_cx;
 
 /* A connection handed from the acceptor to a worker: everything the
  * acceptor knew, given away whole. */
 typedef struct handoff {
     int fd;
     uint64_t id;
-    void *ssl;             /* TLS session, or NULL for plain ws */
+    void *ssl;             /* OpenSSL's TLS session (TLS 1.2), or NULL */
+    struct tlsrec *rec;    /* a TLS 1.3 session (tlsrec.h), or NULL */
+    uint8_t *tls_out;      /* rec: sealed bytes owed before anything else
+                              (malloc'd), or NULL */
+    uint32_t tls_out_len;
     size_t extra_len;      /* bytes read past the HTTP request */
     uint8_t *extra;        /* malloc'd, or NULL */
     char *room;            /* malloc'd, with user and reply: one block */
@@ -68,6 +74,8 @@ typedef struct worker {
     uint8_t *rbuf;               /* shared read buffer */
     size_t rbuf_size;
     uint8_t *tlsbuf;             /* shared staging for one TLS record */
+    uint8_t *tlsout;             /* and for it sealed (tlsrec) */
+    struct tlsrec_cx *tls_cx;    /* this thread's ciphers for tlsrec */
     int stopping;                /* worker thread: shutdown phase, see worker.c */
     int64_t phase_ms;            /* monotonic: when the phase began */
     uint32_t drain_total;        /* clients when the drain began */

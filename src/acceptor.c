@@ -33,6 +33,7 @@
 #include "net.h"
 #include "proxy.h"
 #include "tls.h"
+#include "tlsrec.h"
 #include "version.h"
 
 #define ACCEPT_BURST 64          /* accepts per wake-up */
@@ -59,7 +60,13 @@ typedef struct pending {
     struct event ev;
     struct acceptor *a;
     int fd;
-    SSL *ssl;                    /* wss: the session, else NULL */
+    SSL *ssl;                    /* wss: OpenSSL's session (the handshake, or
+                                    a TLS 1.2 one), else NULL */
+    tlsrec *rec;                 /* wss: a TLS 1.3 session after its
+                                    handshake (tls_detach), else NULL */
+    uint8_t *tls_out;            /* rec: sealed bytes the kernel has not
+                                    taken yet, owed before anything else */
+    size_t tls_out_len, tls_out_off;
     uint8_t handshaking;         /* wss: TLS handshake not done yet */
     uint8_t draining;            /* refusal sent: read until EOF, then close */
     uint64_t id;
@@ -103,6 +110,7 @@ struct acceptor {
     int64_t ceiling;             /* clients open files allow */
     int64_t max_clients;         /* of which cfg lets in */
     struct event_base *base;
+    tlsrec_cx *cx;               /* this thread's ciphers for tlsrec */
     listener ls[2];              /* ws, and wss when configured */
     int nls;
     struct event *resume_ev;     /* re-enables accept after EMFILE */
@@ -204,6 +212,9 @@ static void pending_free(pending *p) {
     acceptor *a = p->a;
     event_del(&p->ev);
     if (p->ssl) SSL_free(p->ssl);
+    if (p->rec) tlsrec_clear(p->rec);
+    free(p->rec);
+    free(p->tls_out);
     if (p->fd >= 0) close(p->fd);
     if (p->ip_slot) /* counted, never handed over */
         atomic_fetch_sub_explicit(&p->ip_slot->n, 1, memory_order_relaxed); /* a count */
@@ -306,6 +317,14 @@ static void pending_handoff(pending *p) {
     h->fd = p->fd;
     h->ssl = p->ssl;
     p->ssl = NULL;
+    h->rec = p->rec;
+    p->rec = NULL;
+    if (p->tls_out) { /* what is left of it */
+        h->tls_out_len = p->tls_out_len - p->tls_out_off;
+        memmove(p->tls_out, p->tls_out + p->tls_out_off, h->tls_out_len);
+        h->tls_out = p->tls_out;
+        p->tls_out = NULL;
+    }
     h->id = p->id;
     memcpy(h->ip, p->ip, sizeof h->ip);
     h->port = p->port;
@@ -336,9 +355,83 @@ static void pending_handoff(pending *p) {
 #define IO_AGAIN_READ -2
 #define IO_AGAIN_WRITE -3
 
+/* One write(2): bytes taken, 0 when the kernel takes none now, -1 on
+ * error. */
+static ssize_t write_some(int fd, const uint8_t *buf, size_t len) {
+    for (;;) {
+        ssize_t n = write(fd, buf, len);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    }
+}
+
+/* rec: writes what is owed. 1 when all is out, IO_AGAIN_WRITE, or -1. */
+static ssize_t pending_write_owed(pending *p) {
+    ssize_t n = write_some(p->fd, p->tls_out + p->tls_out_off, p->tls_out_len - p->tls_out_off);
+    if (n < 0) return -1;
+    p->tls_out_off += (size_t)n;
+    if (p->tls_out_off < p->tls_out_len) return IO_AGAIN_WRITE;
+    free(p->tls_out);
+    p->tls_out = NULL;
+    p->tls_out_len = p->tls_out_off = 0;
+    return 1;
+}
+
+/* rec: keeps sealed bytes the kernel did not take. 0, or -1. */
+static int pending_owe(pending *p, const uint8_t *buf, size_t len) {
+    if ((p->tls_out = malloc(len)) == NULL) return -1;
+    memcpy(p->tls_out, buf, len);
+    p->tls_out_len = len;
+    p->tls_out_off = 0;
+    return 0;
+}
+
+/* rec: one read's worth of application data into buf (room for a whole
+ * record, TLSREC_MAX_RECORD), behind what the session held. */
+static ssize_t pending_read_rec(pending *p, uint8_t *buf, size_t len) {
+    size_t have = tlsrec_held(p->rec), plain;
+    const char *why;
+    ssize_t n;
+    if (p->rec->closed) return 0;
+    do
+        n = read(p->fd, buf + have, len - have);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? IO_AGAIN_READ : -1;
+    if (n == 0) return 0;
+    tlsrec_unhold(p->rec, buf);
+    int rc = tlsrec_open(p->rec, p->a->cx, buf, have + (size_t)n, &plain, &why);
+    if (rc == TLSREC_ERROR) {
+        pending_log(LOG_INFO, p, NULL, "TLS: %s", why);
+        return -1;
+    }
+    /* After a close_notify nothing more comes: the request is whole now
+     * or never. */
+    if (rc == TLSREC_CLOSED) return (ssize_t)plain;
+    return plain > 0 ? (ssize_t)plain : IO_AGAIN_READ; /* a record still to come */
+}
+
+/* rec: seals up to one record of buf and writes it. Returns the bytes of
+ * buf taken (the part the kernel refused is owed), IO_AGAIN_WRITE while
+ * earlier bytes are owed, or -1. */
+static ssize_t pending_write_rec(pending *p, const uint8_t *buf, size_t len) {
+    uint8_t out[TLSREC_MAX_PLAIN + TLSREC_SEAL_EXTRA];
+    if (p->tls_out) {
+        ssize_t n = pending_write_owed(p);
+        if (n != 1) return n;
+    }
+    if (len > TLSREC_MAX_PLAIN) len = TLSREC_MAX_PLAIN;
+    size_t sealed = tlsrec_seal(p->rec, p->a->cx, out, buf, len);
+    ssize_t n = sealed ? write_some(p->fd, out, sealed) : -1;
+    if (n < 0 || ((size_t)n < sealed && pending_owe(p, out + n, sealed - (size_t)n) < 0)) return -1;
+    return (ssize_t)len;
+}
+
 /* One read or write on the plain or TLS connection: bytes moved, 0 at end
- * of stream, -1 on error, or IO_AGAIN_READ/IO_AGAIN_WRITE to wait. */
+ * of stream, -1 on error, or IO_AGAIN_READ/IO_AGAIN_WRITE to wait. A read
+ * on a rec connection needs room for a whole record. */
 static ssize_t pending_io(pending *p, uint8_t *buf, size_t len, int writing) {
+    if (p->rec) return writing ? pending_write_rec(p, buf, len) : pending_read_rec(p, buf, len);
     if (p->ssl) {
         int n = writing ? SSL_write(p->ssl, buf, (int)len) : SSL_read(p->ssl, buf, (int)len);
         if (n > 0) return n;
@@ -385,11 +478,16 @@ static void pending_respond(pending *p) {
         if (pending_again(p, n)) return;
         p->res_off += (size_t)n;
     }
+    if (p->tls_out && pending_again(p, pending_write_owed(p))) return;
     /* Refused or answered: half-close and let the client read the answer
      * before the socket goes (closing with unread input would reset it). */
     if (p->ssl) {
         SSL_shutdown(p->ssl); /* close_notify, best effort */
         ERR_clear_error();
+    } else if (p->rec) {
+        uint8_t alert[TLSREC_SEAL_EXTRA];
+        size_t n = tlsrec_close_notify(p->rec, p->a->cx, alert);
+        if (n) write_some(p->fd, alert, n); /* best effort */
     }
     shutdown(p->fd, SHUT_WR);
     p->draining = 1;
@@ -758,9 +856,34 @@ static int pending_prelude(pending *p) {
     }
 }
 
+/* The TLS handshake is done: a TLS 1.3 session leaves OpenSSL for tlsrec,
+ * and its ticket goes out. Returns 0, or -1 if p was freed. */
+static int pending_tls_done(pending *p) {
+    uint8_t *owed;
+    size_t owed_len;
+    tlsrec *rec;
+    int rc = tls_detach(p->ssl, &rec, &owed, &owed_len);
+    if (rc < 0) {
+        pending_log(LOG_WARN, p, NULL, "TLS: cannot take the session over from OpenSSL");
+        pending_free(p);
+        return -1;
+    }
+    if (rc == 0) return 0; /* stays OpenSSL's */
+    p->ssl = NULL;
+    p->rec = rec;
+    ssize_t n = owed_len ? write_some(p->fd, owed, owed_len) : 0;
+    if (n < 0 || ((size_t)n < owed_len && pending_owe(p, owed + n, owed_len - (size_t)n) < 0)) {
+        free(owed);
+        pending_free(p);
+        return -1;
+    }
+    free(owed);
+    return 0;
+}
+
 static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
     pending *p = arg;
-    uint8_t buf[4096];
+    uint8_t buf[TLSREC_MAX_RECORD]; /* a rec read needs a whole record's room */
     if (what & EV_TIMEOUT) {
         if (!p->draining) {
             pending_log(LOG_INFO, p, NULL, "handshake timeout");
@@ -795,6 +918,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
             return;
         }
         p->handshaking = 0;
+        if (pending_tls_done(p) < 0) return;
     }
     if (p->res) { /* writing the response */
         pending_respond(p);
@@ -972,6 +1096,10 @@ acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, i
         snprintf(err, errlen, "acceptor: cannot create event loop");
         goto fail;
     }
+    if (t && (a->cx = tlsrec_cx_new()) == NULL) {
+        snprintf(err, errlen, "acceptor: cannot set up the TLS ciphers");
+        goto fail;
+    }
     for (int k = 0; k < (t ? 2 : 1); k++) {
         listener *l = &a->ls[k];
         l->a = a;
@@ -1029,6 +1157,7 @@ void acceptor_free(acceptor *a) {
     if (a->resume_ev) event_free(a->resume_ev);
     if (a->cap_ev) event_free(a->cap_ev);
     if (a->base) event_base_free(a->base);
+    tlsrec_cx_free(a->cx);
     free(a->per_ip);
     free(a);
 }

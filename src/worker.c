@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "conn.h"
 #include "log.h"
+#include "tlsrec.h"
 
 #define WORKER_RBUF (64 * 1024)
 #define WORKER_HANDOFF_RING 4096
@@ -41,6 +42,9 @@ void handoff_free(handoff *h) {
     free(h->claim);
     if (h->ip_count) atomic_fetch_sub_explicit(h->ip_count, 1, memory_order_relaxed); /* count */
     if (h->ssl) SSL_free(h->ssl);
+    if (h->rec) tlsrec_clear(h->rec);
+    free(h->rec);
+    free(h->tls_out);
     free(h);
 }
 
@@ -74,7 +78,9 @@ worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     w->rbuf_size = WORKER_RBUF;
     w->rbuf = malloc(w->rbuf_size);
     w->tlsbuf = malloc(WORKER_TLS_RECORD);
-    if (!w->tlsbuf || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
+    w->tlsout = malloc(WORKER_TLS_RECORD + TLSREC_SEAL_EXTRA);
+    w->tls_cx = tlsrec_cx_new();
+    if (!w->tlsbuf || !w->tlsout || !w->tls_cx || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->handoffs || !w->rbuf ||
         room_index_init(&w->rooms, (uint32_t)cfg->history_size, (uint64_t)cfg->history_bytes) < 0 ||
         chat_init(w) < 0)
         goto oom;
@@ -114,6 +120,8 @@ void worker_free(worker *w) {
     if (w->bell_fd >= 0) close(w->bell_fd);
     free(w->rbuf);
     free(w->tlsbuf);
+    free(w->tlsout);
+    tlsrec_cx_free(w->tls_cx);
     free(w);
 }
 

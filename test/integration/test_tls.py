@@ -326,6 +326,82 @@ def test_session_resumption(chatd, pki):
             assert w.recv_text() == "r: again"
 
 
+def s_client(port, chunks, args=(), timeout=20):
+    """openssl s_client against port: writes each (pause_s, bytes) of chunks
+    to its stdin after the pause, then closes stdin (s_client then ends the
+    connection); returns what it printed, stdout and stderr together. A
+    chunk that is one letter and a newline is one of s_client's commands (K:
+    a KeyUpdate that asks for the server's)."""
+    p = subprocess.Popen(["openssl", "s_client", "-connect", f"{HOST}:{port}", *args],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for pause, data in chunks:
+            time.sleep(pause)
+            p.stdin.write(data)
+            p.stdin.flush()
+        time.sleep(0.5)
+        p.stdin.close()
+        p.wait(timeout)  # its few KB of output fit in the pipe
+        return p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+def test_session_resumption_with_s_client(chatd, pki, tmp_path):
+    """openssl s_client saves the session (the TLS 1.3 ticket the node
+    sends once the session has left OpenSSL) and comes back with it:
+    "Reused", and it chats."""
+    srv = tls_node(chatd, pki["a"])
+    sess = tmp_path / "sess.pem"
+    request = http_request_bytes("/?username=s")
+    out = s_client(srv.tls_port, [(0.3, request)], ["-sess_out", str(sess)])
+    assert b"101 Switching Protocols" in out and b"New, TLSv1.3" in out, out[-2000:]
+    assert sess.exists()
+    out = s_client(srv.tls_port, [(0.3, request), (0.3, frame(OP_TEXT, "back"))],
+                   ["-sess_in", str(sess)])
+    assert b"Reused, TLSv1.3" in out, out[-2000:]
+    assert b"s: back" in out, out[-2000:]
+
+
+def test_key_update(chatd, pki):
+    """A client updates its keys and asks for the node's (s_client's K):
+    its next message is read, and the node's answer after its own
+    KeyUpdate is read by the client."""
+    srv = tls_node(chatd, pki["a"])
+    out = s_client(srv.tls_port, [(0.3, http_request_bytes("/?username=k")), (0.5, b"K\n"),
+                                  (0.5, frame(OP_TEXT, "after the update")),
+                                  (0.5, b"K\n"), (0.5, frame(OP_TEXT, "and again"))])
+    assert out.count(b"KEYUPDATE") == 2, out[-2000:]
+    assert b"k: after the update" in out and b"k: and again" in out, out[-2000:]
+    assert "TLS:" not in srv.log(), srv.log()
+
+
+def test_forged_record_closes_one_client(chatd, pki):
+    """Bytes that are no record of the session, sent after the handshake,
+    close that connection (logged with the reason); the node serves on."""
+    srv = tls_node(chatd, pki["a"])
+    with TlsWs(srv.tls_port) as w:
+        w.handshake("/?username=forger")
+        raw = socket.socket(fileno=os.dup(w.sock.fileno()))
+        try:
+            raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+            wait_closed(raw, 5)
+        finally:
+            raw.close()
+    srv.wait_log(r"forger: TLS: TLS record failed authentication, closing", 5)
+
+    async def main():
+        alice = await wss_connect(srv, "Alice")
+        bob = await ws_connect(srv.url("Bob"))
+        await exchange(alice, "Alice", bob, "Bob")
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 30)
+
+
 # --------------------------------------------------------------------------
 # garbage, stalls and limits on the TLS port
 
