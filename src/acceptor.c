@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -44,6 +45,11 @@
  * send its next flight, short enough that a flood of silent connections
  * cycles through quickly while the kernel's listen queue holds the rest. */
 #define IDLE_GRACE_MS 1000
+/* After TLS handshakes, once none has been in progress for this long, the
+ * heap is given back to the system (malloc_trim): each handshake allocates
+ * and frees some 50 KB, and the holes it leaves between the long-lived
+ * connections would otherwise stay resident, about 3 KiB per client. */
+#define TRIM_IDLE_MS 1000
 
 typedef struct ipcount ipcount;
 
@@ -116,6 +122,8 @@ struct acceptor {
     struct event *resume_ev;     /* re-enables accept after EMFILE */
     struct event *cap_ev;        /* at max_pending: when the least active
                                     handshake passes IDLE_GRACE_MS */
+    struct event *trim_ev;       /* TRIM_IDLE_MS after the last handshake */
+    uint32_t tls_since_trim;     /* TLS handshakes done since the last trim */
     int listening;               /* the listeners' events are added */
     int at_cap;                  /* accepting paused at max_pending */
     pthread_t thread;
@@ -229,6 +237,10 @@ static void pending_free(pending *p) {
     else a->oldest = p->prev;
     a->npending--;
     free(p);
+    if (a->npending == 0 && a->tls_since_trim > 0 && !evtimer_pending(a->trim_ev, NULL)) {
+        struct timeval tv = {TRIM_IDLE_MS / 1000, (TRIM_IDLE_MS % 1000) * 1000};
+        evtimer_add(a->trim_ev, &tv);
+    }
     /* A slot is free: take the next connection from the kernel's queue. */
     if (a->at_cap && a->npending < a->cfg->max_pending) acc_resume_at_cap(a);
 }
@@ -918,6 +930,7 @@ static void pending_on_event(evutil_socket_t fd, short what, void *arg) {
             return;
         }
         p->handshaking = 0;
+        p->a->tls_since_trim++;
         if (pending_tls_done(p) < 0) return;
     }
     if (p->res) { /* writing the response */
@@ -1060,6 +1073,21 @@ static void acc_on_resume(evutil_socket_t fd, short what, void *arg) {
     acc_listen(a, 1); /* at the cap, the accept callback pauses again */
 }
 
+/* TRIM_IDLE_MS after TLS handshakes: if none is in progress, the memory
+ * they freed goes back (a busy acceptor comes back here when it is next
+ * idle). */
+static void acc_on_trim(evutil_socket_t fd, short what, void *arg) {
+    acceptor *a = arg;
+    (void)fd;
+    (void)what;
+    if (a->npending > 0) return;
+    int64_t t0 = clock_ms();
+    malloc_trim(0);
+    log_debug("heap trimmed after %u TLS handshakes, in %lld ms", a->tls_since_trim,
+              (long long)(clock_ms() - t0));
+    a->tls_since_trim = 0;
+}
+
 /* The longest idle handshake passed the grace: accept again, which closes
  * it if a connection is waiting for its slot. */
 static void acc_on_cap(evutil_socket_t fd, short what, void *arg) {
@@ -1092,7 +1120,8 @@ acceptor *acceptor_new(const config *cfg, tls *t, broker *b, worker **workers, i
     a->ls[0].fd = a->ls[1].fd = -1;
     a->base = event_base_new(); /* locking on: main breaks its loop */
     if (a->base == NULL || (a->resume_ev = evtimer_new(a->base, acc_on_resume, a)) == NULL ||
-        (a->cap_ev = evtimer_new(a->base, acc_on_cap, a)) == NULL) {
+        (a->cap_ev = evtimer_new(a->base, acc_on_cap, a)) == NULL ||
+        (a->trim_ev = evtimer_new(a->base, acc_on_trim, a)) == NULL) {
         snprintf(err, errlen, "acceptor: cannot create event loop");
         goto fail;
     }
@@ -1148,7 +1177,8 @@ void acceptor_stop(acceptor *a) {
 
 void acceptor_free(acceptor *a) {
     if (a == NULL) return;
-    a->at_cap = 0; /* no resuming while freeing */
+    a->at_cap = 0; /* no resuming nor trimming while freeing */
+    a->tls_since_trim = 0;
     while (a->pendings) pending_free(a->pendings);
     for (int k = 0; k < 2; k++) {
         if (a->ls[k].ev) event_free(a->ls[k].ev);
@@ -1156,6 +1186,7 @@ void acceptor_free(acceptor *a) {
     }
     if (a->resume_ev) event_free(a->resume_ev);
     if (a->cap_ev) event_free(a->cap_ev);
+    if (a->trim_ev) event_free(a->trim_ev);
     if (a->base) event_base_free(a->base);
     tlsrec_cx_free(a->cx);
     free(a->per_ip);
