@@ -1,8 +1,8 @@
 /* worker — one event loop thread that owns upgraded connections for life.
  *
- * Other threads reach a worker only through its two inbound rings (handoffs
- * from the acceptor, messages from the broker) and its doorbell (eventfd),
- * which rings only when a ring goes from empty to non-empty.
+ * Other threads reach a worker only through its inbound rings (handoffs
+ * from each acceptor thread, messages from the broker) and its doorbell
+ * (eventfd), which rings only when a ring goes from empty to non-empty.
  */
 #ifndef CHATD_WORKER_H
 #define CHATD_WORKER_H
@@ -67,7 +67,8 @@ typedef struct worker {
     struct event *tick_ev;       /* pings, close deadlines */
     struct event *stop_ev;       /* shutdown deadline */
     ring *inbox;                 /* msg *: from the broker */
-    ring *handoffs;              /* handoff *: from the acceptor */
+    ring **handoffs;             /* handoff *: one ring per acceptor thread */
+    int nhandoffs;
     room_index rooms;
     struct chat *chat;           /* chat.c's state: waits, acks, presence */
     struct conn *conns;          /* every connection, for the tick */
@@ -91,8 +92,9 @@ typedef struct worker {
     _Atomic uint64_t busy_closes; /* clients closed with 1013: publish queue full */
 } worker;
 
-/* Main thread, before any thread starts. NULL with err filled on failure. */
-worker *worker_new(int id, const config *cfg, char *err, size_t errlen);
+/* Main thread, before any thread starts: a worker taking connections from
+ * nacceptors acceptor threads. NULL with err filled on failure. */
+worker *worker_new(int id, const config *cfg, int nacceptors, char *err, size_t errlen);
 /* Main thread: starts the worker's thread. */
 int worker_start(worker *w, struct broker *b);
 /* Main thread: asks the worker to stop: it stores what its clients sent
@@ -104,9 +106,9 @@ void worker_join(worker *w);
 /* Main thread, after worker_join and after the broker has stopped. */
 void worker_free(worker *w);
 
-/* Acceptor thread (the handoff ring's only producer): gives h to w.
- * Returns 0, or -1 if w's handoff ring is full (the caller keeps h). */
-int worker_handoff(worker *w, handoff *h);
+/* Acceptor thread k (the only producer of w's ring k): gives h to w.
+ * Returns 0, or -1 if that ring is full (the caller keeps h). */
+int worker_handoff(worker *w, int k, handoff *h);
 
 /* Broker thread (the inbox ring's only producer): queues one reference to m
  * for w. Returns 1 if w must be woken (call worker_wake once per batch),

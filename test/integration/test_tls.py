@@ -22,7 +22,7 @@ import pytest
 
 from conftest import (
     CHATD_URL, HOST, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWs, arun, expect_close, frame,
-    free_port, http_request_bytes, parse_close, recv_text, run_chatd_cmd, sanitizer_report,
+    free_port, http_request_bytes, metrics, parse_close, recv_text, run_chatd_cmd, sanitizer_report,
     write_config, ws_connect,
 )
 from test_redis import wait_nodes_ready
@@ -400,6 +400,42 @@ def test_forged_record_closes_one_client(chatd, pki):
         await bob.close()
 
     arun(main(), 30)
+
+
+@pytest.mark.tsan
+def test_acceptor_threads_share_the_limits(chatd, pki):
+    """Four acceptor threads take 200 clients arriving at once, half wss
+    and half ws: max_clients holds exactly (150 upgraded, 50 refused with
+    503), they all chat, and /metrics adds up every thread's counts."""
+    import websockets
+    srv = tls_node(chatd, pki["a"], acceptor_threads=4, workers=2, max_clients=150)
+    assert "4 acceptor threads" in srv.log()
+    n = 200
+
+    async def one(i):
+        try:
+            if i % 2:
+                return i, await wss_connect(srv, f"c{i}")
+            return i, await ws_connect(srv.url(f"c{i}"))
+        except websockets.InvalidStatusCode as e:
+            return i, e.status_code
+
+    async def main():
+        got = await asyncio.gather(*(one(i) for i in range(n)))
+        open_ = [(i, ws) for i, ws in got if not isinstance(ws, int)]
+        refused = [ws for _, ws in got if isinstance(ws, int)]
+        assert (len(open_), refused) == (150, [503] * 50)
+        m = await asyncio.to_thread(metrics, srv.port)
+        assert m["chatd_clients"] == 150
+        assert m['chatd_http_responses_total{status="101"}'] == 150
+        assert m['chatd_http_responses_total{status="503"}'] == 50
+        i0, ws0 = open_[0]
+        await ws0.send("to all")
+        for _, ws in open_:
+            assert await recv_text(ws, 20) == f"c{i0}: to all"
+        await asyncio.gather(*(ws.close() for _, ws in open_))
+
+    arun(main(), 120)
 
 
 # --------------------------------------------------------------------------
