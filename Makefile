@@ -129,7 +129,7 @@ BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl
 bench-tool: $(BUILD)/chatbench $(BUILD)/tlsprobe
 # tlsprobe (issue 16): a wss connection's bytes by OpenSSL call site and its
 # server CPU, in the TLS context chatd's own tls.c builds.
-TLSPROBE_DEPS := tls config log proxy
+TLSPROBE_DEPS := tls tlsrec config log proxy
 $(BUILD)/tlsprobe: test/bench/tlsprobe/tlsprobe.c $(TLSPROBE_DEPS:%=$(BUILD)/obj/%.o)
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(ALLFLAGS) $(WARN) -o $@ $^ $(LDLIBS)

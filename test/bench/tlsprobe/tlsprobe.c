@@ -2,20 +2,23 @@
  * context (issue 16).
  *
  *   build/tlsprobe --cert C --key K [--conns N] [--groups G] [--tls 1.2|1.3]
- *                  [--resume] [--no-ticket] [--sites N]
+ *                  [--resume] [--no-ticket] [--keep-openssl] [--sites N]
  *
- * Builds the server context with chatd's tls.c (tls_new, tls_session: the
- * very code a node runs) and a client context, then makes N connection
- * pairs over socketpairs, driving both ends in this one thread. Each pair
- * does what a chatd client does: the TLS handshake, the HTTP request, the
- * 101, one WebSocket frame; then both sides sit idle, as an idle wss client
- * does on a worker.
+ * Builds the server context with chatd's tls.c (tls_new, tls_session,
+ * tls_detach: the very code a node runs) and a client context, then makes
+ * N connection pairs over socketpairs, driving both ends in this one
+ * thread. Each pair does what a chatd client does: the TLS handshake (after
+ * which a TLS 1.3 session leaves OpenSSL for tlsrec, as in chatd), the HTTP
+ * request, the 101, one WebSocket frame; then both sides sit idle, as an
+ * idle wss client does on a worker. --keep-openssl keeps every session in
+ * OpenSSL instead (what chatd did before tlsrec).
  *
  * Every byte OpenSSL allocates goes through CRYPTO_set_mem_functions here
  * and is kept by call site (OpenSSL passes file and line) and by side: the
  * server side is whatever is allocated inside the calls chatd makes on its
- * session, so the client's share never blurs the figure. Server CPU is the
- * thread CPU time of those calls alone.
+ * session, so the client's share never blurs the figure; a session's
+ * tlsrec is added to it. Server CPU is the thread CPU time of those calls
+ * alone.
  *
  * --groups G makes the client offer only G (X25519, P-256, ...), --tls pins
  * the version, --resume makes every client resume one session (the first
@@ -41,6 +44,7 @@
 
 #include "config.h"
 #include "tls.h"
+#include "tlsrec.h"
 
 /* ---- allocations by call site ------------------------------------------ */
 
@@ -172,8 +176,12 @@ static int64_t thread_ns(void) {
 
 typedef struct pair {
     SSL *s, *c;
+    tlsrec *rec;          /* the server's session once detached */
     int sfd, cfd;
 } pair;
+
+static tlsrec_cx *cx;
+static int keep_openssl;
 
 static void die(const char *what) {
     fprintf(stderr, "tlsprobe: %s\n", what);
@@ -200,6 +208,40 @@ static void handshake(pair *p) {
         }
     }
     if (!(sdone && cdone)) die("handshake did not finish");
+    if (keep_openssl) {
+        server_begin();
+        SSL_new_session_ticket(p->s); /* chatd's context sends none by itself */
+        SSL_do_handshake(p->s);
+        server_end();
+        return;
+    }
+    uint8_t *owed;
+    size_t owed_len;
+    server_begin();
+    int rc = tls_detach(p->s, &p->rec, &owed, &owed_len);
+    server_end();
+    if (rc < 0) die("tls_detach failed");
+    if (rc == 0) return; /* TLS 1.2: stays OpenSSL's */
+    p->s = NULL;
+    if (owed_len && write(p->sfd, owed, owed_len) != (ssize_t)owed_len) die("write failed");
+    free(owed);
+}
+
+/* The server's end with tlsrec: reads and opens what is there. */
+static size_t drain_rec(pair *p) {
+    static uint8_t buf[TLSREC_MAX_RECORD + 65536];
+    size_t have = tlsrec_held(p->rec), plain;
+    const char *why;
+    server_begin();
+    ssize_t n = read(p->sfd, buf + have, sizeof buf - have);
+    int rc = TLSREC_ERROR;
+    if (n > 0) {
+        tlsrec_unhold(p->rec, buf);
+        rc = tlsrec_open(p->rec, cx, buf, have + (size_t)n, &plain, &why);
+    }
+    server_end();
+    if (rc != TLSREC_OK) die("server read failed");
+    return plain;
 }
 
 /* Reads what is there on one end, until it wants more. */
@@ -221,6 +263,15 @@ static size_t drain(SSL *ssl, int server) {
     return got;
 }
 
+static void put_rec(pair *p, const void *buf, size_t len) {
+    static uint8_t out[TLSREC_MAX_PLAIN + TLSREC_SEAL_EXTRA];
+    server_begin();
+    size_t n = tlsrec_seal(p->rec, cx, out, buf, len);
+    ssize_t wr = n ? write(p->sfd, out, n) : -1;
+    server_end();
+    if (wr != (ssize_t)n) die("server write failed");
+}
+
 static void put(SSL *ssl, int server, const void *buf, size_t len) {
     if (server) server_begin();
     int n = SSL_write(ssl, buf, (int)len);
@@ -240,11 +291,14 @@ static void converse(pair *p) {
         "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
     static const uint8_t frame[] = {0x81, 0x85, 1, 2, 3, 4, 'h' ^ 1, 'e' ^ 2, 'l' ^ 3, 'l' ^ 4, 'o' ^ 1};
     put(p->c, 0, req, sizeof req - 1);
-    drain(p->s, 1);
-    put(p->s, 1, resp, sizeof resp - 1);
-    drain(p->c, 0); /* the tickets and the 101 */
+    if (p->rec) drain_rec(p);
+    else drain(p->s, 1);
+    if (p->rec) put_rec(p, resp, sizeof resp - 1);
+    else put(p->s, 1, resp, sizeof resp - 1);
+    drain(p->c, 0); /* the ticket and the 101 */
     put(p->c, 0, frame, sizeof frame);
-    drain(p->s, 1);
+    if (p->rec) drain_rec(p);
+    else drain(p->s, 1);
 }
 
 static void open_pair(pair *p, tls *t, SSL_CTX *cctx, SSL_SESSION *sess) {
@@ -265,6 +319,8 @@ static void open_pair(pair *p, tls *t, SSL_CTX *cctx, SSL_SESSION *sess) {
 static void close_pair(pair *p) {
     server_begin();
     SSL_free(p->s);
+    if (p->rec) tlsrec_clear(p->rec);
+    free(p->rec);
     server_end();
     SSL_free(p->c);
     close(p->sfd);
@@ -296,7 +352,7 @@ static void report_sites(int n, int top) {
 
 static void usage(void) {
     fprintf(stderr, "usage: tlsprobe --cert FILE --key FILE [--conns N] [--groups G] "
-                    "[--tls 1.2|1.3] [--resume] [--no-ticket] [--sites N]\n");
+                    "[--tls 1.2|1.3] [--resume] [--no-ticket] [--keep-openssl] [--sites N]\n");
     exit(2);
 }
 
@@ -308,6 +364,7 @@ int main(int argc, char **argv) {
         {"conns", required_argument, NULL, 'n'}, {"groups", required_argument, NULL, 'g'},
         {"tls", required_argument, NULL, 't'},   {"resume", no_argument, NULL, 'r'},
         {"sites", required_argument, NULL, 's'}, {"no-ticket", no_argument, NULL, 'T'},
+        {"keep-openssl", no_argument, NULL, 'K'},
         {NULL, 0, NULL, 0},
     };
     for (int ch; (ch = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -320,6 +377,7 @@ int main(int argc, char **argv) {
         case 'r': resume = 1; break;
         case 's': top = atoi(optarg); break;
         case 'T': no_ticket = 1; break;
+        case 'K': keep_openssl = 1; break;
         default: usage();
         }
     }
@@ -339,6 +397,7 @@ int main(int argc, char **argv) {
         die(err);
     tls *t = tls_new(&cfg, err, sizeof err);
     if (t == NULL) die(err);
+    if ((cx = tlsrec_cx_new()) == NULL) die("tlsrec_cx_new");
 
     SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
     if (cctx == NULL) die("client context");
@@ -377,29 +436,36 @@ int main(int argc, char **argv) {
     int reused = 0;
     for (int i = 0; i < n; i++) {
         handshake(&ps[i]);
-        reused += SSL_session_reused(ps[i].s);
+        reused += SSL_session_reused(ps[i].c);
     }
     server_totals(&b2, &c2, &k2);
     int64_t hs_ns = server_ns;
     for (int i = 0; i < n; i++) converse(&ps[i]);
     server_totals(&b3, &c3, &k3);
+    int recs = 0; /* malloc'd by tls_detach, outside OpenSSL's count */
+    for (int i = 0; i < n; i++) recs += ps[i].rec != NULL;
+    b3 += recs * (int64_t)sizeof(tlsrec);
+    c3 += recs;
+    k3 += recs * (int64_t)chunk_of(sizeof(tlsrec));
     int64_t all_ns = thread_ns() - wall0;
 
-    SSL *s0 = ps[0].s;
+    SSL *client = ps[0].c;
+    EVP_PKEY *pub = X509_get0_pubkey(SSL_get0_peer_certificate(client));
     printf("tlsprobe: %d connections, %s, %s, group %s, certificate %s (%d bits), %s\n", n,
-           SSL_get_version(s0), SSL_get_cipher_name(s0),
-           SSL_group_to_name(s0, SSL_get_negotiated_group(s0)),
-           OBJ_nid2sn(EVP_PKEY_get_base_id(X509_get0_pubkey(SSL_get_certificate(s0)))),
-           EVP_PKEY_get_bits(X509_get0_pubkey(SSL_get_certificate(s0))),
+           SSL_get_version(client), SSL_get_cipher_name(client),
+           SSL_group_to_name(client, SSL_get_negotiated_group(client)),
+           OBJ_nid2sn(EVP_PKEY_get_base_id(pub)), EVP_PKEY_get_bits(pub),
            resume ? (reused == n ? "every one resumed" : "NOT all resumed") : "full handshakes");
-    printf("server sessions in the context's cache: %ld\n",
-           SSL_CTX_sess_number(SSL_get_SSL_CTX(s0)));
+    printf("sessions moved to tlsrec: %d of %d\n", recs, n);
+    if (ps[0].s)
+        printf("server sessions in the context's cache: %ld\n",
+               SSL_CTX_sess_number(SSL_get_SSL_CTX(ps[0].s)));
     printf("\nserver side, per connection    bytes  allocs  w/ chunk\n");
     printf("after SSL_new + SSL_set_fd  %8.1f %7.2f %9.1f\n", (double)(b1 - b0) / n,
            (double)(c1 - c0) / n, (double)(k1 - k0) / n);
     printf("after the handshake         %8.1f %7.2f %9.1f\n", (double)(b2 - b0) / n,
            (double)(c2 - c0) / n, (double)(k2 - k0) / n);
-    printf("idle (request, 101, frame)  %8.1f %7.2f %9.1f\n", (double)(b3 - b0) / n,
+    printf("idle (request, 101, frame)  %8.1f %7.2f %9.1f   (tlsrec included)\n", (double)(b3 - b0) / n,
            (double)(c3 - c0) / n, (double)(k3 - k0) / n);
     printf("\nserver CPU per connection: %.3f ms (SSL_new %.3f, handshake %.3f, request "
            "to idle %.3f); client and probe %.3f ms\n",
@@ -413,5 +479,6 @@ int main(int argc, char **argv) {
     SSL_SESSION_free(sess);
     SSL_CTX_free(cctx);
     tls_free(t);
+    tlsrec_cx_free(cx);
     return 0;
 }
