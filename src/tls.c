@@ -20,6 +20,13 @@
 
 #include "tlsrec.h"
 
+/* The key exchange groups offered, in the server's order of preference:
+ * X25519 costs the least (a full handshake about 0.45 ms of CPU, P-256
+ * 0.55 ms); every browser offers one of the first three. OpenSSL's own
+ * list also has X448 and the finite-field groups, which let any client
+ * make the server spend up to 113 ms on one handshake (ffdhe8192). */
+#define TLS_GROUPS "X25519:P-256:P-384:P-521"
+
 struct tls {
     pthread_mutex_t mu; /* guards ctx: swapped by main, used by the acceptor */
     SSL_CTX *ctx;
@@ -97,6 +104,10 @@ static SSL_CTX *tls_load(const config *cfg, char *err, size_t errlen) {
      * whichever record layer the session ends up with. */
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_keylog_callback(ctx, tls_keylog);
+    if (SSL_CTX_set1_groups_list(ctx, TLS_GROUPS) != 1) {
+        ssl_error(err, errlen, "TLS: cannot set the groups", TLS_GROUPS);
+        goto fail;
+    }
     if (cfg->tls_ciphers[0] && SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers) != 1) {
         ssl_error(err, errlen, "TLS: bad tls_ciphers", cfg->tls_ciphers);
         goto fail;

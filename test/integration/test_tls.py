@@ -1,9 +1,13 @@
 """Issue 4: wss -- TLS beside ws on one node, one chat for both, versions,
 garbage and stalls on the TLS port, bytes behind the request, certificate
-reload on SIGHUP, and start failures that name the file.
+reload on SIGHUP, and start failures that name the file. Issue 16: the
+session after the handshake in chatd's own record layer (resumption,
+KeyUpdate, forged records), several acceptor threads, certificate key types
+and key exchange groups.
 
 Certificates are made here with the openssl command line (self-signed, EC
-P-256, CN=localhost, SAN IP:127.0.0.1), in the test's temporary folder.
+P-256 unless a test asks for another key, CN=localhost, SAN IP:127.0.0.1),
+in the test's temporary folder.
 """
 
 import asyncio
@@ -40,10 +44,17 @@ class Cert:
         self.der = ssl.PEM_cert_to_DER_cert(cert.read_text())
 
 
-def make_cert(folder, name, serial):
+KEY_TYPES = {
+    "ecdsa-p256": ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    "ecdsa-p384": ["ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    "rsa-2048": ["rsa:2048"],
+}
+
+
+def make_cert(folder, name, serial, key_type="ecdsa-p256"):
     cert, key = folder / f"{name}.crt", folder / f"{name}.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        ["openssl", "req", "-x509", "-newkey", *KEY_TYPES[key_type],
          "-nodes", "-days", "2", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
          "-set_serial", str(serial), "-keyout", str(key), "-out", str(cert)],
@@ -436,6 +447,57 @@ def test_acceptor_threads_share_the_limits(chatd, pki):
         await asyncio.gather(*(ws.close() for _, ws in open_))
 
     arun(main(), 120)
+
+
+# --------------------------------------------------------------------------
+# certificate key types and key exchange groups
+
+
+@pytest.mark.parametrize("key_type", sorted(KEY_TYPES))
+def test_certificate_key_types(chatd, tmp_path, key_type):
+    """Whatever key the operator's certificate has (ECDSA P-256 or P-384,
+    RSA), chatd serves it as it is: TLS 1.3 and 1.2 clients verifying it
+    chat, and TLS 1.2 picks the suite that signs with that key."""
+    cert = make_cert(tmp_path, key_type, 0xC3, key_type)
+    srv = tls_node(chatd, cert)
+    signer = "RSA" if key_type.startswith("rsa") else "ECDSA"
+
+    async def main():
+        for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ws = await wss_connect(srv, "k", client_ctx(v, cafile=cert.cert))
+            assert ssl_object(ws).getpeercert(binary_form=True) == cert.der
+            if v == ssl.TLSVersion.TLSv1_2:
+                assert ssl_object(ws).cipher()[0].startswith(f"ECDHE-{signer}-"), ssl_object(ws).cipher()
+            await ws.send(key_type)
+            assert await recv_text(ws) == f"k: {key_type}"
+            await ws.close()
+
+    arun(main(), 30)
+
+
+def server_temp_key(port, args):
+    """The key exchange s_client reports ("X25519", "prime256v1", ...), or
+    None when the handshake failed."""
+    out = s_client(port, [], args).decode(errors="replace")
+    for line in out.splitlines():
+        if line.startswith("Server Temp Key:"):
+            return line.split(":", 1)[1].split(",")[0 if "X25519" in line else 1].strip()
+    return None
+
+
+def test_key_exchange_groups(chatd, pki):
+    """X25519 first: a TLS 1.2 client listing P-256 first still gets X25519
+    (the server's order); a client with P-256 or P-384 alone gets it; the
+    groups that cost the server most (finite-field, X448) are not offered."""
+    srv = tls_node(chatd, pki["a"])
+    port = srv.tls_port
+    assert server_temp_key(port, []) == "X25519"
+    assert server_temp_key(port, ["-tls1_2", "-groups", "P-256:X25519"]) == "X25519"
+    assert server_temp_key(port, ["-groups", "P-256"]) == "prime256v1"
+    assert server_temp_key(port, ["-groups", "P-384"]) == "secp384r1"
+    for costly in ("ffdhe2048", "ffdhe8192", "X448"):
+        assert server_temp_key(port, ["-groups", costly]) is None, costly
+    assert srv.running
 
 
 # --------------------------------------------------------------------------
