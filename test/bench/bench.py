@@ -13,7 +13,8 @@ Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
 and delivered on node B through Redis, 1,000 clients in one room, latency
 from send on A to receipt on B. 7 (issue 16) is a wss burst: 5,000 clients
-at once, time until all are upgraded and each one's handshake time.
+at once, time until all are upgraded and each one's handshake time; 8 is
+scenario 2 over wss on one node, server CPU per delivery.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
 holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
@@ -41,6 +42,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SRC_IPS = "127.0.0.2-127.0.0.60"
 
 procs = []  # (Popen, name): everything we started, stopped at exit
+CHATD_EXTRA = []  # config lines every chatd node gets (--chatd-conf)
 
 
 def log(*a):
@@ -160,7 +162,7 @@ class Cluster:
             if kind == "chatd":
                 conf = os.path.join(workdir, f"chatd-{port}.conf")
                 lines = [f"listen = 127.0.0.1:{port}", "broker = redis", f"redis_url = {url}",
-                         "log_level = warn", "workers = auto"]
+                         "log_level = warn", "workers = auto"] + CHATD_EXTRA
                 if tls:
                     tport = free_port()
                     lines += [f"tls_listen = 127.0.0.1:{tport}", f"tls_cert = {tls[0]}",
@@ -323,12 +325,16 @@ def s3_big_room(kind, q, work):
         c.close()
 
 
+WSS_KEYS = {"ec": ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "rsa": ["rsa:2048"],
+            "rsa4096": ["rsa:4096"]}
+
+
 def wss_cert(work, key):
-    """A self-signed certificate and key: key "ec" (ECDSA P-256) or "rsa"
-    (RSA-2048)."""
+    """A self-signed certificate and key: key "ec" (ECDSA P-256), "rsa"
+    (RSA-2048) or "rsa4096"."""
     tls = (os.path.join(work, f"cert-{key}.pem"), os.path.join(work, f"key-{key}.pem"))
     if not os.path.exists(tls[0]):
-        kind = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if key == "ec" else ["rsa:2048"]
+        kind = WSS_KEYS[key]
         subprocess.run(["openssl", "req", "-x509", "-newkey"] + kind +
                        ["-nodes", "-days", "2", "-subj", "/CN=localhost",
                         "-keyout", tls[1], "-out", tls[0]], check=True, capture_output=True)
@@ -358,10 +364,10 @@ def s4_wss(kind, q, work, key="ec", groups=None):
         c.close()
 
 
-def s7_wss_burst(kind, q, work, key="ec", groups=None):
+def s7_wss_burst(kind, q, work, key="ec", groups=None, n=None):
     """5,000 wss clients at once (no ramp, every handshake in flight): how
     long until all are upgraded, how long each waited, server CPU each."""
-    n = 2000 if q else 5000
+    n = n or (2000 if q else 5000)
     c = Cluster(kind, 1, work, tls=wss_cert(work, key))
     try:
         time.sleep(1)
@@ -372,11 +378,34 @@ def s7_wss_burst(kind, q, work, key="ec", groups=None):
                       + (["--groups", groups] if groups else [])
                       + sum([["--url", u] for u in c.urls("wss")], []), c, timeout=300)
         return {"scenario": 7, "server": kind, "key": key, "groups": groups or "default",
-                "clients": n, "connected": r["connected"], "failed": r["failed"],
+                "conf": "; ".join(CHATD_EXTRA) or "-", "clients": n, "connected": r["connected"], "failed": r["failed"],
                 "all_upgraded_s": r["connect_s"], "hs_p50_ms": r["hs_p50_ms"],
                 "hs_p99_ms": r["hs_p99_ms"], "hs_max_ms": r["hs_max_ms"],
                 "cpu_ms_per_handshake": round((r["cpu_at_start"] - cpu0) * 1000
                                               / max(1, r["connected"]), 3)}
+    finally:
+        c.close()
+
+
+def s8_wss_fanout(kind, q, work, key="ec", rate=50):
+    """Scenario 2 over wss, one node: 2,000 clients in one room, 10 senders
+    at `rate` messages/s: server CPU per delivery through the TLS record
+    layer."""
+    n = 2000
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
+    try:
+        time.sleep(1)
+        dur = 5 if q else 10
+        r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2", "--ramp", "0",
+                       "--insecure", "--senders", "10", "--rate", str(rate), "--duration", str(dur),
+                       "--drain", "5", "--connect-timeout", "120"]
+                      + sum([["--url", u] for u in c.urls("wss", room="bench")], []), c,
+                      timeout=300)
+        cpu = c.cpu_s() - r["cpu_at_start"]
+        return {"scenario": 8, "server": kind, "rate": rate, "clients": n,
+                "deliveries_per_s": round(r["deliveries_per_s"]), "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"], "lost": r["expected"] - r["delivered"],
+                "cpu_s_per_M": round(cpu / max(1, r["delivered"]) * 1e6, 2)}
     finally:
         c.close()
 
@@ -515,7 +544,7 @@ def plot(rows, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8")
     ap.add_argument("--servers", default="chatd,node")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
@@ -524,8 +553,12 @@ def main():
                     help="scenario 6 total send rates, msg/s (default 20,50,100,200,500,1000,"
                          "2000,5000; --quick: 100,1000); stops after a saturated rate")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--wss-key", default="ec", choices=["ec", "rsa"],
-                    help="scenarios 4 and 7: ECDSA P-256 (default) or RSA-2048 certificate")
+    ap.add_argument("--wss-key", default="ec", choices=sorted(WSS_KEYS),
+                    help="scenarios 4, 7, 8: ECDSA P-256 (default), RSA-2048 or RSA-4096")
+    ap.add_argument("--burst-clients", type=int, default=None,
+                    help="scenario 7 clients (default 5000; --quick: 2000)")
+    ap.add_argument("--chatd-conf", action="append", default=[],
+                    help="a config line for every chatd node, e.g. 'acceptor_threads = 1'")
     ap.add_argument("--wss-groups", default=None,
                     help="scenarios 4 and 7: key exchange groups the clients offer "
                          "(default: OpenSSL's, X25519 first)")
@@ -539,7 +572,8 @@ def main():
     rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: []}
+    CHATD_EXTRA[:] = a.chatd_conf
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], 8: []}
     try:
         for kind in servers:
             if 1 in scen:
@@ -556,8 +590,12 @@ def main():
             if 6 in scen:
                 results[6] += s6_redis(kind, a.quick, work, rates6)
             if 7 in scen and kind == "chatd":
-                results[7].append(s7_wss_burst(kind, a.quick, work, a.wss_key, a.wss_groups))
+                results[7].append(s7_wss_burst(kind, a.quick, work, a.wss_key, a.wss_groups,
+                                               a.burst_clients))
                 log(results[7][-1])
+            if 8 in scen and kind == "chatd":
+                results[8].append(s8_wss_fanout(kind, a.quick, work, a.wss_key))
+                log(results[8][-1])
     finally:
         stop_all()
 
@@ -635,9 +673,13 @@ def main():
                "`all_upgraded_s`: from the first connect() until the last client has its 101;"
                " `hs_*`: per client, connect() to 101 (listen queue, TLS, HTTP); CPU: the"
                " server's, until every client is upgraded, per handshake.\n",
-               table(results[7], ["server", "key", "groups", "clients", "connected", "failed",
+               table(results[7], ["server", "key", "groups", "conf", "clients", "connected", "failed",
                                   "all_upgraded_s", "hs_p50_ms", "hs_p99_ms", "hs_max_ms",
                                   "cpu_ms_per_handshake"])]
+    if results[8]:
+        md += ["\n### 8. wss fan-out: 2,000 clients in one room, 10 senders\n",
+               table(results[8], ["server", "rate", "clients", "deliveries_per_s", "p50_ms",
+                                  "p99_ms", "lost", "cpu_s_per_M"])]
     text = "\n".join(md) + "\n"
     print(text)
     with open(a.out, "a") as f:
