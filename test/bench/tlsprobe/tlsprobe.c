@@ -306,6 +306,7 @@ static void converse(pair *p) {
 }
 
 static void open_pair(pair *p, tls *t, SSL_CTX *cctx, SSL_SESSION *sess) {
+    p->rec = NULL;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
         die("socketpair (raise the open files limit?)");
@@ -326,6 +327,7 @@ static void close_pair(pair *p) {
     if (p->rec) tlsrec_clear(p->rec);
     free(p->rec);
     server_end();
+    SSL_shutdown(p->c); /* else OpenSSL takes the client's session for a bad one */
     SSL_free(p->c);
     close(p->sfd);
     close(p->cfd);
@@ -428,7 +430,6 @@ int main(int argc, char **argv) {
     if (cctx == NULL) die("client context");
     SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
     SSL_CTX_set_mode(cctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_session_cache_mode(cctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
     if (no_ticket) SSL_CTX_set_options(cctx, SSL_OP_NO_TICKET);
     if (groups && SSL_CTX_set1_groups_list(cctx, groups) != 1) die("bad --groups");
     if (version) {
