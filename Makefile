@@ -4,7 +4,7 @@
 CC      ?= cc
 PYTHON  := /usr/bin/python3
 SAN     ?=
-PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl jansson
+PKGS    := libevent libevent_pthreads libevent_openssl hiredis openssl jansson zlib
 LLHTTP_DIR     := /usr/share/llhttp
 LLHTTP_INCLUDE := /usr/share/include/llhttp
 
@@ -95,18 +95,21 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/llhttp
 # Each unit test links only the modules it tests (UNIT_DEPS_<test>).
 UNIT_DEPS_test_ws        := ws
 UNIT_DEPS_test_utf8      := ws
-UNIT_DEPS_test_config    := config log proxy
-UNIT_DEPS_test_handshake := handshake auth config log ws proto names web web_assets proxy
-UNIT_DEPS_test_web       := web web_assets handshake auth config log ws proto names proxy
+UNIT_DEPS_test_config    := config log proxy redis_cluster
+UNIT_DEPS_test_handshake := handshake auth config log ws proto names web web_assets proxy redis_cluster
+UNIT_DEPS_test_web       := web web_assets handshake auth config log ws proto names proxy redis_cluster
 UNIT_DEPS_test_auth      := auth ws
 UNIT_DEPS_test_ring      := ring
 UNIT_DEPS_test_net       := net
-UNIT_DEPS_test_redis_link := redis_link
+UNIT_DEPS_test_redis_link := redis_link redis_cluster
 UNIT_DEPS_test_names     := names ws
 UNIT_DEPS_test_proto     := proto names ws
-UNIT_DEPS_test_room      := room msg proto names ws
+UNIT_DEPS_test_room      := room msg pmd proto names ws redis_cluster
 UNIT_DEPS_test_proxy     := proxy
-UNIT_DEPS_test_tlsrec    := tlsrec tls config log proxy
+UNIT_DEPS_test_redis_cluster := redis_cluster
+UNIT_DEPS_test_pmd       := pmd
+UNIT_DEPS_test_msg       := msg pmd proto names ws redis_cluster
+UNIT_DEPS_test_tlsrec    := tlsrec tls config log proxy redis_cluster
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
@@ -124,12 +127,12 @@ check-unit: unit
 
 # chatbench, the load generator of issue 5: `make bench-tool`.
 BENCH_SRC  := $(wildcard test/bench/*.c)
-BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl
+BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl zlib
 .PHONY: bench-tool
 bench-tool: $(BUILD)/chatbench $(BUILD)/tlsprobe
 # tlsprobe (issue 16): a wss connection's bytes by OpenSSL call site and its
 # server CPU, in the TLS context chatd's own tls.c builds.
-TLSPROBE_DEPS := tls tlsrec config log proxy
+TLSPROBE_DEPS := tls tlsrec config log proxy redis_cluster
 $(BUILD)/tlsprobe: test/bench/tlsprobe/tlsprobe.c $(TLSPROBE_DEPS:%=$(BUILD)/obj/%.o)
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(ALLFLAGS) $(WARN) -o $@ $^ $(LDLIBS)
@@ -171,7 +174,7 @@ chaos: deps
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := ws utf8 handshake config auth proto proxy
+FUZZ_TARGETS := ws utf8 handshake config auth proto proxy pmd
 FUZZ_PKGS    := openssl jansson
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -I$(LLHTTP_INCLUDE) \
@@ -181,15 +184,17 @@ FUZZ_LLHTTP  := $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_DIR)/llhttp/%.o,$(wildcard $
 FUZZ_SRC_ws        := src/ws.c
 FUZZ_SRC_utf8      := src/ws.c
 FUZZ_SRC_handshake  = src/handshake.c src/config.c src/log.c src/ws.c src/auth.c src/proto.c src/names.c \
-                      src/web.c src/web_assets.S src/proxy.c $(FUZZ_LLHTTP)
+                      src/web.c src/web_assets.S src/proxy.c src/redis_cluster.c $(FUZZ_LLHTTP)
 FUZZ_SRC_config     = $(FUZZ_SRC_handshake)
 FUZZ_SRC_auth      := src/auth.c src/ws.c
 FUZZ_SRC_proto     := src/proto.c src/names.c src/ws.c
 FUZZ_SRC_proxy     := src/proxy.c
+FUZZ_SRC_pmd       := src/pmd.c
 FUZZ_LIBS_handshake = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS_config    = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_auth      = $(FUZZ_LIBS_handshake)
 FUZZ_LIBS_proto     = $(FUZZ_LIBS_handshake)
+FUZZ_LIBS_pmd       = $(shell pkg-config --libs zlib 2>/dev/null)
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)

@@ -40,6 +40,9 @@ typedef struct broker_stats {
     uint64_t queued;     /* messages accepted, not yet stored (all workers) */
     int64_t oldest_ms;   /* age of the oldest unacknowledged publish; 0: none */
     uint64_t read_lag;   /* entries in the stream this node has not read yet */
+    int shards_up;       /* shards whose stream is read now */
+    uint64_t redirects;  /* MOVED redirects followed */
+    uint64_t route_changes; /* failovers followed */
 } broker_stats;
 
 /* Any thread: the broker's counters so far. */
@@ -76,6 +79,17 @@ typedef struct broker_req {
     uint64_t id_ms, id_seq;    /* HIST_SINCE: after this id; HIST_BEFORE: before */
 } broker_req;
 
+/* A ticket: the shard in the top byte, the publisher's sequence below. A
+ * shard's tickets come back (acks, stored) in their order; different
+ * shards' in no common one. */
+#define TICKET(shard, seq) ((uint64_t)(shard) << 56 | (seq))
+#define TICKET_SHARD(t) ((int)((t) >> 56))
+#define TICKET_SEQ(t) ((t) & ((UINT64_C(1) << 56) - 1))
+
+/* Any thread: how many shards (1 for the local broker), and a room's. */
+int broker_shards(const broker *b);
+int broker_room_shard(const broker *b, const char *name, size_t len);
+
 /* Worker thread wid: puts r in the order: a message of user in room, a
  * presence change, a typing notice (never stored). A message whose sender
  * can never be stored is refused through worker_refuse with 1011. Returns
@@ -91,10 +105,10 @@ int broker_read_history(broker *b, int wid, const broker_req *r);
 
 /* Worker thread wid: messages it published that are not stored yet. */
 int broker_pending(broker *b, int wid);
-/* Worker thread wid: every message of this worker whose ticket is at most
- * this is stored; *failing says whether storing fails right now (Redis
- * away or refusing), as opposed to merely being under way. */
-uint64_t broker_stored(broker *b, int wid, int *failing);
+/* Worker thread wid: 1 if the message of ticket is stored; *failing says
+ * whether storing fails right now (Redis away or refusing), as opposed to
+ * merely being under way. */
+int broker_ticket_stored(broker *b, int wid, uint64_t ticket, int *failing);
 
 /* Shared by the backends (broker.c): the broker thread hands m (holding one
  * reference) to every worker in order, waiting while an inbox is full, and

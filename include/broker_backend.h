@@ -26,9 +26,9 @@ typedef struct broker_ops {
     int (*read_history)(broker *b, int wid, const broker_req *r);
     /* worker thread wid: its messages not yet stored (NULL: none ever wait) */
     int (*pending)(broker *b, int wid);
-    /* worker thread wid: every ticket up to this is stored (NULL: all are);
-     * *failing set when storing does not work now */
-    uint64_t (*stored)(broker *b, int wid, int *failing);
+    /* worker thread wid: every ticket of shard up to this sequence is
+     * stored (NULL: all are); *failing set when storing does not work now */
+    uint64_t (*stored)(broker *b, int wid, int shard, int *failing);
     /* any thread: see broker_ready */
     int (*ready)(broker *b, char *why, size_t whylen);
     /* any thread: fills the backend's part of out (queued, oldest_ms, ...) */
@@ -39,6 +39,7 @@ typedef struct broker_ops {
 
 struct broker {
     const config *cfg;
+    int nshards;                 /* 1, or cfg->shards with Redis */
     worker **workers;
     int nworkers;
     pthread_t thread;

@@ -69,6 +69,8 @@ typedef struct config {
     int ping_timeout_ms;        /* close it if no pong within this */
     int64_t max_output_buffer;  /* bytes queued for one client (→ 1008) */
     int max_rooms_per_conn;     /* chatd.v1: rooms one connection may be in */
+    int permessage_deflate;     /* 1: accept permessage-deflate offers */
+    int compression_min_size;   /* smaller payloads go out uncompressed */
 
     /* history and presence */
     int history_size;           /* per room, in each node's memory; 0: none */
@@ -86,6 +88,11 @@ typedef struct config {
     char redis_pass[256];       /* the password in effect, decoded, from either
                                    of the two above (config_load_secrets);
                                    empty: the URL's own */
+    char redis_cluster[256];    /* seed nodes "host:port, ..."; empty: none */
+    char redis_sentinel[256];   /* sentinels "host:port, ..."; empty: none */
+    char redis_master_name[128];/* the primary the sentinels watch */
+    int redis_wait_replicas;    /* replicas that must have a message first */
+    int shards;                 /* streams the rooms are spread over */
     char stream[128];
     int64_t stream_maxlen;
     int publish_queue;          /* per worker, messages not yet stored */
@@ -97,6 +104,7 @@ typedef struct config {
     int log_format;             /* LOG_TEXT or LOG_JSON, see log.h */
     int access_log;             /* 1: a line at each connection's open and close */
     int shutdown_timeout_ms;    /* to store what was accepted, then to close */
+    int drain_delay_ms;         /* readiness fails this long before closes */
     int drain_time_ms;          /* clients closed in batches over this */
 
     /* where each directive was set, for warnings: the file and, per row of

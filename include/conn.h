@@ -59,6 +59,9 @@ typedef struct conn {
                                   access log (malloc'd then) */
     uint16_t ctl_len;          /* control frame bytes queued in ctl */
     uint16_t ctl_off;          /* of which already written */
+    uint8_t zbits;             /* permessage-deflate: the window the client
+                                  allows us (8..15); 0: not negotiated */
+    uint8_t part_z;            /* part is being written compressed */
     uint8_t *ctl;              /* the 101, then pong/ping/close bytes
                                   (malloc'd on need) */
     uint8_t *msgbuf;           /* fragments of the message being received */

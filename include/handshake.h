@@ -47,6 +47,13 @@ typedef struct hs_result {
     char room[HS_NAME_MAX + 1];     /* decoded (or default_room; "" for a
                                        chatd.v1 client that names none) */
     int json;           /* the client speaks chatd.v1 (Sec-WebSocket-Protocol) */
+    int deflate;        /* permessage-deflate accepted: the LZ77 window the
+                           client allows us (server_max_window_bits, 8..15;
+                           15 when it set none); 0: not negotiated. A
+                           frame compressed with a 2^15 window is valid for
+                           a smaller one when its payload is no longer than
+                           that window: back-references never reach past
+                           a message's start */
     int has_room;       /* room is to be joined at once */
     int64_t history;    /* ?history=N, -1 when absent */
     int has_since;      /* chatd.v1: ?since=ID&epoch=E */
@@ -84,7 +91,12 @@ typedef struct hs_result {
  *   without it: username missing, too long (max_username), not printable
  *   UTF-8 → 400 with the reason in the body;
  *   room invalid (max_room) → 400 with the reason in the body;
- *   otherwise 101 with Sec-WebSocket-Accept. */
+ *   otherwise 101 with Sec-WebSocket-Accept, Sec-WebSocket-Protocol when
+ *   chatd.v1 is offered, and Sec-WebSocket-Extensions when permessage_deflate
+ *   is on and the first acceptable permessage-deflate offer is found (RFC
+ *   7692 7.1: an offer with an unknown or repeated parameter, or a window
+ *   bits value other than 8..15, is declined; a header that does not parse
+ *   declines every offer; past 8 header lines, none is read). */
 void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result *out);
 
 /* hs_respond_at at time(NULL). */
@@ -95,7 +107,8 @@ void hs_respond(const hs_request *r, const config *cfg, hs_result *out);
 void hs_error_response(hs_result *out, int status, const char *reason);
 
 /* Writes a complete text/plain response with body (cut to fit) into out;
- * out's route flags (metrics, health_check, ready_check) are cleared. */
+ * out's route flags (metrics, health_check, ready_check) and deflate are
+ * cleared. */
 void hs_text_response(hs_result *out, int status, const char *body);
 
 /* Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)).

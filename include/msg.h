@@ -8,6 +8,11 @@
  * of the room, and keep messages by reference as the room's recent history.
  * A private frame (an answer to one client) is a msg of its own with one
  * frame. The last thread to drop a reference frees it.
+ *
+ * permessage-deflate: a msg also carries its frames compressed, built
+ * lazily by the first worker that has a client needing one and shared by
+ * every client of every worker from then on. Once set, a compressed frame
+ * never changes until the msg is freed.
  */
 #ifndef CHATD_MSG_H
 #define CHATD_MSG_H
@@ -15,6 +20,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct pmd;
 
 enum msg_kind {
     MSG_CHAT = 0,  /* a message of a room: history, both frames */
@@ -26,9 +33,17 @@ enum msg_kind {
     MSG_SNAPSHOT,  /* local broker → one worker: a join's member list */
 };
 
+/* A frame compressed with permessage-deflate: header (RSV1) and payload. */
+typedef struct msg_z {
+    uint32_t len;
+    uint8_t frame[];
+} msg_z;
+
 typedef struct msg {
     _Atomic uint32_t refs;   /* one per holder: rings, room logs, histories */
     uint8_t kind;            /* enum msg_kind */
+    uint8_t shard;           /* whose stream it came from (ids and origin_seq
+                                are in that shard's order) */
     uint16_t origin_wid;     /* the worker of this node that published it, or 0 */
     uint16_t room_len;
     uint16_t user_len;
@@ -47,6 +62,9 @@ typedef struct msg {
     const char *text;        /* MSG_SNAPSHOT: the members as a JSON array */
     const uint8_t *frame;
     const uint8_t *jframe;
+    _Atomic(msg_z *) z[2];   /* frame and jframe compressed: NULL until a
+                                worker builds one (msg_zframe), then set
+                                once for good */
     uint8_t data[];
 } msg;
 
@@ -72,6 +90,20 @@ static inline const uint8_t *msg_frame(const msg *m, int json, uint32_t *len) {
     return json ? m->jframe : m->frame;
 }
 
+/* The frame of m for protocol json compressed with permessage-deflate
+ * (RSV1, the payload deflated without context). The first caller builds it
+ * with its own compressor z and publishes it with a compare-and-swap (a
+ * caller that loses the race frees its copy and takes the winner's); every
+ * later call is one atomic load, on any thread. NULL when deflate would
+ * not make the frame shorter (then never again) or memory ran out (the
+ * next call tries again): send the plain frame. *deflated is set to 1 when
+ * this call ran the compressor. Any thread holding a reference. */
+const uint8_t *msg_zframe(msg *m, int json, struct pmd *z, uint32_t *len, int *deflated);
+
+/* The compressed frame msg_zframe returned for m and json before (for a
+ * frame written in part, finished later), or NULL. */
+const uint8_t *msg_zframe_built(msg *m, int json, uint32_t *len);
+
 /* Adds n references. Any thread holding a reference. */
 static inline void msg_ref(msg *m, uint32_t n) {
     /* relaxed: the caller already holds a reference, so m stays alive */
@@ -82,7 +114,9 @@ static inline void msg_ref(msg *m, uint32_t n) {
 void msg_unref(msg *m);
 
 /* Bytes m holds, for history's memory budget (a message's user and text
- * are read from its text frame). */
+ * are read from its text frame). Its compressed frames are not counted:
+ * they are built after it is kept, only when a deflate client needs them,
+ * and are smaller than the frames they stand for. */
 static inline size_t msg_size(const msg *m) {
     return sizeof(*m) + m->frame_len + m->jframe_len + m->room_len + 2 +
            (m->kind == MSG_CHAT ? 0 : (size_t)m->user_len + m->text_len + 2);

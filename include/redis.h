@@ -29,11 +29,28 @@
 
 #include "broker_backend.h"
 #include "clock.h"
+#include "redis_cluster.h"
 
 #define REDIS_BACKOFF_MIN_MS 50
 #define REDIS_BACKOFF_MAX_MS 2000
 
+/* Where the Redis of each shard is: one server (redis_url), the primary
+ * Sentinel names, or the master of the shard's slot in a Cluster. */
+enum { REDIS_SINGLE = 0, REDIS_SENTINEL, REDIS_CLUSTER };
+#define REDIS_MAX_SEEDS 16
+
+struct redisContext;
+
 typedef struct redis_link {
+    int mode;                    /* REDIS_SINGLE, _SENTINEL, _CLUSTER */
+    int nshards;
+    int slot[SHARDS_MAX];        /* cluster: the slot of each shard's keys */
+    redis_addr seed[REDIS_MAX_SEEDS]; /* cluster seeds, or the sentinels */
+    int nseeds;
+    char master_name[128];       /* sentinel */
+    _Atomic int stale;           /* a redirect, a failover: find the route again */
+    _Atomic uint64_t moves;      /* MOVED and ASK followed (relaxed: a counter) */
+    _Atomic uint64_t failovers;  /* times the route changed (relaxed: a counter) */
     char host[256];
     int port;
     int db;
@@ -41,7 +58,9 @@ typedef struct redis_link {
     char pass[256];
     int timeout_ms;              /* redis_timeout */
     pthread_mutex_t lock;        /* guards ip and problem (not the message path) */
-    char ip[64];                 /* host resolved, "" until known */
+    char ip[64];                 /* single, sentinel: the address in use, "" */
+    int ip_port;                 /*   until known, and its port */
+    cluster_map *map;            /* cluster: the slot map, NULL until known */
     /* A lasting error an operator must fix, or "", one per side, so that
      * each side clears only its own (relaxed flags: checked before the
      * lock, so a store clears nothing it need not). */
@@ -60,10 +79,28 @@ enum { REDIS_PROBLEM_READ = 0, REDIS_PROBLEM_WRITE = 1 };
  * error never repeats the password. Returns 0 or -1 with err. */
 int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, size_t errlen);
 void redis_link_destroy(redis_link *l);
+/* Main thread, after init: how many shards, and where to find Redis:
+ * cluster seeds or sentinels ("host:port, ..."; both empty: the URL's
+ * host). 0, or -1 with err. */
+int redis_link_route(redis_link *l, int nshards, const char *cluster, const char *sentinel,
+                     const char *master_name, char *err, size_t errlen);
 /* Consumer thread: resolves host (may block). 0, or -1 with err. */
 int redis_link_resolve(redis_link *l, char *err, size_t errlen);
-/* Any thread: copies the resolved address; -1 while there is none. */
-int redis_link_ip(redis_link *l, char *ip, size_t iplen);
+/* Consumer thread (may block): finds where each shard's Redis is now: the
+ * URL's host resolved, the primary the sentinels name, or the slot map
+ * of the cluster. On failure the last route known stays. 0, or -1. */
+int redis_link_refresh(redis_link *l, char *err, size_t errlen);
+/* Any thread: the address of shard's Redis; -1 while there is none. */
+int redis_link_addr(redis_link *l, int shard, char *ip, size_t iplen, int *port);
+/* Any thread: a MOVED redirect names the new master of a slot. */
+void redis_link_moved(redis_link *l, const redis_addr *to, int slot);
+/* Any thread: the route seems wrong (a redirect, READONLY, a lost
+ * connection): the consumer thread refreshes it soon. */
+void redis_link_want_refresh(redis_link *l);
+/* Any thread (blocking, so never a worker): a connection to host:port,
+ * authenticated (and the db selected outside a cluster); NULL with err. */
+struct redisContext *redis_link_dial(redis_link *l, const char *host, int port, int timeout_ms,
+                                     char *err, size_t errlen);
 /* Any thread: sets TCP keepalive and the user timeout on a Redis socket, so
  * that a path that went silent fails within about timeout_ms. */
 void redis_link_tune(const redis_link *l, int fd);
@@ -84,23 +121,22 @@ struct publisher;
 
 typedef struct rbroker {
     redis_link link;
+    int nshards;
+    char prefix[SHARDS_MAX][160]; /* each shard's keys start so: "<stream>",
+                                    or "<stream>:{<tag>}" (the tag puts them
+                                    in one Cluster slot) */
     char node[17];               /* random, hex: this process's publisher id */
     char epoch_candidate[17];    /* random, hex: the publish script makes a
                                     new epoch from its first half and the
                                     time when Redis has none */
-    struct publisher *pubs;      /* one per worker */
+    struct publisher *pubs;      /* per worker, per shard: [(wid-1)*nshards+k] */
     /* Consumer state others read (relaxed unless said). */
-    _Atomic int started;         /* the consumer fixed its start id (release) */
-    _Atomic int up;              /* the consumer reads */
-    _Atomic int64_t since_ms;    /* wall ms when `up` last changed */
-    _Atomic uint64_t read_lag;   /* entries after last_id at the last check */
-    /* Consumer thread only. */
-    void *ctx;                   /* redisContext * */
-    char last_id[64];            /* last delivered entry id, "" until fixed */
-    uint64_t pos;                /* entries-added count at last_id (gap check) */
-    uint64_t epoch;              /* as the workers were last told */
-    int64_t swept_ms;            /* monotonic: last presence sweep */
-    int counted;                 /* Redis reports entries-added (7.0 and later) */
+    _Atomic uint8_t started[SHARDS_MAX]; /* the consumer fixed the shard's
+                                    start id (release) */
+    _Atomic int nstarted;        /* shards started */
+    _Atomic int nup;             /* shards the consumer reads */
+    _Atomic int64_t since_ms;    /* wall ms when all-up last changed */
+    _Atomic uint64_t read_lag;   /* entries after last_id at the last checks */
 } rbroker;
 
 /* redis_pub.c: the publishing side of broker_ops (worker threads). */
@@ -111,7 +147,7 @@ void redis_pub_detach(broker *b, int wid);
 int64_t redis_pub_publish(broker *b, int wid, const broker_req *q);
 int redis_pub_read_history(broker *b, int wid, const broker_req *q);
 int redis_pub_pending(broker *b, int wid);
-uint64_t redis_pub_stored(broker *b, int wid, int *failing);
+uint64_t redis_pub_stored(broker *b, int wid, int shard, int *failing);
 /* Any thread: messages not yet stored, and the age of the oldest (ms). */
 void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms);
 

@@ -130,8 +130,9 @@ int room_append(room_index *ix, room *r, msg *m);
 
 /* Keeps m (taking over the caller's reference) as r's newest history. */
 void room_remember(room_index *ix, room *r, msg *m);
-/* Forgets every room's history (the epoch changed). */
-void room_forget_all(room_index *ix);
+/* Forgets the history of every room of a shard (cluster_room_shard; all
+ * rooms when nshards is 1): the shard's epoch changed. */
+void room_forget_shard(room_index *ix, int shard, int nshards);
 /* History of r, oldest first: entry i (0 <= i < r->hist_len). */
 static inline msg *room_hist_at(const room *r, uint32_t i) {
     return r->hist[(r->hist_head - r->hist_len + i) & (r->hist_cap - 1)].m;

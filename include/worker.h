@@ -42,6 +42,7 @@ typedef struct handoff {
     char *reply;           /* the 101 response, for the worker to write */
     size_t reply_len;
     int json;              /* the client speaks chatd.v1 */
+    int deflate;           /* permessage-deflate: hs_result.deflate */
     int has_room;          /* join room at once (always, for text clients) */
     int64_t history;       /* ?history=N, or -1 */
     int has_since;         /* ?since=ID&epoch=E (chatd.v1) */
@@ -77,6 +78,10 @@ typedef struct worker {
     uint8_t *tlsbuf;             /* shared staging for one TLS record */
     uint8_t *tlsout;             /* and for it sealed (tlsrec) */
     struct tlsrec_cx *tls_cx;    /* this thread's ciphers for tlsrec */
+    struct pmd *pmd;             /* permessage-deflate: the compressor and
+                                    decompressor every connection of this
+                                    worker uses in turn (no context is kept
+                                    between messages) */
     int stopping;                /* worker thread: shutdown phase, see worker.c */
     int64_t phase_ms;            /* monotonic: when the phase began */
     uint32_t drain_total;        /* clients when the drain began */
@@ -86,7 +91,12 @@ typedef struct worker {
                                     nothing more (release/acquire) */
     _Atomic uint32_t nconns;     /* read by the acceptor to balance */
     _Atomic uint64_t msgs_in;    /* messages received from clients */
+    _Atomic uint64_t zmsgs_in;   /* of which compressed (permessage-deflate) */
     _Atomic uint64_t frames_out; /* frames written to clients */
+    _Atomic uint64_t zframes_out; /* of which compressed */
+    _Atomic uint64_t deflates;   /* frames this worker compressed (once per
+                                    message and protocol per node, but for
+                                    a race between workers) */
     _Atomic uint64_t slow_closes; /* clients closed for passing max_output_buffer */
     _Atomic uint64_t rate_closes; /* clients closed for passing rate_limit */
     _Atomic uint64_t busy_closes; /* clients closed with 1013: publish queue full */

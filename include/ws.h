@@ -21,6 +21,10 @@ enum {
     WS_OP_PONG = 0xA,
 };
 
+/* RSV1: the frame starts a message compressed with permessage-deflate
+ * (RFC 7692 6). OR it into ws_write_header's opcode. */
+#define WS_RSV1 0x40
+
 /* Close codes (RFC 6455 7.4.1) used by the server. */
 enum {
     WS_CLOSE_NORMAL = 1000,
@@ -80,6 +84,9 @@ typedef struct ws_event {
     size_t len;
     int first;           /* DATA: first chunk of a message */
     int fin;             /* DATA: last chunk of a message */
+    int compressed;      /* DATA: the message is compressed (RSV1 on its
+                            first frame): the bytes are deflate data, not
+                            yet checked as UTF-8 */
     uint16_t code;       /* CLOSE: the peer's code; ERROR: code to send */
     const char *reason;  /* ERROR: static text for the log */
 } ws_event;
@@ -100,6 +107,8 @@ typedef struct ws_parser {
     uint8_t first_pending;  /* next DATA chunk is the message's first */
     uint8_t ctl_len;
     uint8_t failed;         /* an ERROR was returned: parser is dead */
+    uint8_t deflate;        /* permessage-deflate was negotiated */
+    uint8_t compressed;     /* the current message is compressed */
     utf8_state utf8;        /* validation state across the whole message */
     uint8_t ctl[WS_MAX_CONTROL];
 } ws_parser;
@@ -107,18 +116,36 @@ typedef struct ws_parser {
 /* Initialises a parser for a server (requires masked client frames). */
 void ws_parser_init(ws_parser *p, uint64_t max_message);
 
+/* The connection negotiated permessage-deflate: a message whose first frame
+ * has RSV1 is compressed. Its DATA events carry deflate bytes (compressed
+ * set; UTF-8 is the caller's to check once inflated), and its wire bytes
+ * may pass max_message by an eighth plus 64 (deflate's worst expansion of
+ * incompressible bytes, with fixed Huffman codes): the caller holds the
+ * inflated bytes to max_message. */
+void ws_parser_deflate(ws_parser *p);
+
+/* Wire bytes a compressed message may take under a limit of max_message
+ * (saturated, for a limit that never bites). */
+static inline uint64_t ws_deflated_limit(uint64_t max_message) {
+    uint64_t extra = max_message / 8 + 64;
+    return max_message > UINT64_MAX - extra ? UINT64_MAX : max_message + extra;
+}
+
 /* Parses from buf[0..len). Returns how many bytes it consumed and fills ev
  * with at most one event. Masked payload is unmasked in place, so DATA
  * events point into buf. Call again with the rest while it returns
  * consumed < len or ev->type != WS_EV_NONE.
  *
  * Rules (each a WS_EV_ERROR with the code in parentheses):
- *   unmasked frame (1002), RSV bits set (1002), unknown opcode (1002),
+ *   unmasked frame (1002), RSV2 or RSV3 set (1002), RSV1 set without
+ *   permessage-deflate, on a continuation or on a control frame (1002),
+ *   unknown opcode (1002),
  *   64-bit length with the top bit set (1002), control frame over 125 bytes
  *   or fragmented (1002), CONT without a message in progress (1002), TEXT or
  *   BINARY while a message is in progress (1002), binary message (1003),
  *   message longer than max_message (1009, at the header that passes it),
- *   invalid UTF-8 in text (1007, at the first bad byte, across fragments),
+ *   invalid UTF-8 in uncompressed text (1007, at the first bad byte, across
+ *   fragments),
  *   close payload of 1 byte (1002), close code not allowed on the wire
  *   (1002), close reason not UTF-8 (1007).
  * After an ERROR the parser returns ERROR again for any input. */
@@ -132,9 +159,15 @@ int ws_close_code_valid(unsigned code);
 /* Size of the header for a payload of len bytes (2, 4 or 10). */
 size_t ws_header_size(uint64_t len);
 
-/* Writes an unmasked FIN frame header for opcode and payload length into
- * out (at least WS_MAX_HEADER bytes). Returns the header size. */
+/* Writes an unmasked FIN frame header for opcode (with WS_RSV1 for a
+ * compressed message) and payload length into out (at least WS_MAX_HEADER
+ * bytes). Returns the header size. */
 size_t ws_write_header(uint8_t *out, unsigned opcode, uint64_t len);
+
+/* Header size of a server frame (unmasked) that starts at f. */
+static inline size_t ws_frame_header_size(const uint8_t *f) {
+    return (f[1] & 0x7F) < 126 ? 2 : (f[1] & 0x7F) == 126 ? 4 : 10;
+}
 
 /* Writes a whole close frame with code and reason (truncated to fit 125
  * bytes) into out (at least 2 + WS_MAX_CONTROL bytes). Returns its size. */

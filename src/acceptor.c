@@ -344,6 +344,7 @@ static void pending_handoff(pending *p) {
     memcpy(h->reply, res->response, res->response_len);
     h->reply_len = res->response_len;
     h->json = res->json;
+    h->deflate = res->deflate;
     h->has_room = res->has_room;
     h->history = res->history;
     h->has_since = res->has_since;
@@ -592,11 +593,14 @@ static char *acc_metrics(acc_thread *a, size_t *out_len) {
         free(out);
         return NULL;
     }
-    uint64_t in = 0, frames = 0, slow = 0, rate = 0, busy = 0;
+    uint64_t in = 0, zin = 0, frames = 0, zframes = 0, deflates = 0, slow = 0, rate = 0, busy = 0;
     for (int i = 0; i < acc->nworkers; i++) {
         worker *w = acc->workers[i];
         in += atomic_load_explicit(&w->msgs_in, memory_order_relaxed);
+        zin += atomic_load_explicit(&w->zmsgs_in, memory_order_relaxed);
         frames += atomic_load_explicit(&w->frames_out, memory_order_relaxed);
+        zframes += atomic_load_explicit(&w->zframes_out, memory_order_relaxed);
+        deflates += atomic_load_explicit(&w->deflates, memory_order_relaxed);
         slow += atomic_load_explicit(&w->slow_closes, memory_order_relaxed);
         rate += atomic_load_explicit(&w->rate_closes, memory_order_relaxed);
         busy += atomic_load_explicit(&w->busy_closes, memory_order_relaxed);
@@ -652,9 +656,16 @@ static char *acc_metrics(acc_thread *a, size_t *out_len) {
         "Connections closed for lacking a valid PROXY header from a trusted proxy.",
         ac.proxy_refused);
     ONE("chatd_messages_received_total", "counter", "Text messages received from clients.", in);
+    ONE("chatd_messages_received_compressed_total", "counter",
+        "Messages received compressed (permessage-deflate), good or bad.", zin);
     ONE("chatd_messages_delivered_total", "counter",
         "Messages in the shared order fanned out on this node.", bs.delivered);
     ONE("chatd_frames_sent_total", "counter", "Message frames written to clients.", frames);
+    ONE("chatd_frames_compressed_total", "counter",
+        "Of those, frames written compressed (permessage-deflate).", zframes);
+    ONE("chatd_compressions_total", "counter",
+        "Frames this node compressed: one per message and protocol, shared by every client.",
+        deflates);
     put(body, cap, &n, "# HELP chatd_clients_closed_total Clients closed by a limit.\n"
                        "# TYPE chatd_clients_closed_total counter\n"
                        "chatd_clients_closed_total{reason=\"max_output_buffer\"} %llu\n"
@@ -683,6 +694,13 @@ static char *acc_metrics(acc_thread *a, size_t *out_len) {
         put(body, cap, &n, "chatd_publish_oldest_seconds 0\n");
     ONE("chatd_stream_read_lag", "gauge", "Stream entries this node has not read yet.",
         bs.read_lag);
+    ONE("chatd_redis_shards_up", "gauge", "Shards whose stream this node reads now.",
+        bs.shards_up);
+    ONE("chatd_redis_redirects_total", "counter",
+        "Redis Cluster MOVED and ASK redirects followed.", bs.redirects);
+    ONE("chatd_redis_route_changes_total", "counter",
+        "Times a shard's Redis changed (a failover the sentinels or the cluster told of).",
+        bs.route_changes);
 #undef ONE
 
     int h = snprintf(out, 256,

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "broker_backend.h"
+#include "redis_cluster.h"
 #include "log.h"
 
 broker *broker_new(const config *cfg, worker **workers, int nworkers, char *err, size_t errlen) {
@@ -17,6 +18,7 @@ broker *broker_new(const config *cfg, worker **workers, int nworkers, char *err,
         return NULL;
     }
     b->cfg = cfg;
+    b->nshards = cfg->broker == BROKER_REDIS ? cfg->shards : 1;
     b->workers = workers;
     b->nworkers = nworkers;
     b->ops = cfg->broker == BROKER_REDIS ? &broker_redis_ops : &broker_local_ops;
@@ -63,6 +65,8 @@ void broker_get_stats(broker *b, broker_stats *out) {
     out->queued = 0;
     out->oldest_ms = 0;
     out->read_lag = 0;
+    out->shards_up = b->nshards;
+    out->redirects = out->route_changes = 0;
     if (b->ops->stats) b->ops->stats(b, out);
 }
 
@@ -87,9 +91,16 @@ int broker_read_history(broker *b, int wid, const broker_req *r) {
 
 int broker_pending(broker *b, int wid) { return b->ops->pending ? b->ops->pending(b, wid) : 0; }
 
-uint64_t broker_stored(broker *b, int wid, int *failing) {
+int broker_ticket_stored(broker *b, int wid, uint64_t ticket, int *failing) {
     *failing = 0;
-    return b->ops->stored ? b->ops->stored(b, wid, failing) : UINT64_MAX;
+    if (b->ops->stored == NULL) return 1;
+    return TICKET_SEQ(ticket) <= b->ops->stored(b, wid, TICKET_SHARD(ticket), failing);
+}
+
+int broker_shards(const broker *b) { return b->nshards; }
+
+int broker_room_shard(const broker *b, const char *name, size_t len) {
+    return b->nshards == 1 ? 0 : cluster_room_shard(name, len, b->nshards);
 }
 
 void broker_flush_wakes(broker *b) {

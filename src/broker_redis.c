@@ -27,6 +27,22 @@ static int redis_init(broker *b, char *err, size_t errlen) {
         redis_free(b);
         return -1;
     }
+    const config *cfg = b->cfg;
+    if (redis_link_route(&rb->link, cfg->shards, cfg->redis_cluster, cfg->redis_sentinel,
+                         cfg->redis_master_name, err, errlen) < 0) {
+        redis_free(b);
+        return -1;
+    }
+    /* One shard on one Redis keeps the names it always had; otherwise each
+     * shard's keys carry its hash tag. */
+    rb->nshards = cfg->shards;
+    for (int k = 0; k < rb->nshards; k++) {
+        char tag[16];
+        if (rb->nshards == 1 && !cfg->redis_cluster[0])
+            snprintf(rb->prefix[k], sizeof(rb->prefix[k]), "%s", cfg->stream);
+        else if (cluster_shard_tag(k, rb->nshards, tag, sizeof(tag)) >= 0)
+            snprintf(rb->prefix[k], sizeof(rb->prefix[k]), "%.127s:{%s}", cfg->stream, tag);
+    }
     /* redis_password or redis_password_file replaces the URL's password. */
     if (b->cfg->redis_pass[0])
         snprintf(rb->link.pass, sizeof(rb->link.pass), "%s", b->cfg->redis_pass);
@@ -44,7 +60,7 @@ static int redis_init(broker *b, char *err, size_t errlen) {
     return 0;
 }
 
-static void redis_interrupt(broker *b) { (void)b; /* XREAD BLOCK returns within 0.5 s */ }
+static void redis_interrupt(broker *b) { (void)b; /* the consumer looks every 50 ms */ }
 
 static int redis_ready(broker *b, char *why, size_t whylen) {
     rbroker *rb = b->impl;
@@ -55,11 +71,11 @@ static int redis_ready(broker *b, char *why, size_t whylen) {
         return 0;
     }
     /* acquire: pairs with the consumer's release when it fixed its start */
-    if (!atomic_load_explicit(&rb->started, memory_order_acquire)) {
+    if (atomic_load_explicit(&rb->nstarted, memory_order_acquire) < rb->nshards) {
         snprintf(why, whylen, "Redis not reached yet: where the stream ends is not known");
         return 0;
     }
-    if (!atomic_load_explicit(&rb->up, memory_order_relaxed)) {
+    if (atomic_load_explicit(&rb->nup, memory_order_relaxed) < rb->nshards) {
         snprintf(why, whylen, "Redis unreachable: messages cannot be read");
         return 0;
     }
@@ -77,9 +93,12 @@ static int redis_ready(broker *b, char *why, size_t whylen) {
 static void redis_stats(broker *b, broker_stats *out) {
     rbroker *rb = b->impl;
     /* relaxed: gauges of the consumer thread */
-    out->up = atomic_load_explicit(&rb->up, memory_order_relaxed);
+    out->up = atomic_load_explicit(&rb->nup, memory_order_relaxed) == rb->nshards;
     out->since_ms = atomic_load_explicit(&rb->since_ms, memory_order_relaxed);
     out->read_lag = atomic_load_explicit(&rb->read_lag, memory_order_relaxed);
+    out->shards_up = atomic_load_explicit(&rb->nup, memory_order_relaxed);
+    out->redirects = atomic_load_explicit(&rb->link.moves, memory_order_relaxed);
+    out->route_changes = atomic_load_explicit(&rb->link.failovers, memory_order_relaxed);
     redis_pub_stats(b, &out->queued, &out->oldest_ms);
 }
 

@@ -1,6 +1,7 @@
 /* chat — clients' requests and the broker's deliveries on a worker (see
  * chat.h). */
 #include "chat.h"
+#include "redis_cluster.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -58,14 +59,21 @@ typedef struct pres_entry {
     char user[];
 } pres_entry;
 
+/* Sends waiting for their ack, oldest first: a shard's messages come back
+ * in the order they were sent (their publisher's). */
+typedef struct ack_ring {
+    ack_entry *q;
+    size_t cap, head, len;
+} ack_ring;
+
 typedef struct chat {
     join_wait *waits;
-    ack_entry *acks;                /* a ring, oldest first */
-    size_t acks_cap, acks_head, acks_len;
+    ack_ring acks[SHARDS_MAX];      /* per shard */
     pres_entry **pres;
     size_t npres_buckets, npres;
-    proto_id pos;                   /* newest id delivered to this worker */
-    uint64_t epoch;
+    /* Per shard: ids of different shards are not in one order. */
+    proto_id pos[SHARDS_MAX];       /* newest id delivered to this worker */
+    uint64_t epoch[SHARDS_MAX];
     uint64_t pres_lost;             /* presence changes not told since the */
     int64_t pres_lost_ms;           /* last line about them (monotonic) */
 } chat;
@@ -105,8 +113,11 @@ void chat_free(worker *w) {
         ch->waits = jw->next;
         wait_free(jw);
     }
-    for (size_t i = 0; i < ch->acks_len; i++) free(ch->acks[(ch->acks_head + i) % ch->acks_cap].ref);
-    free(ch->acks);
+    for (int k = 0; k < SHARDS_MAX; k++) {
+        ack_ring *ar = &ch->acks[k];
+        for (size_t i = 0; i < ar->len; i++) free(ar->q[(ar->head + i) % ar->cap].ref);
+        free(ar->q);
+    }
     for (size_t i = 0; i < ch->npres_buckets; i++)
         for (pres_entry *p = ch->pres[i], *next; p; p = next) {
             next = p->next;
@@ -412,8 +423,10 @@ static int join(conn *c, const char *name, size_t len, int64_t history, int has_
     jw->mode = has_since ? HIST_SINCE : n > 0 ? HIST_LATEST : HIST_NONE;
     jw->since = since;
     jw->epoch = has_since ? strtoull(epoch, NULL, 16) : 0;
-    if (has_since && (strlen(epoch) != 16 || jw->epoch != ch->epoch)) jw->mode = n ? HIST_LATEST : HIST_NONE;
-    jw->upto = ch->pos;
+    int shard = broker_room_shard(w->broker, name, len);
+    if (has_since && (strlen(epoch) != 16 || jw->epoch != ch->epoch[shard]))
+        jw->mode = n ? HIST_LATEST : HIST_NONE;
+    jw->upto = ch->pos[shard];
     snprintf(jw->ref, sizeof(jw->ref), "%s", ref ? ref : "");
     jw->c = c;
     jw->mb = mb;
@@ -485,12 +498,15 @@ void chat_close(conn *c) {
             if (jw->c == c) jw->c = NULL;
         c->waits = 0;
     }
-    if (c->acks) {
-        for (size_t i = 0; i < ch->acks_len; i++) {
-            ack_entry *a = &ch->acks[(ch->acks_head + i) % ch->acks_cap];
-            if (a->c == c) a->c = NULL;
+    for (int k = 0; c->acks && k < SHARDS_MAX; k++) {
+        ack_ring *ar = &ch->acks[k];
+        for (size_t i = 0; i < ar->len; i++) {
+            ack_entry *a = &ar->q[(ar->head + i) % ar->cap];
+            if (a->c == c) {
+                a->c = NULL;
+                c->acks--;
+            }
         }
-        c->acks = 0;
     }
 }
 
@@ -516,12 +532,13 @@ void chat_join_answer(worker *w, void *wait, join_answer *a) {
         else conn_close(c, WS_CLOSE_TRY_AGAIN, "history not available");
         goto done;
     }
-    uint64_t epoch = a->epoch ? a->epoch : ch->epoch;
+    int shard = broker_room_shard(w->broker, mb->room->name, mb->room->name_len);
+    uint64_t epoch = a->epoch ? a->epoch : ch->epoch[shard];
     int recovered = 0;
     msg **replay = jw->replay;
     uint32_t nreplay = jw->nreplay, first = 0;
     if (jw->mem) {
-        recovered = jw->mem_recovered && epoch == ch->epoch;
+        recovered = jw->mem_recovered && epoch == ch->epoch[shard];
     } else {
         /* From Redis: up to what the worker had seen when it joined; the
          * rest comes through the room's log. */
@@ -623,19 +640,20 @@ static int64_t send_text(conn *c, member *mb, const uint8_t *text, size_t len) {
     return ticket;
 }
 
-static void ack_push(chat *ch, conn *c, uint64_t seq, const char *ref) {
-    if (ch->acks_len == ch->acks_cap) {
-        size_t cap = ch->acks_cap ? ch->acks_cap * 2 : 64;
+static void ack_push(chat *ch, conn *c, uint64_t ticket, const char *ref) {
+    ack_ring *ar = &ch->acks[TICKET_SHARD(ticket)];
+    if (ar->len == ar->cap) {
+        size_t cap = ar->cap ? ar->cap * 2 : 64;
         ack_entry *q = malloc(cap * sizeof(*q));
         if (q == NULL) return; /* no ack: the msg itself still comes */
-        for (size_t i = 0; i < ch->acks_len; i++) q[i] = ch->acks[(ch->acks_head + i) % ch->acks_cap];
-        free(ch->acks);
-        ch->acks = q;
-        ch->acks_head = 0;
-        ch->acks_cap = cap;
+        for (size_t i = 0; i < ar->len; i++) q[i] = ar->q[(ar->head + i) % ar->cap];
+        free(ar->q);
+        ar->q = q;
+        ar->head = 0;
+        ar->cap = cap;
     }
-    ack_entry *a = &ch->acks[(ch->acks_head + ch->acks_len++) % ch->acks_cap];
-    a->seq = seq;
+    ack_entry *a = &ar->q[(ar->head + ar->len++) % ar->cap];
+    a->seq = TICKET_SEQ(ticket);
     a->c = c;
     a->ref = ref && ref[0] ? strdup(ref) : NULL;
     c->acks++;
@@ -879,9 +897,9 @@ int chat_on_message(conn *c, const uint8_t *data, size_t len) {
  * come back in order; any before m's were never stored (their senders
  * were closed with 1011). */
 static void ack(worker *w, const msg *m) {
-    chat *ch = w->chat;
-    while (ch->acks_len) {
-        ack_entry *a = &ch->acks[ch->acks_head % ch->acks_cap];
+    ack_ring *ar = &w->chat->acks[m->shard];
+    while (ar->len) {
+        ack_entry *a = &ar->q[ar->head % ar->cap];
         if (a->seq > m->origin_seq) return;
         conn *c = a->c;
         if (a->seq == m->origin_seq && c && c->state == CONN_OPEN) {
@@ -895,8 +913,8 @@ static void ack(worker *w, const msg *m) {
         }
         if (c && c->acks) c->acks--;
         free(a->ref);
-        ch->acks_head++;
-        ch->acks_len--;
+        ar->head++;
+        ar->len--;
         if (a->seq == m->origin_seq && c && c->state == CONN_OPEN) conn_flush(c); /* may free c */
     }
 }
@@ -918,12 +936,13 @@ void chat_deliver(worker *w, msg *m) {
     chat *ch = w->chat;
     switch (m->kind) {
     case MSG_MARK:
-        if (m->origin_seq != ch->epoch && ch->epoch != 0) {
-            log_info("worker %d: the epoch changed: recent history forgotten", w->id);
-            room_forget_all(&w->rooms);
+        if (m->origin_seq != ch->epoch[m->shard] && ch->epoch[m->shard] != 0) {
+            log_info("worker %d: the epoch of shard %d changed: its recent history forgotten",
+                     w->id, m->shard);
+            room_forget_shard(&w->rooms, m->shard, broker_shards(w->broker));
         }
-        ch->epoch = m->origin_seq;
-        ch->pos = (proto_id){m->id_ms, m->id_seq};
+        ch->epoch[m->shard] = m->origin_seq;
+        ch->pos[m->shard] = (proto_id){m->id_ms, m->id_seq};
         msg_unref(m);
         return;
     case MSG_SNAPSHOT: {
@@ -940,7 +959,7 @@ void chat_deliver(worker *w, msg *m) {
     default:
         break;
     }
-    ch->pos = (proto_id){m->id_ms, m->id_seq};
+    ch->pos[m->shard] = (proto_id){m->id_ms, m->id_seq};
     if (m->origin_wid == w->id && m->kind == MSG_CHAT) ack(w, m);
     room *r = room_find(&w->rooms, m->room, m->room_len);
     if (m->kind == MSG_CHAT && w->cfg->history_size > 0) {

@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "redis_cluster.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -42,6 +43,7 @@ typedef enum {
     T_PROXIES,   /* addresses and CIDRs into trusted_proxies (proxy.h) */
     T_LOGFORMAT, /* text | json */
     T_PROXYPROTO, /* off | on | ws | wss: which listeners expect a PROXY header */
+    T_ADDRS,     /* "host:port, ..." (redis_cluster.h) into a char array */
 } ctype;
 
 enum {
@@ -137,6 +139,10 @@ static const directive directives[] = {
      "bytes queued for one slow client before it is closed with 1008"},
     {"max_rooms_per_conn", T_INT, F_RELOAD, 1, 10000, "64", FIELD(max_rooms_per_conn),
      "rooms one chatd.v1 connection may be in at once"},
+    {"permessage_deflate", T_BOOL, F_RELOAD, 0, 1, "on", FIELD(permessage_deflate),
+     "on: accept a client's permessage-deflate offer (RFC 7692); off: decline it"},
+    {"compression_min_size", T_SIZE, F_RELOAD, 0, 64 * MIB, "64", FIELD(compression_min_size),
+     "messages shorter than this go to deflate clients uncompressed"},
 
     /* history and presence */
     {"history_size", T_INT, 0, 0, 100000, "100", FIELD(history_size),
@@ -161,6 +167,16 @@ static const directive directives[] = {
      "Redis password, in place of one in redis_url"},
     {"redis_password_file", T_PATH, 0, 0, 255, "", FIELD(redis_password_file),
      "file whose first line is the Redis password"},
+    {"redis_cluster", T_ADDRS, 0, 0, 255, "", FIELD(redis_cluster),
+     "seed nodes of a Redis Cluster (host:port, ...), in place of redis_url's host"},
+    {"redis_sentinel", T_ADDRS, 0, 0, 255, "", FIELD(redis_sentinel),
+     "Sentinels (host:port, ...) that name the Redis primary, in place of redis_url's host"},
+    {"redis_master_name", T_STRING, F_NOSPACE, 0, 127, "", FIELD(redis_master_name),
+     "the primary's name in the Sentinels' configuration"},
+    {"redis_wait_replicas", T_INT, 0, 0, 16, "0", FIELD(redis_wait_replicas),
+     "replicas that must have a message before it counts as stored (WAIT)"},
+    {"shards", T_INT, 0, 1, SHARDS_MAX, "1", FIELD(shards),
+     "streams the rooms are spread over (a room's keys share one Cluster slot)"},
     {"stream", T_STRING, F_NOSPACE, 1, 127, "chatd:messages", FIELD(stream),
      "Redis stream key holding the messages"},
     {"stream_maxlen", T_INT, 0, 0, 1000000000000LL, "100000", FIELD(stream_maxlen),
@@ -180,6 +196,8 @@ static const directive directives[] = {
      "on: a line at info when a connection opens and when it closes"},
     {"shutdown_timeout", T_DURATION, F_RELOAD, 0, 10 * MIN, "5s", FIELD(shutdown_timeout_ms),
      "on shutdown: time to store accepted messages, then for clients to close"},
+    {"drain_delay", T_DURATION, F_RELOAD, 0, 10 * MIN, "0", FIELD(drain_delay_ms),
+     "on shutdown: fail readiness this long before closing any client"},
     {"drain_time", T_DURATION, F_RELOAD, 0, 10 * MIN, "0", FIELD(drain_time_ms),
      "on shutdown: close clients in batches spread over this; 0 = all at once"},
 };
@@ -281,6 +299,10 @@ static void describe(const directive *d, char *buf, size_t len) {
     case T_PATH:
         snprintf(buf, len, "a file, relative to the config file's directory, up to %" PRId64
                  " bytes", d->max);
+        break;
+    case T_ADDRS:
+        snprintf(buf, len, "host:port addresses separated by commas or blanks, e.g. "
+                           "10.0.0.1:7000, 10.0.0.2:7000");
         break;
     case T_STRING:
         snprintf(buf, len, "%" PRId64 "..%" PRId64 " bytes%s", d->min, d->max,
@@ -394,9 +416,18 @@ static const char *parse_size(const directive *d, const char *s, int64_t *out) {
 
 static const char *parse_duration(const directive *d, const char *s, int64_t *out) {
     const char *end;
-    int64_t v;
+    int64_t v, frac = 0, den = 1;
     const char *why = parse_number(s, &v, &end);
     if (why != NULL) return why;
+    if (*end == '.') { /* 1.5s, 0.25m: a fraction, down to a millisecond */
+        if (end[1] < '0' || end[1] > '9') return "not a number";
+        for (end++; *end >= '0' && *end <= '9'; end++) {
+            if (den >= 1000000000) return "too many decimals";
+            frac = frac * 10 + (*end - '0');
+            den *= 10;
+        }
+        if (v < 0) frac = -frac;
+    }
     int64_t mul;
     if (*end == '\0' || strcmp(end, "s") == 0)
         mul = SEC;
@@ -410,7 +441,10 @@ static const char *parse_duration(const directive *d, const char *s, int64_t *ou
         mul = DAY;
     else
         return "unknown unit";
-    return scale(d, v, mul, out);
+    if (frac * mul % den != 0) return "finer than a millisecond";
+    if (v > INT64_MAX / mul - 1 || v < INT64_MIN / mul + 1) return "out of range";
+    *out = v * mul + frac * mul / den;
+    return check_range(d, *out);
 }
 
 /* Length of the valid UTF-8 sequence at s (not overlong, no surrogates,
@@ -631,6 +665,16 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         why = parse_string(d, value);
         if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
         break;
+    case T_ADDRS: {
+        redis_addr a[CLUSTER_MAX_NODES];
+        static char reason[160]; /* main thread only, like the rest of config */
+        why = parse_string(d, value);
+        if (why == NULL && value[0] &&
+            redis_addr_list_parse(value, 6379, a, CLUSTER_MAX_NODES, reason, sizeof reason) < 0)
+            why = reason;
+        if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
+        break;
+    }
     case T_LISTEN: {
         char bind[sizeof cfg->bind] = "";
         int port;
@@ -1056,6 +1100,14 @@ int config_check(const config *cfg, char *err, size_t errlen) {
         seterr(err, errlen, "log_level: %d is not a level", cfg->log_level);
         return -1;
     }
+    if (cfg->redis_cluster[0] && cfg->redis_sentinel[0]) {
+        seterr(err, errlen, "redis_cluster and redis_sentinel are both set: give one");
+        return -1;
+    }
+    if (cfg->redis_sentinel[0] && cfg->redis_master_name[0] == '\0') {
+        seterr(err, errlen, "redis_sentinel needs redis_master_name: the primary's name");
+        return -1;
+    }
     if (cfg->broker == BROKER_REDIS && parse_redis_url(cfg->redis_url, sizeof cfg->redis_url)) {
         seterr(err, errlen, "redis_url is not a Redis URL (not repeated here)");
         return -1;
@@ -1129,6 +1181,12 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
         {"stream", "broker = local"},
         {"stream_maxlen", "broker = local"},
         {"redis_timeout", "broker = local"},
+        {"redis_cluster", "broker = local"},
+        {"redis_sentinel", "broker = local"},
+        {"redis_master_name", "broker = local"},
+        {"redis_wait_replicas", "broker = local"},
+        {"shards", "broker = local"},
+        {"redis_master_name", "redis_sentinel is empty"},
         {"history_ttl", "broker = local"},
         {"rate_burst", "rate_limit = 0 (no limit)"},
         {"auth_secret_previous", "auth_secret is empty (no authentication)"},
@@ -1212,6 +1270,7 @@ static void format_value(const config *cfg, const directive *d, char *out, size_
     case T_DURATION: put(&b, "%s", fmt_duration(v, buf, sizeof buf)); break;
     case T_STRING:
     case T_PATH:
+    case T_ADDRS:
         put_value(&b, (d->flags & F_SECRET) && s[0] ? MASK : s);
         break;
     case T_LISTEN: put_listen(&b, cfg->bind, cfg->port); break;
@@ -1287,6 +1346,7 @@ static bool differs(const config *a, const config *b, const directive *d) {
     switch (d->type) {
     case T_STRING:
     case T_PATH:
+    case T_ADDRS:
     case T_REDIS_URL:
         return strncmp(x, y, d->size) != 0;
     case T_LISTEN:

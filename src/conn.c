@@ -2,9 +2,11 @@
  *
  * Output is never copied per client: room messages are written straight
  * from the shared, already encoded msg frames (writev over the room log
- * from this connection's cursor). Only control frames are per connection.
+ * from this connection's cursor), compressed ones too for a client that
+ * negotiated permessage-deflate. Only control frames are per connection.
  * An idle connection holds no buffers: the read buffer is the worker's,
- * and ctl and msgbuf are freed as soon as they are empty.
+ * ctl and msgbuf are freed as soon as they are empty, and compression
+ * state is the worker's, used one message at a time.
  */
 #include "conn.h"
 
@@ -26,6 +28,7 @@
 #include "chat.h"
 #include "clock.h"
 #include "log.h"
+#include "pmd.h"
 #include "proxy.h"
 #include "room.h"
 #include "tlsrec.h"
@@ -115,6 +118,7 @@ static void conn_access_open(conn *c) {
         LOG_STR("rooms", rooms),
         LOG_STR("proto", c->json ? "chatd.v1" : "text"),
         LOG_STR("tls", c->ssl || c->rec ? "on" : "off"),
+        LOG_STR("deflate", c->zbits ? "on" : "off"),
         LOG_INT("exp", c->exp),
     };
     log_conn_fields(LOG_INFO, &lc, f, sizeof f / sizeof f[0], "open");
@@ -238,10 +242,51 @@ int conn_take_token(conn *c) {
     return 0;
 }
 
+/* A whole compressed message: inflated with the worker's decompressor,
+ * never past the parser's limit (a decompression bomb costs at most that
+ * much inflating, then 1009), checked as UTF-8, then handled as any. */
+static int conn_on_compressed(conn *c, const uint8_t *p, size_t len) {
+    const uint8_t *text;
+    size_t n;
+    unsigned code = 0;
+    const char *why = NULL;
+    atomic_fetch_add_explicit(&c->w->zmsgs_in, 1, memory_order_relaxed); /* a counter */
+    switch (pmd_inflate(c->w->pmd, p, len, (size_t)c->parser.max_message, &text, &n)) {
+    case PMD_OK:
+        if (utf8_validate(text, n) < 0) {
+            code = WS_CLOSE_INVALID_DATA;
+            why = "invalid UTF-8 in a text message";
+        }
+        break;
+    case PMD_TOO_BIG:
+        code = WS_CLOSE_TOO_BIG;
+        why = "message larger than the limit once inflated";
+        break;
+    case PMD_BAD:
+        code = WS_CLOSE_INVALID_DATA;
+        why = "invalid compressed data";
+        break;
+    default:
+        code = WS_CLOSE_INTERNAL;
+        why = "out of memory";
+        break;
+    }
+    int rc = 0;
+    if (code) {
+        conn_log(LOG_INFO, c, "%s, closing with %u", why, code);
+        conn_close(c, code, why);
+    } else {
+        rc = chat_on_message(c, text, n);
+    }
+    pmd_trim(c->w->pmd);
+    return rc;
+}
+
 static int conn_on_data(conn *c, const ws_event *ev) {
     if (c->state != CONN_OPEN) return 0; /* data after our close is ignored */
     if (ev->first && ev->fin) {
         c->msgs_in++;
+        if (ev->compressed) return conn_on_compressed(c, ev->data, ev->len);
         return chat_on_message(c, ev->data, ev->len);
     }
     if (c->msg_len + ev->len > c->msg_cap) {
@@ -259,7 +304,8 @@ static int conn_on_data(conn *c, const ws_event *ev) {
     c->msg_len += ev->len;
     if (ev->fin) {
         c->msgs_in++;
-        chat_on_message(c, c->msgbuf, c->msg_len);
+        if (ev->compressed) conn_on_compressed(c, c->msgbuf, c->msg_len);
+        else chat_on_message(c, c->msgbuf, c->msg_len);
         conn_free_msgbuf(c);
     }
     return 0;
@@ -343,15 +389,18 @@ typedef struct step {
     member *mb;        /* STEP_ENTRY, STEP_SKIP */
     uint32_t len;      /* bytes of the iovec */
     uint8_t kind;
+    uint8_t z;         /* the frame is the compressed one */
 } step;
 
 #define CONN_STEPS (CONN_IOV * 4)
 
 /* Moves c past `left` bytes written, walking the steps conn_flush queued.
  * A frame written in part is kept by reference in c->part and finished
- * first next time. Returns the frames finished. */
-static size_t conn_advance(conn *c, size_t left, const step *st, int nst) {
+ * first next time, compressed or not as it began. Returns the frames
+ * finished, and in *zdone those of them compressed. */
+static size_t conn_advance(conn *c, size_t left, const step *st, int nst, size_t *zdone) {
     size_t done = 0;
+    *zdone = 0;
     for (int i = 0; i < nst; i++) {
         const step *s = &st[i];
         if (left == 0 && s->kind != STEP_SKIP) return done; /* not begun */
@@ -382,10 +431,12 @@ static size_t conn_advance(conn *c, size_t left, const step *st, int nst) {
         if (left >= s->len) {
             left -= s->len;
             done++;
+            *zdone += s->z;
             if (s->kind == STEP_PART) {
                 msg_unref(c->part);
                 c->part = NULL;
                 c->off = 0;
+                c->part_z = 0;
             } else if (s->kind == STEP_OUTQ) {
                 msg_unref(m);
             }
@@ -395,6 +446,7 @@ static size_t conn_advance(conn *c, size_t left, const step *st, int nst) {
         else {
             c->part = m;
             c->off = (uint32_t)left;
+            c->part_z = s->z;
         }
         return done;
     }
@@ -416,6 +468,31 @@ static member *conn_next_member(conn *c) {
         }
     }
     return best;
+}
+
+/* The frame c gets for m, and in *z whether it is the compressed one: the
+ * frame shared by every deflate client of the node when c negotiated
+ * permessage-deflate, the payload is at least compression_min_size, and
+ * deflate shortens it. A client that limited our window to 2^zbits bytes
+ * gets it only for payloads that fit in that window: frames are deflated
+ * once with the largest, and back-references never reach past a message's
+ * start. */
+static const uint8_t *conn_frame(conn *c, msg *m, uint32_t *len, uint8_t *z) {
+    const uint8_t *f = msg_frame(m, c->json, len);
+    *z = 0;
+    if (c->zbits == 0 || *len == 0) return f;
+    size_t payload = *len - ws_frame_header_size(f);
+    if (payload < (size_t)c->w->cfg->compression_min_size ||
+        (c->zbits < PMD_WINDOW_BITS && payload > (size_t)1 << c->zbits))
+        return f;
+    uint32_t zlen;
+    int deflated;
+    const uint8_t *zf = msg_zframe(m, c->json, c->w->pmd, &zlen, &deflated);
+    if (deflated) atomic_fetch_add_explicit(&c->w->deflates, 1, memory_order_relaxed); /* a counter */
+    if (zf == NULL) return f;
+    *len = zlen;
+    *z = 1;
+    return zf;
 }
 
 /* 1 if mb's client must not get m: a text client gets no presence,
@@ -544,23 +621,25 @@ int conn_flush(conn *c) {
         int n = 0, nst = 0;
         size_t total = 0;
         uint32_t len;
-        if (c->part) { /* finish the frame in progress first */
-            const uint8_t *f = msg_frame(c->part, c->json, &len);
+        uint8_t z;
+        if (c->part) { /* finish the frame in progress first, as it began */
+            const uint8_t *f = c->part_z ? msg_zframe_built(c->part, c->json, &len)
+                                         : msg_frame(c->part, c->json, &len);
             iov[n] = (struct iovec){(void *)(f + c->off), len - c->off};
-            st[nst++] = (step){NULL, len - c->off, STEP_PART};
+            st[nst++] = (step){NULL, len - c->off, STEP_PART, c->part_z};
             total += iov[n++].iov_len;
         }
         if (c->ctl_len > c->ctl_off) {
             iov[n] = (struct iovec){c->ctl + c->ctl_off, (size_t)(c->ctl_len - c->ctl_off)};
-            st[nst++] = (step){NULL, (uint32_t)iov[n].iov_len, STEP_CTL};
+            st[nst++] = (step){NULL, (uint32_t)iov[n].iov_len, STEP_CTL, 0};
             total += iov[n++].iov_len;
         }
         if (c->state == CONN_OPEN) {
             uint32_t i = 0; /* private frames queued in this write */
             for (; i < c->outq_len && n < CONN_IOV && total < CONN_WRITE_CAP; i++) {
-                const uint8_t *f = msg_frame(c->outq[(c->outq_head + i) % c->outq_cap], c->json, &len);
+                const uint8_t *f = conn_frame(c, c->outq[(c->outq_head + i) % c->outq_cap], &len, &z);
                 iov[n] = (struct iovec){(void *)f, len};
-                st[nst++] = (step){NULL, len, STEP_OUTQ};
+                st[nst++] = (step){NULL, len, STEP_OUTQ, z};
                 total += iov[n++].iov_len;
             }
             /* Room entries, merged across rooms in the order they came,
@@ -572,26 +651,28 @@ int conn_flush(conn *c) {
                        (mb = conn_next_member(c)) != NULL) {
                     msg *m = room_entry_at(mb->room, mb->look++)->m;
                     if (conn_skips(c, mb, m)) {
-                        st[nst++] = (step){mb, 0, STEP_SKIP};
+                        st[nst++] = (step){mb, 0, STEP_SKIP, 0};
                         continue;
                     }
-                    const uint8_t *f = msg_frame(m, c->json, &len);
+                    const uint8_t *f = conn_frame(c, m, &len, &z);
                     iov[n] = (struct iovec){(void *)f, len};
-                    st[nst++] = (step){mb, len, STEP_ENTRY};
+                    st[nst++] = (step){mb, len, STEP_ENTRY, z};
                     total += iov[n++].iov_len;
                 }
             }
         }
+        size_t zframes;
         if (n == 0) {
             if (nst == 0) break;
-            conn_advance(c, 0, st, nst); /* only skips */
+            conn_advance(c, 0, st, nst, &zframes); /* only skips */
             continue;
         }
         wr = c->ssl || c->rec ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
         if (wr == CONN_TLS_KEPT) wr = (ssize_t)total; /* owed, in tls_out */
         else if (wr < 0) goto write_failed;
-        size_t frames = conn_advance(c, (size_t)wr, st, nst);
+        size_t frames = conn_advance(c, (size_t)wr, st, nst, &zframes);
         atomic_fetch_add_explicit(&w->frames_out, frames, memory_order_relaxed); /* a counter */
+        if (zframes) atomic_fetch_add_explicit(&w->zframes_out, zframes, memory_order_relaxed); /* a counter */
         c->msgs_out += (uint32_t)frames;
         c->bytes_out += (uint64_t)wr;
         turn += (size_t)wr;
@@ -832,6 +913,8 @@ conn *conn_new(worker *w, handoff *h) {
      * one; the text itself is held to max_message when parsed. */
     uint64_t max = (uint64_t)w->cfg->max_message;
     ws_parser_init(&c->parser, c->json ? max * 6 + 1024 : max);
+    c->zbits = (uint8_t)h->deflate;
+    if (c->zbits) ws_parser_deflate(&c->parser);
     c->claim = h->claim;
     h->claim = NULL; /* ours now */
     c->ssl = h->ssl;

@@ -34,6 +34,7 @@ enum {
     H_PROTOCOL,
     H_IF_NONE_MATCH,
     H_XFF,
+    H_EXTENSIONS,
     H_COUNT,
     H_NONE = H_COUNT,
 };
@@ -48,12 +49,16 @@ static const char *const field_names[H_COUNT] = {
     [H_PROTOCOL] = "sec-websocket-protocol",
     [H_IF_NONE_MATCH] = "if-none-match",
     [H_XFF] = "x-forwarded-for",
+    [H_EXTENSIONS] = "sec-websocket-extensions",
 };
 
 /* X-Forwarded-For lines joined past this many are not kept (the value is
  * then not used at all): it bounds the moves below, and no honest chain of
  * proxies adds so many lines. */
 #define XFF_LINES_MAX 8
+/* The same for Sec-WebSocket-Extensions: past this many lines no extension
+ * is negotiated (a browser sends one). */
+#define EXT_LINES_MAX 8
 
 /* Longer than any name above: a name that does not fit is not one of ours. */
 #define NAME_BUF 32
@@ -109,10 +114,13 @@ static void reverse(char *p, size_t n) {
 }
 
 /* Moves field id's bytes to the end of the arena so that a new occurrence
- * can be appended to it; fields stored after it shift down. Only the
- * joined Sec-WebSocket-Protocol is moved, and only first occurrences of the
- * other fields are kept behind it, so this moves bytes at most six times
- * per request, never once per header line. */
+ * can be appended to it; fields stored after it shift down. Only the joined
+ * fields are moved: Sec-WebSocket-Protocol, and X-Forwarded-For and
+ * Sec-WebSocket-Extensions for their first 8 lines each; of the other
+ * fields only first occurrences are kept. So a move happens a bounded
+ * number of times per request (at most once per line of the two bounded
+ * fields, and once per field stored behind the protocol), never once per
+ * header line. */
 static void move_to_end(hs_request *r, int id) {
     span *s = &r->f[id];
     size_t end = s->off + s->len;
@@ -211,7 +219,8 @@ static int on_header_field_complete(llhttp_t *p) {
         s->off = r->used;
         s->len = 0;
         r->cur_stored = 1;
-    } else if (r->cur == H_PROTOCOL || (r->cur == H_XFF && s->count < XFF_LINES_MAX)) {
+    } else if (r->cur == H_PROTOCOL || (r->cur == H_XFF && s->count < XFF_LINES_MAX) ||
+               (r->cur == H_EXTENSIONS && s->count < EXT_LINES_MAX)) {
         move_to_end(r, r->cur);
         if (arena_put(r, ", ", 2) < 0)
             return fail_cb(r, 431);
@@ -383,6 +392,7 @@ static void text_response(hs_result *out, int status, const char *extra, const c
         out->response_len = sizeof out->response - 1;
     out->status = status;
     out->upgrade = 0;
+    out->deflate = 0;
     out->metrics = 0;
     out->health_check = 0;
     out->ready_check = 0;
@@ -678,6 +688,154 @@ static int offers_json(const hs_request *r) {
     return v && has_token(v, n, PROTO_SUBPROTOCOL);
 }
 
+/* ---- permessage-deflate (RFC 7692) ---------------------------------- */
+
+static void skip_ows(const char *v, size_t n, size_t *i) {
+    while (*i < n && is_ows(v[*i]))
+        (*i)++;
+}
+
+/* Length of the token at v[*i], which *i moves past (0: none there). */
+static size_t take_token(const char *v, size_t n, size_t *i) {
+    size_t a = *i;
+    while (*i < n && is_tchar((unsigned char)v[*i]))
+        (*i)++;
+    return *i - a;
+}
+
+/* The quoted-string at v[*i] (RFC 9110 5.6.4), unescaped into out (cut at
+ * cap bytes); *i moves past it. Returns its unescaped length, or -1 when it
+ * is malformed. */
+static long take_quoted(const char *v, size_t n, size_t *i, char *out, size_t cap) {
+    size_t k = 0;
+    for ((*i)++; *i < n; (*i)++) {
+        unsigned char c = (unsigned char)v[*i];
+        if (c == '"') {
+            (*i)++;
+            return (long)k;
+        }
+        if (c == '\\' && ++*i == n)
+            return -1;
+        c = (unsigned char)v[*i];
+        if ((c < 0x20 && c != '\t') || c == 0x7F)
+            return -1;
+        if (k < cap)
+            out[k] = (char)c;
+        k++;
+    }
+    return -1;
+}
+
+/* A *_max_window_bits value: 8..15 in plain decimal, else -1. */
+static int window_bits(const char *s, long n) {
+    if (n == 1 && (s[0] == '8' || s[0] == '9'))
+        return s[0] - '0';
+    if (n == 2 && s[0] == '1' && s[1] >= '0' && s[1] <= '5')
+        return 10 + s[1] - '0';
+    return -1;
+}
+
+enum { P_SNCT = 1, P_CNCT = 2, P_SMWB = 4, P_CMWB = 8 };
+
+static const struct {
+    const char *name;
+    int flag;
+} deflate_params[] = {
+    {"server_no_context_takeover", P_SNCT},
+    {"client_no_context_takeover", P_CNCT},
+    {"server_max_window_bits", P_SMWB},
+    {"client_max_window_bits", P_CMWB},
+};
+
+/* One parameter of a permessage-deflate offer (value vlen bytes at val, -1:
+ * none). Returns 0 when it makes the offer one to decline (RFC 7692 5: an
+ * unknown or repeated parameter, or a bad value); sets *bits to an asked
+ * server_max_window_bits. Every valid offer can be honoured: see
+ * hs_result.deflate. */
+static int judge_param(const char *name, size_t len, const char *val, long vlen, int *seen,
+                       int *bits) {
+    int flag = 0;
+    for (size_t k = 0; k < sizeof deflate_params / sizeof deflate_params[0]; k++)
+        if (strlen(deflate_params[k].name) == len &&
+            strncasecmp(deflate_params[k].name, name, len) == 0)
+            flag = deflate_params[k].flag;
+    if (flag == 0 || (*seen & flag))
+        return 0;
+    *seen |= flag;
+    switch (flag) {
+    case P_SNCT:
+    case P_CNCT:
+        return vlen < 0;
+    case P_SMWB:
+        *bits = window_bits(val, vlen);
+        return *bits > 0;
+    default: /* P_CMWB: the client may limit its own window; ours reads any */
+        return vlen < 0 || window_bits(val, vlen) > 0;
+    }
+}
+
+/* Judges Sec-WebSocket-Extensions (RFC 6455 9.1: a list of extensions,
+ * each a token with parameters after ';', a parameter a token with an
+ * optional token or quoted-string value). Returns 1 when an offer of
+ * permessage-deflate is accepted, the first acceptable one, with *bits the
+ * server_max_window_bits it asked for (0: none); 0 when there is none, or
+ * when the header is malformed anywhere (then nothing is negotiated). */
+static int pick_deflate(const char *v, size_t n, int *bits) {
+    int chosen = 0;
+    size_t i = 0;
+    for (;;) {
+        skip_ows(v, n, &i);
+        if (i == n)
+            return chosen;
+        if (v[i] == ',') { /* an empty list element (RFC 9110 5.6.1) */
+            i++;
+            continue;
+        }
+        const char *name = v + i;
+        size_t nlen = take_token(v, n, &i);
+        if (nlen == 0)
+            return 0;
+        int ok = nlen == 18 && strncasecmp(name, "permessage-deflate", 18) == 0;
+        int seen = 0, asked = 0;
+        skip_ows(v, n, &i);
+        while (i < n && v[i] == ';') {
+            i++;
+            skip_ows(v, n, &i);
+            const char *pname = v + i;
+            size_t plen = take_token(v, n, &i);
+            if (plen == 0)
+                return 0;
+            skip_ows(v, n, &i);
+            char val[8];
+            long vlen = -1;
+            if (i < n && v[i] == '=') {
+                i++;
+                skip_ows(v, n, &i);
+                if (i < n && v[i] == '"') {
+                    if ((vlen = take_quoted(v, n, &i, val, sizeof val)) < 0)
+                        return 0;
+                } else {
+                    const char *t = v + i;
+                    size_t tlen = take_token(v, n, &i);
+                    if (tlen == 0)
+                        return 0;
+                    memcpy(val, t, tlen < sizeof val ? tlen : sizeof val);
+                    vlen = (long)tlen;
+                }
+                skip_ows(v, n, &i);
+            }
+            if (ok)
+                ok = judge_param(pname, plen, val, vlen, &seen, &asked);
+        }
+        if (i < n && v[i] != ',')
+            return 0;
+        if (ok && !chosen) {
+            chosen = 1;
+            *bits = asked;
+        }
+    }
+}
+
 static int origin_allowed(const config *cfg, const char *o, size_t n) {
     for (int i = 0; i < cfg->n_origins && i < CONFIG_MAX_ORIGINS; i++) {
         const char *a = cfg->allowed_origins[i];
@@ -840,14 +998,32 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
         refuse(out, 500, "internal error");
         return;
     }
+    /* Always both no_context_takeover parameters: no LZ77 window outlives
+     * a message, so the node compresses each message once for everyone and
+     * keeps no compression state per connection. */
+    char ext[160] = "";
+    int asked = 0;
+    v = field(r, H_EXTENSIONS, &n);
+    if (cfg->permessage_deflate && v && r->f[H_EXTENSIONS].count <= EXT_LINES_MAX &&
+        pick_deflate(v, n, &asked)) {
+        out->deflate = asked ? asked : 15;
+        char smwb[40] = "";
+        if (asked)
+            snprintf(smwb, sizeof smwb, "; server_max_window_bits=%d", asked);
+        snprintf(ext, sizeof ext,
+                 "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+                 "client_no_context_takeover%s\r\n",
+                 smwb);
+    }
     int len = snprintf(out->response, sizeof out->response,
                        "HTTP/1.1 101 Switching Protocols\r\n"
                        "Upgrade: websocket\r\n"
                        "Connection: Upgrade\r\n"
                        "Sec-WebSocket-Accept: %s\r\n"
-                       "%s"
+                       "%s%s"
                        "\r\n",
-                       accept, out->json ? "Sec-WebSocket-Protocol: " PROTO_SUBPROTOCOL "\r\n" : "");
+                       accept, out->json ? "Sec-WebSocket-Protocol: " PROTO_SUBPROTOCOL "\r\n" : "",
+                       ext);
     out->response_len = (size_t)len;
     out->status = 101;
     out->upgrade = 1;

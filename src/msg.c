@@ -4,8 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pmd.h"
 #include "proto.h"
 #include "ws.h"
+
+/* What z[] holds for a frame deflate does not shorten. */
+static msg_z zplain;
 
 /* Lays out a msg with a text frame of tpay payload bytes and a chatd.v1
  * frame of jpay (0: none; the caller writes the payloads) and copies of
@@ -24,6 +28,8 @@ static msg *msg_alloc(int kind, size_t tpay, size_t jpay, const char *room, size
     if (m == NULL) return NULL;
     memset(m, 0, sizeof(*m));
     atomic_init(&m->refs, 1);
+    atomic_init(&m->z[0], NULL);
+    atomic_init(&m->z[1], NULL);
     m->kind = (uint8_t)kind;
     m->room_len = (uint16_t)room_len;
     m->user_len = (uint16_t)user_len;
@@ -135,8 +141,57 @@ msg *msg_private(const char *payload, size_t len) {
     return m;
 }
 
+const uint8_t *msg_zframe_built(msg *m, int json, uint32_t *len) {
+    /* acquire: pairs with the release of the compare-and-swap that
+     * published the frame, so its bytes are seen whole */
+    msg_z *f = atomic_load_explicit(&m->z[json], memory_order_acquire);
+    if (f == NULL || f == &zplain) return NULL;
+    *len = f->len;
+    return f->frame;
+}
+
+const uint8_t *msg_zframe(msg *m, int json, struct pmd *z, uint32_t *len, int *deflated) {
+    *deflated = 0;
+    /* acquire: as in msg_zframe_built */
+    msg_z *f = atomic_load_explicit(&m->z[json], memory_order_acquire);
+    if (f == NULL) {
+        uint32_t plen;
+        const uint8_t *plain = msg_frame(m, json, &plen);
+        size_t h = ws_frame_header_size(plain), zlen;
+        const uint8_t *d = pmd_deflate(z, plain + h, plen - h, &zlen);
+        *deflated = 1;
+        if (d == NULL) return NULL; /* out of memory: plain this time */
+        size_t zh = ws_header_size(zlen);
+        msg_z *mine = &zplain;
+        if (zh + zlen < plen) {
+            if ((mine = malloc(sizeof(*mine) + zh + zlen)) == NULL) return NULL;
+            mine->len = (uint32_t)(zh + zlen);
+            ws_write_header(mine->frame, WS_RSV1 | WS_OP_TEXT, zlen);
+            memcpy(mine->frame + zh, d, zlen);
+        }
+        /* acq_rel on success: release publishes the bytes written above;
+         * acquire on failure: the winner's bytes are seen whole */
+        if (atomic_compare_exchange_strong_explicit(&m->z[json], &f, mine, memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            f = mine;
+        } else if (mine != &zplain) {
+            free(mine); /* another worker published first: f is theirs */
+        }
+    }
+    if (f == &zplain) return NULL;
+    *len = f->len;
+    return f->frame;
+}
+
 void msg_unref(msg *m) {
     /* acq_rel: our writes to m happen before the free by whoever drops last,
      * and the freeing thread sees everything the others did with m */
-    if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) free(m);
+    if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) {
+        for (int i = 0; i < 2; i++) {
+            /* relaxed: the acq_rel above already ordered every store */
+            msg_z *f = atomic_load_explicit(&m->z[i], memory_order_relaxed);
+            if (f != &zplain) free(f);
+        }
+        free(m);
+    }
 }

@@ -3,6 +3,8 @@
  * an operator must fix (see redis.h). */
 #include "redis.h"
 
+#include <hiredis/hiredis.h>
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -91,6 +93,8 @@ int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, s
     struct in6_addr a6;
     if (inet_pton(AF_INET, l->host, &a6) == 1 || inet_pton(AF_INET6, l->host, &a6) == 1)
         snprintf(l->ip, sizeof(l->ip), "%.63s", l->host);
+    l->ip_port = l->port;
+    l->nshards = 1;
     return 0;
 bad:
     /* Never repeated: a malformed URL may hold a password where the
@@ -102,7 +106,181 @@ bad:
     return -1;
 }
 
-void redis_link_destroy(redis_link *l) { pthread_mutex_destroy(&l->lock); }
+void redis_link_destroy(redis_link *l) {
+    free(l->map);
+    pthread_mutex_destroy(&l->lock);
+}
+
+int redis_link_route(redis_link *l, int nshards, const char *cluster, const char *sentinel,
+                     const char *master_name, char *err, size_t errlen) {
+    const char *list = cluster[0] ? cluster : sentinel;
+    l->nshards = nshards;
+    l->mode = cluster[0] ? REDIS_CLUSTER : sentinel[0] ? REDIS_SENTINEL : REDIS_SINGLE;
+    if (l->mode == REDIS_SINGLE) return 0;
+    l->nseeds = redis_addr_list_parse(list, l->mode == REDIS_CLUSTER ? 6379 : 26379, l->seed,
+                                      REDIS_MAX_SEEDS, err, errlen);
+    if (l->nseeds < 0) return -1;
+    snprintf(l->master_name, sizeof(l->master_name), "%s", master_name);
+    l->ip[0] = '\0'; /* the sentinels name it */
+    if (l->mode == REDIS_CLUSTER && l->db) {
+        snprintf(err, errlen, "redis_url names database %d: a Redis Cluster has only 0", l->db);
+        return -1;
+    }
+    for (int k = 0; k < nshards; k++) {
+        char tag[32];
+        l->slot[k] = cluster_shard_tag(k, nshards, tag, sizeof(tag));
+    }
+    return 0;
+}
+
+redisContext *redis_link_dial(redis_link *l, const char *host, int port, int timeout_ms, char *err,
+                              size_t errlen) {
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    redisReply *r = NULL;
+    if (c == NULL || c->err) {
+        snprintf(err, errlen, "cannot reach %s:%d: %s", host, port, c ? c->errstr : "out of memory");
+        goto fail;
+    }
+    redis_link_tune(l, c->fd);
+    redisSetTimeout(c, tv);
+    if (l->pass[0]) {
+        r = l->user[0] ? redisCommand(c, "AUTH %s %s", l->user, l->pass)
+                       : redisCommand(c, "AUTH %s", l->pass);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
+        freeReplyObject(r);
+    }
+    if (l->db && l->mode != REDIS_CLUSTER) {
+        r = redisCommand(c, "SELECT %d", l->db);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
+        freeReplyObject(r);
+    }
+    return c;
+fail_reply:
+    snprintf(err, errlen, "%s:%d: %s", host, port,
+             r ? r->str : c->errstr[0] ? c->errstr : "no answer");
+    if (r) freeReplyObject(r);
+fail:
+    if (c) redisFree(c);
+    return NULL;
+}
+
+/* Asks each sentinel in turn which server is the primary. */
+static int refresh_sentinel(redis_link *l, char *err, size_t errlen) {
+    snprintf(err, errlen, "no sentinel answered");
+    for (int i = 0; i < l->nseeds; i++) {
+        struct timeval tv = {l->timeout_ms / 1000, (l->timeout_ms % 1000) * 1000};
+        redisContext *c = redisConnectWithTimeout(l->seed[i].host, l->seed[i].port, tv);
+        if (c == NULL || c->err) {
+            snprintf(err, errlen, "sentinel %s:%d: %s", l->seed[i].host, l->seed[i].port,
+                     c ? c->errstr : "out of memory");
+            if (c) redisFree(c);
+            continue;
+        }
+        redisSetTimeout(c, tv);
+        redisReply *r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", l->master_name);
+        redis_addr a;
+        int ok = sentinel_parse_master(r, &a) == 0;
+        if (!ok)
+            snprintf(err, errlen, "sentinel %s:%d does not know a primary named %s",
+                     l->seed[i].host, l->seed[i].port, l->master_name);
+        if (r) freeReplyObject(r);
+        redisFree(c);
+        if (!ok) continue;
+        pthread_mutex_lock(&l->lock);
+        int changed = strcmp(l->ip, a.host) != 0 || l->ip_port != a.port;
+        snprintf(l->ip, sizeof(l->ip), "%.63s", a.host);
+        l->ip_port = a.port;
+        pthread_mutex_unlock(&l->lock);
+        if (changed) atomic_fetch_add_explicit(&l->failovers, 1, memory_order_relaxed);
+        return 0;
+    }
+    return -1;
+}
+
+/* Asks the nodes it knows (the masters of the map, then the seeds) for the
+ * slot map. */
+static int refresh_cluster(redis_link *l, char *err, size_t errlen) {
+    cluster_map *m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    redis_addr ask[CLUSTER_MAX_NODES + REDIS_MAX_SEEDS];
+    int n = 0;
+    pthread_mutex_lock(&l->lock);
+    for (int i = 0; l->map && i < l->map->nnodes; i++) ask[n++] = l->map->node[i];
+    pthread_mutex_unlock(&l->lock);
+    for (int i = 0; i < l->nseeds; i++) ask[n++] = l->seed[i];
+    snprintf(err, errlen, "no cluster node answered");
+    for (int i = 0; i < n; i++) {
+        redisContext *c = redis_link_dial(l, ask[i].host, ask[i].port, l->timeout_ms, err, errlen);
+        if (c == NULL) continue;
+        redisReply *r = redisCommand(c, "CLUSTER SLOTS");
+        int ok = r && cluster_map_parse_slots(m, r, ask[i].host, err, errlen) == 0;
+        if (r && r->type == REDIS_REPLY_ERROR) snprintf(err, errlen, "%s", r->str);
+        if (r) freeReplyObject(r);
+        redisFree(c);
+        /* A node that lost contact may answer with a partial map: ask on. */
+        if (!ok || !cluster_map_complete(m)) continue;
+        pthread_mutex_lock(&l->lock);
+        int changed = l->map == NULL;
+        for (int k = 0; !changed && k < l->nshards; k++) {
+            redis_addr a, b;
+            changed = cluster_map_owner(l->map, l->slot[k], &a) < 0 ||
+                      cluster_map_owner(m, l->slot[k], &b) < 0 || strcmp(a.host, b.host) != 0 ||
+                      a.port != b.port;
+        }
+        cluster_map *old = l->map;
+        l->map = m;
+        pthread_mutex_unlock(&l->lock);
+        if (changed && old) atomic_fetch_add_explicit(&l->failovers, 1, memory_order_relaxed);
+        free(old);
+        return 0;
+    }
+    free(m);
+    return -1;
+}
+
+int redis_link_refresh(redis_link *l, char *err, size_t errlen) {
+    atomic_store_explicit(&l->stale, 0, memory_order_relaxed);
+    int rc = l->mode == REDIS_SENTINEL  ? refresh_sentinel(l, err, errlen)
+             : l->mode == REDIS_CLUSTER ? refresh_cluster(l, err, errlen)
+                                        : redis_link_resolve(l, err, errlen);
+    if (rc < 0) atomic_store_explicit(&l->stale, 1, memory_order_relaxed);
+    return rc;
+}
+
+int redis_link_addr(redis_link *l, int shard, char *ip, size_t iplen, int *port) {
+    int rc = 0;
+    pthread_mutex_lock(&l->lock);
+    if (l->mode == REDIS_CLUSTER) {
+        redis_addr a;
+        rc = l->map ? cluster_map_owner(l->map, l->slot[shard], &a) : -1;
+        if (rc == 0) {
+            snprintf(ip, iplen, "%s", a.host);
+            *port = a.port;
+        }
+    } else {
+        snprintf(ip, iplen, "%s", l->ip);
+        *port = l->ip_port;
+        rc = ip[0] ? 0 : -1;
+    }
+    pthread_mutex_unlock(&l->lock);
+    return rc;
+}
+
+void redis_link_moved(redis_link *l, const redis_addr *to, int slot) {
+    atomic_fetch_add_explicit(&l->moves, 1, memory_order_relaxed); /* a counter */
+    pthread_mutex_lock(&l->lock);
+    if (l->map == NULL || cluster_map_move(l->map, slot, to) < 0)
+        atomic_store_explicit(&l->stale, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&l->lock);
+}
+
+void redis_link_want_refresh(redis_link *l) {
+    atomic_store_explicit(&l->stale, 1, memory_order_relaxed); /* a hint: read at the next loop */
+}
 
 int redis_link_resolve(redis_link *l, char *err, size_t errlen) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
@@ -120,15 +298,9 @@ int redis_link_resolve(redis_link *l, char *err, size_t errlen) {
     freeaddrinfo(res);
     pthread_mutex_lock(&l->lock);
     snprintf(l->ip, sizeof(l->ip), "%s", ip);
+    l->ip_port = l->port;
     pthread_mutex_unlock(&l->lock);
     return 0;
-}
-
-int redis_link_ip(redis_link *l, char *ip, size_t iplen) {
-    pthread_mutex_lock(&l->lock);
-    snprintf(ip, iplen, "%s", l->ip);
-    pthread_mutex_unlock(&l->lock);
-    return ip[0] ? 0 : -1;
 }
 
 void redis_link_tune(const redis_link *l, int fd) {

@@ -190,6 +190,8 @@ typedef struct pub_item {
     int64_t ts;
     uint64_t conn_id;            /* the sender, told if it can never be stored */
     int64_t accepted_ms;         /* monotonic: when the client's message came */
+    int replied;                 /* redis_wait_replicas: stored, not yet known
+                                    to be on the replicas */
     int64_t sent_ms;             /* monotonic: when last sent */
     uint32_t room_len, user_len, text_len;
     char data[];                 /* room, user, text */
@@ -199,25 +201,33 @@ typedef struct publisher {
     broker *b;
     rbroker *rb;
     int wid;
+    int shard;                   /* the rooms it publishes for */
+    const char *prefix;          /* its keys' */
     struct event_base *base;
     redisAsyncContext *ac;       /* NULL while there is no connection */
+    char host[256];              /* where ac goes */
+    int port;
     int up;                      /* ac is connected */
     int64_t connect_ms;          /* when ac was started */
     pub_item *head, *tail;       /* unanswered, oldest first */
     pub_item *unsent;            /* first item not sent on this connection */
+    pub_item *unreplied;         /* first item whose answer has not come */
+    redis_addr ask;              /* an ASK redirect: the next connection goes */
+    int ask_next;                /*   there, and sends ASKING before each */
+    int asking;                  /*   command, until it is dropped */
     int holding;                 /* a refusal: send nothing until retry_ev */
     int need_load;               /* SCRIPT LOAD before the next EVALSHA */
     int backoff_ms;
     int troubled;                /* a trouble streak was logged */
     uint64_t seq;
-    char key[192];               /* "<stream>:pub:<node>.<wid>" */
+    char key[192];               /* "<prefix>:pub:<node>.<wid>" */
     char mid[48];                /* "<node>.<wid>." */
     char holder[40];             /* "<node>.<wid>": holds presence */
-    char held_key[192];          /* "<stream>:held:<holder>" */
-    char alive_key[192];         /* "<stream>:alive:<holder>" */
-    char holders_key[160];       /* "<stream>:holders" */
-    char epoch_key[160];         /* "<stream>:epoch" */
-    char channel[160];           /* "<stream>:typing" */
+    char held_key[208];          /* "<prefix>:held:<holder>" */
+    char alive_key[208];         /* "<prefix>:alive:<holder>" */
+    char holders_key[176];       /* "<prefix>:holders" */
+    char epoch_key[176];         /* "<prefix>:epoch" */
+    char channel[160];           /* "<stream>:typing" (shard 0 subscribes) */
     struct event *alive_ev;      /* the presence heartbeat */
     int alive_once;              /* a heartbeat was answered before */
     redisAsyncContext *sub;      /* subscribed to typing, or NULL */
@@ -251,6 +261,7 @@ static pub_item *pub_pop(publisher *p) {
     p->head = it->next;
     if (p->head == NULL) p->tail = NULL;
     if (p->unsent == it) p->unsent = it->next;
+    if (p->unreplied == it) p->unreplied = it->next;
     atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed); /* a gauge */
     atomic_store_explicit(&p->oldest_ms, p->head ? p->head->accepted_ms : 0,
                           memory_order_relaxed); /* a gauge */
@@ -263,11 +274,13 @@ static void pub_drop(publisher *p) {
     redisAsyncContext *ac = p->ac;
     p->ac = NULL; /* pub_on_disconnect sees it is not ours any more */
     p->up = 0;
+    p->asking = 0;
     if (ac) redisAsyncFree(ac); /* pending callbacks see reply NULL */
     pub_back_off(p);
 }
 
 static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv);
+static void pub_on_wait(redisAsyncContext *ac, void *r, void *priv);
 static void pub_on_aux_reply(redisAsyncContext *ac, void *r, void *priv);
 
 /* The script's SHA-1 in hex, for EVALSHA: the script itself crosses the
@@ -280,10 +293,10 @@ static void pub_script_sha(void) {
     for (int i = 0; i < SHA_DIGEST_LENGTH; i++) snprintf(pub_sha + 2 * i, 3, "%02x", d[i]);
 }
 
-/* "<stream>:<what>:<name>" into out. */
-static size_t pub_key(char *out, size_t cap, const char *stream, const char *what, const char *name,
+/* "<prefix>:<what>:<name>" into out. */
+static size_t pub_key(char *out, size_t cap, const char *prefix, const char *what, const char *name,
                       size_t len) {
-    int n = snprintf(out, cap, "%s:%s:%.*s", stream, what, (int)len, name);
+    int n = snprintf(out, cap, "%s:%s:%.*s", prefix, what, (int)len, name);
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
@@ -313,19 +326,19 @@ static void pub_send(publisher *p, pub_item *it) {
              p->b->workers[p->wid - 1]->cfg->max_output_buffer);
     const char *rname = it->data, *user = it->data + it->room_len,
                *text = it->data + it->room_len + it->user_len;
-    size_t hlen = pub_key(hkey, sizeof(hkey), cfg->stream, "history", rname, it->room_len);
-    size_t plen = pub_key(pkey, sizeof(pkey), cfg->stream, "presence", rname, it->room_len);
+    size_t hlen = pub_key(hkey, sizeof(hkey), p->prefix, "history", rname, it->room_len);
+    size_t plen = pub_key(pkey, sizeof(pkey), p->prefix, "presence", rname, it->room_len);
     const char *kind = it->kind == MSG_JOIN ? "j" : it->kind == MSG_LEAVE ? "l" : "m";
     const char *want = it->wait == NULL ? "x"
                        : it->hist == HIST_LATEST ? "l"
                        : it->hist == HIST_SINCE ? "s"
                                                 : "n";
-    const char *argv[] = {"EVALSHA", pub_sha, "8", cfg->stream, p->key, p->epoch_key, hkey, pkey,
+    const char *argv[] = {"EVALSHA", pub_sha, "8", p->prefix, p->key, p->epoch_key, hkey, pkey,
                           p->held_key, p->holders_key, p->alive_key, seq, oldest, maxlen, kind,
                           rname, user, text, mid, PUB_KEY_TTL, ts, hmax, httl,
                           p->rb->epoch_candidate, want, n, since, pmax, p->holder, pttl,
                           budget};
-    size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(cfg->stream), strlen(p->key),
+    size_t len[] = {7, sizeof(pub_sha) - 1, 1, strlen(p->prefix), strlen(p->key),
                     strlen(p->epoch_key), hlen, plen, strlen(p->held_key),
                     strlen(p->holders_key), strlen(p->alive_key), strlen(seq), strlen(oldest),
                     strlen(maxlen), 1, it->room_len, it->user_len, it->text_len, strlen(mid),
@@ -333,8 +346,9 @@ static void pub_send(publisher *p, pub_item *it) {
                     strlen(p->rb->epoch_candidate), 1, strlen(n), strlen(since), strlen(pmax),
                     strlen(p->holder), strlen(pttl), strlen(budget)};
     it->sent_ms = clock_ms();
+    if (p->asking) redisAsyncCommand(p->ac, NULL, NULL, "ASKING");
     /* The reply callback knows its message by sequence number: a reply for
-     * anything but the queue's head is stale (sent before a refusal). */
+     * anything but the first unanswered is stale (sent before a refusal). */
     redisAsyncCommandArgv(p->ac, pub_on_reply, (void *)(uintptr_t)it->seq,
                           (int)(sizeof(argv) / sizeof(argv[0])), argv, len);
 }
@@ -344,7 +358,7 @@ static void pub_send(publisher *p, pub_item *it) {
  * (else these messages could fall before it). */
 static void pub_flush(publisher *p) {
     if (!p->up || p->holding || p->unsent == NULL) return;
-    if (!atomic_load_explicit(&p->rb->started, memory_order_acquire)) { /* pairs with consumer */
+    if (!atomic_load_explicit(&p->rb->started[p->shard], memory_order_acquire)) { /* pairs with consumer */
         pub_schedule(p, PUB_WAIT_START_MS);
         return;
     }
@@ -354,7 +368,16 @@ static void pub_flush(publisher *p) {
         redisAsyncCommandArgv(p->ac, pub_on_aux_reply, NULL, 3, argv, len);
         p->need_load = 0;
     }
-    for (; p->unsent; p->unsent = p->unsent->next) pub_send(p, p->unsent);
+    uint64_t last = 0;
+    for (; p->unsent; p->unsent = p->unsent->next) {
+        pub_send(p, p->unsent);
+        last = p->unsent->seq;
+    }
+    /* One WAIT covers every write before it on this connection. */
+    int n = p->b->cfg->redis_wait_replicas;
+    if (n > 0 && last)
+        redisAsyncCommand(p->ac, pub_on_wait, (void *)(uintptr_t)last, "WAIT %d %d", n,
+                          p->b->cfg->redis_timeout_ms);
 }
 
 /* A message Redis can never store (the stream key is of another type, the
@@ -441,14 +464,61 @@ static void pub_answer_join(publisher *p, pub_item *it, redisReply *r) {
     jb_free(&j);
 }
 
+/* A Cluster redirect: MOVED (the slot has a new master: the map learns
+ * it) or ASK (the slot is moving: the next connection goes to its new
+ * node and asks). Everything unanswered goes again there; the script
+ * stores each message once. Returns 1 if err was a redirect. */
+static int pub_redirected(publisher *p, const char *err) {
+    redis_addr to;
+    int ask, slot;
+    if (cluster_redirect_parse(err, &ask, &slot, &to) < 0) return 0;
+    if (to.host[0] == '\0') { /* "the node you asked" */
+        int port;
+        redis_link_addr(&p->rb->link, p->shard, to.host, sizeof(to.host), &port);
+    }
+    if (ask) {
+        p->ask = to;
+        p->ask_next = 1;
+        atomic_fetch_add_explicit(&p->rb->link.moves, 1, memory_order_relaxed); /* a counter */
+    } else {
+        redis_link_moved(&p->rb->link, &to, slot);
+    }
+    p->unsent = p->unreplied = p->head;
+    pub_drop(p);
+    return 1;
+}
+
+/* The answer to WAIT after the messages up to seq: stored for good when
+ * enough replicas have them; else they all go again (the script stores
+ * none twice) after a backoff, and wait again. */
+static void pub_on_wait(redisAsyncContext *ac, void *r, void *priv) {
+    publisher *p = ac->data;
+    redisReply *reply = r;
+    uint64_t seq = (uintptr_t)priv;
+    if (reply == NULL || p->ac != ac) return;
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= p->b->cfg->redis_wait_replicas) {
+        while (p->head && p->head->replied && p->head->seq <= seq) free(pub_pop(p));
+        return;
+    }
+    if (p->holding) return; /* a refusal already plans the retry */
+    pub_trouble(p, "redis: worker %d: too few replicas have the messages (%s); keeping %d "
+                   "messages, retrying", reply->type == REDIS_REPLY_ERROR ? reply->str : "WAIT");
+    if (reply->type == REDIS_REPLY_ERROR) pub_redirected(p, reply->str);
+    for (pub_item *it = p->head; it; it = it->next) it->replied = 0;
+    p->holding = 1;
+    p->unsent = p->unreplied = p->head;
+    pub_back_off(p);
+}
+
 static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
     publisher *p = ac->data;
     redisReply *reply = r;
     uint64_t seq = (uintptr_t)priv;
     if (reply == NULL || p->ac != ac) return; /* connection gone: all stays queued */
-    if (p->head == NULL || p->head->seq != seq) return; /* stale: sent before a refusal */
+    if (p->unreplied == NULL || p->unreplied->seq != seq) return; /* stale: sent before a refusal */
     if (reply->type == REDIS_REPLY_ERROR) {
-        if (redis_error_lasting(reply->str)) {
+        if (pub_redirected(p, reply->str)) return;
+        if (redis_error_lasting(reply->str) && p->unreplied == p->head) {
             pub_abandon_head(p, reply->str);
             return;
         }
@@ -456,7 +526,7 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
          * comes again first. Re-sent now, from the head with the head as
          * the oldest, this cannot be refused for order again. */
         if (strncmp(reply->str, "OUTOFORDER", 10) == 0) {
-            p->unsent = p->head;
+            p->unsent = p->unreplied = p->head;
             pub_flush(p);
             return;
         }
@@ -468,20 +538,31 @@ static void pub_on_reply(redisAsyncContext *ac, void *r, void *priv) {
         if (strncmp(reply->str, "NOSCRIPT", 8) == 0) { /* SCRIPT FLUSH, a new replica */
             p->need_load = 1;
         } else {
+            if (strncmp(reply->str, "READONLY", 8) == 0 || strncmp(reply->str, "CLUSTERDOWN", 11) == 0 ||
+                strncmp(reply->str, "MASTERDOWN", 10) == 0)
+                redis_link_want_refresh(&p->rb->link); /* a failover: where is the primary? */
             pub_trouble(p, "redis: worker %d: publish refused: %s; keeping %d messages, "
                            "retrying", reply->str);
         }
         p->holding = 1;
-        p->unsent = p->head;
-        pub_back_off(p);
+        p->unsent = p->unreplied = p->head;
+        /* A slot on the move passes within moments: no growing backoff. */
+        if (strncmp(reply->str, "TRYAGAIN", 8) == 0) pub_schedule(p, REDIS_BACKOFF_MIN_MS);
+        else pub_back_off(p);
         return;
     }
     if (p->troubled) log_info("redis: worker %d: messages stored again", p->wid);
     p->troubled = 0;
     p->backoff_ms = REDIS_BACKOFF_MIN_MS; /* stored: Redis is well */
-    pub_item *it = pub_pop(p);
+    pub_item *it = p->unreplied;
     if (it->wait) pub_answer_join(p, it, reply);
-    free(it);
+    it->wait = NULL;
+    if (p->b->cfg->redis_wait_replicas > 0) { /* stored once the replicas have it */
+        it->replied = 1;
+        p->unreplied = it->next;
+    } else {
+        free(pub_pop(p));
+    }
     if (redis_link_set_problem(&p->rb->link, REDIS_PROBLEM_WRITE, NULL))
         log_info("redis: worker %d: writes accepted again", p->wid);
 }
@@ -510,6 +591,8 @@ static void pub_on_connect(const redisAsyncContext *ac, int status) {
         pub_trouble(p, "redis: worker %d cannot connect: %s; keeping %d messages, retrying",
                     ac->errstr);
         p->ac = NULL; /* hiredis frees it */
+        p->asking = 0;
+        redis_link_want_refresh(&p->rb->link);
         pub_back_off(p);
         return;
     }
@@ -517,7 +600,8 @@ static void pub_on_connect(const redisAsyncContext *ac, int status) {
     p->up = 1;
     p->holding = 0;      /* a refusal on the old connection holds nothing here */
     p->need_load = 1;    /* this Redis may never have seen the script */
-    p->unsent = p->head; /* everything unanswered goes again, in order */
+    p->unsent = p->unreplied = p->head; /* everything unanswered goes again, in order */
+    for (pub_item *it = p->head; it; it = it->next) it->replied = 0;
     pub_flush(p);
 }
 
@@ -526,6 +610,8 @@ static void pub_on_disconnect(const redisAsyncContext *ac, int status) {
     if (p->ac != ac) return; /* dropped by us: pub_drop planned the next try */
     p->ac = NULL;            /* hiredis frees it */
     p->up = 0;
+    p->asking = 0;
+    redis_link_want_refresh(&p->rb->link); /* a failover? */
     (void)status;
     pub_trouble(p, "redis: worker %d lost its connection: %s; keeping %d messages, retrying",
                 ac->errstr);
@@ -551,7 +637,15 @@ static void pub_on_watch(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     if (p->ac == NULL) return;
     int64_t now = clock_ms(), limit = p->b->cfg->redis_timeout_ms;
-    if (!p->up && now - p->connect_ms > limit) {
+    char ip[256];
+    int port;
+    if (!p->asking && redis_link_addr(&p->rb->link, p->shard, ip, sizeof(ip), &port) == 0 &&
+        (strcmp(ip, p->host) != 0 || port != p->port)) {
+        /* A failover the sentinels or the slot map told of: a demoted or
+         * restarted primary may still take writes it will lose. */
+        log_info("redis: worker %d: %s is served by %s:%d now", p->wid, p->prefix, ip, port);
+        pub_drop(p);
+    } else if (!p->up && now - p->connect_ms > limit) {
         pub_trouble(p, "redis: worker %d: connect timed out%s; keeping %d messages, retrying", "");
         pub_drop(p);
     } else if (p->up && p->head && p->head != p->unsent && !p->holding &&
@@ -564,12 +658,20 @@ static void pub_on_watch(evutil_socket_t fd, short what, void *arg) {
 
 static void pub_connect(publisher *p) {
     rbroker *rb = p->rb;
-    char ip[64];
-    if (redis_link_ip(&rb->link, ip, sizeof(ip)) < 0) { /* the consumer resolves it */
-        pub_schedule(p, 100);
+    char ip[256];
+    int port;
+    if (p->ask_next) { /* redirected for one connection */
+        snprintf(ip, sizeof(ip), "%s", p->ask.host);
+        port = p->ask.port;
+        p->ask_next = 0;
+        p->asking = 1;
+    } else if (redis_link_addr(&rb->link, p->shard, ip, sizeof(ip), &port) < 0) {
+        pub_schedule(p, 100); /* the consumer finds it */
         return;
     }
-    p->ac = redisAsyncConnect(ip, rb->link.port);
+    snprintf(p->host, sizeof(p->host), "%s", ip);
+    p->port = port;
+    p->ac = redisAsyncConnect(ip, port);
     if (p->ac == NULL || p->ac->err) {
         pub_trouble(p, "redis: worker %d cannot connect: %s; keeping %d messages, retrying",
                     p->ac ? p->ac->errstr : "out of memory");
@@ -591,32 +693,41 @@ static void pub_connect(publisher *p) {
                               rb->link.pass);
         else redisAsyncCommand(p->ac, pub_on_aux_reply, NULL, "AUTH %s", rb->link.pass);
     }
-    if (rb->link.db) redisAsyncCommand(p->ac, pub_on_aux_reply, NULL, "SELECT %d", rb->link.db);
+    if (rb->link.db && rb->link.mode != REDIS_CLUSTER)
+        redisAsyncCommand(p->ac, pub_on_aux_reply, NULL, "SELECT %d", rb->link.db);
 }
 
 int redis_pub_init(broker *b, char *err, size_t errlen) {
     rbroker *rb = b->impl;
     pub_script_sha();
-    rb->pubs = calloc((size_t)b->nworkers, sizeof(*rb->pubs));
+    rb->pubs = calloc((size_t)b->nworkers * (size_t)rb->nshards, sizeof(*rb->pubs));
     if (rb->pubs == NULL) {
         snprintf(err, errlen, "redis broker: out of memory");
         return -1;
     }
-    for (int i = 0; i < b->nworkers; i++) {
+    for (int i = 0; i < b->nworkers * rb->nshards; i++) {
         publisher *p = &rb->pubs[i];
         p->b = b;
         p->rb = rb;
-        p->wid = i + 1;
-        snprintf(p->key, sizeof(p->key), "%s:pub:%s.%d", b->cfg->stream, rb->node, p->wid);
+        p->wid = i / rb->nshards + 1;
+        p->shard = i % rb->nshards;
+        p->prefix = rb->prefix[p->shard];
+        snprintf(p->key, sizeof(p->key), "%s:pub:%s.%d", p->prefix, rb->node, p->wid);
         snprintf(p->mid, sizeof(p->mid), "%s.%d.", rb->node, p->wid);
         snprintf(p->holder, sizeof(p->holder), "%s.%d", rb->node, p->wid);
-        snprintf(p->held_key, sizeof(p->held_key), "%s:held:%s", b->cfg->stream, p->holder);
-        snprintf(p->alive_key, sizeof(p->alive_key), "%s:alive:%s", b->cfg->stream, p->holder);
-        snprintf(p->holders_key, sizeof(p->holders_key), "%s:holders", b->cfg->stream);
-        snprintf(p->epoch_key, sizeof(p->epoch_key), "%s:epoch", b->cfg->stream);
+        snprintf(p->held_key, sizeof(p->held_key), "%s:held:%s", p->prefix, p->holder);
+        snprintf(p->alive_key, sizeof(p->alive_key), "%s:alive:%s", p->prefix, p->holder);
+        snprintf(p->holders_key, sizeof(p->holders_key), "%s:holders", p->prefix);
+        snprintf(p->epoch_key, sizeof(p->epoch_key), "%s:epoch", p->prefix);
         snprintf(p->channel, sizeof(p->channel), "%s:typing", b->cfg->stream);
     }
     return 0;
+}
+
+/* Worker wid's publisher of a shard. */
+static publisher *pub_of(broker *b, int wid, int shard) {
+    rbroker *rb = b->impl;
+    return &rb->pubs[(wid - 1) * rb->nshards + shard];
 }
 
 /* ---- presence heartbeat and typing ------------------------------------- */
@@ -704,14 +815,18 @@ static void pub_on_sub_retry(evutil_socket_t fd, short what, void *arg) {
     pub_sub_connect(arg);
 }
 
+/* Typing comes through one subscription per worker (its shard 0
+ * publisher's): in a Cluster a PUBLISH on any node reaches every node's
+ * subscribers. */
 static void pub_sub_connect(publisher *p) {
     rbroker *rb = p->rb;
-    char ip[64];
-    if (redis_link_ip(&rb->link, ip, sizeof(ip)) < 0) {
+    char ip[256];
+    int port;
+    if (redis_link_addr(&rb->link, p->shard, ip, sizeof(ip), &port) < 0) {
         pub_sub_later(p);
         return;
     }
-    redisAsyncContext *ac = redisAsyncConnect(ip, rb->link.port);
+    redisAsyncContext *ac = redisAsyncConnect(ip, port);
     if (ac == NULL || ac->err) {
         if (ac) redisAsyncFree(ac);
         pub_sub_later(p);
@@ -737,8 +852,7 @@ void redis_pub_free(broker *b) {
     rb->pubs = NULL;
 }
 
-int redis_pub_attach(broker *b, int wid, struct event_base *base) {
-    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+static int pub_attach(broker *b, publisher *p, struct event_base *base) {
     struct timeval watch = {0, PUB_WATCH_MS * 1000};
     p->base = base;
     p->backoff_ms = REDIS_BACKOFF_MIN_MS;
@@ -753,14 +867,20 @@ int redis_pub_attach(broker *b, int wid, struct event_base *base) {
     struct timeval alive = {beat / 1000, (beat % 1000) * 1000};
     event_add(p->alive_ev, &alive);
     pub_connect(p);
-    pub_sub_connect(p);
+    if (p->shard == 0) pub_sub_connect(p);
     return 0;
 }
 
-void redis_pub_detach(broker *b, int wid) {
-    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+int redis_pub_attach(broker *b, int wid, struct event_base *base) {
+    for (int k = 0; k < ((rbroker *)b->impl)->nshards; k++)
+        if (pub_attach(b, pub_of(b, wid, k), base) < 0) return -1;
+    return 0;
+}
+
+static void pub_detach(publisher *p) {
     int left = atomic_load_explicit(&p->queued, memory_order_relaxed);
-    if (left) log_warn("redis: worker %d stops with %d messages not stored", wid, left);
+    if (left) log_warn("redis: worker %d stops with %d messages of %s not stored", p->wid, left,
+                       p->prefix);
     if (p->ac) {
         redisAsyncContext *ac = p->ac;
         p->ac = NULL;
@@ -777,6 +897,10 @@ void redis_pub_detach(broker *b, int wid) {
     if (p->alive_ev) event_free(p->alive_ev);
     if (p->sub_ev) event_free(p->sub_ev);
     p->retry_ev = p->watch_ev = p->alive_ev = p->sub_ev = NULL;
+}
+
+void redis_pub_detach(broker *b, int wid) {
+    for (int k = 0; k < ((rbroker *)b->impl)->nshards; k++) pub_detach(pub_of(b, wid, k));
 }
 
 /* Typing: published to the channel every worker of every node listens to,
@@ -796,7 +920,7 @@ static void pub_typing(publisher *p, const broker_req *q) {
 }
 
 int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
-    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+    publisher *p = pub_of(b, wid, broker_room_shard(b, q->room, q->room_len));
     if (q->kind == MSG_TYPING) {
         pub_typing(p, q);
         return 0;
@@ -823,6 +947,7 @@ int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
     it->conn_id = q->conn_id;
     it->accepted_ms = clock_ms();
     it->sent_ms = 0;
+    it->replied = 0;
     it->room_len = (uint32_t)q->room_len;
     it->user_len = (uint32_t)q->user_len;
     it->text_len = (uint32_t)q->text_len;
@@ -837,8 +962,9 @@ int64_t redis_pub_publish(broker *b, int wid, const broker_req *q) {
     p->tail = it;
     atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed); /* a gauge */
     if (p->unsent == NULL) p->unsent = it;
+    if (p->unreplied == NULL) p->unreplied = it;
     pub_flush(p);
-    return (int64_t)it->seq;
+    return (int64_t)TICKET(p->shard, it->seq);
 }
 
 /* A scroll-back read on its way: the room, for the messages it makes. */
@@ -876,7 +1002,7 @@ static void pub_on_read(redisAsyncContext *ac, void *r, void *priv) {
 }
 
 int redis_pub_read_history(broker *b, int wid, const broker_req *q) {
-    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+    publisher *p = pub_of(b, wid, broker_room_shard(b, q->room, q->room_len));
     if (!p->up || b->cfg->history_max == 0) return -1;
     pub_read *rd = malloc(sizeof(*rd) + q->room_len + 1);
     if (rd == NULL) return -1;
@@ -886,7 +1012,7 @@ int redis_pub_read_history(broker *b, int wid, const broker_req *q) {
     rd->room_len = (uint16_t)q->room_len;
     memcpy(rd->room, q->room, q->room_len);
     char key[512], end[48], count[24];
-    size_t klen = pub_key(key, sizeof(key), b->cfg->stream, "history", q->room, q->room_len);
+    size_t klen = pub_key(key, sizeof(key), p->prefix, "history", q->room, q->room_len);
     if (q->id_ms || q->id_seq) snprintf(end, sizeof(end), "(%" PRIu64 "-%" PRIu64, q->id_ms, q->id_seq);
     else snprintf(end, sizeof(end), "+");
     snprintf(count, sizeof(count), "%u", q->n + 1);
@@ -899,15 +1025,17 @@ int redis_pub_read_history(broker *b, int wid, const broker_req *q) {
     return 0;
 }
 
-uint64_t redis_pub_stored(broker *b, int wid, int *failing) {
-    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
+uint64_t redis_pub_stored(broker *b, int wid, int shard, int *failing) {
+    publisher *p = pub_of(b, wid, shard);
     *failing = !p->up || p->holding || p->troubled;
     return p->head ? p->head->seq - 1 : p->seq;
 }
 
 int redis_pub_pending(broker *b, int wid) {
-    publisher *p = &((rbroker *)b->impl)->pubs[wid - 1];
-    return atomic_load_explicit(&p->queued, memory_order_relaxed);
+    int n = 0;
+    for (int k = 0; k < ((rbroker *)b->impl)->nshards; k++)
+        n += atomic_load_explicit(&pub_of(b, wid, k)->queued, memory_order_relaxed);
+    return n;
 }
 
 void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms) {
@@ -915,7 +1043,7 @@ void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms) {
     int64_t now = clock_ms();
     *queued = 0;
     *oldest_ms = 0;
-    for (int i = 0; i < b->nworkers; i++) {
+    for (int i = 0; i < b->nworkers * rb->nshards; i++) {
         /* relaxed: gauges of another thread; each is some recent value */
         *queued += (uint64_t)atomic_load_explicit(&rb->pubs[i].queued, memory_order_relaxed);
         int64_t t = atomic_load_explicit(&rb->pubs[i].oldest_ms, memory_order_relaxed);

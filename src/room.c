@@ -1,5 +1,6 @@
 /* room — per-worker rooms: members, output logs, history (see room.h). */
 #include "room.h"
+#include "redis_cluster.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -255,11 +256,15 @@ void room_remember(room_index *ix, room *r, msg *m) {
         room_fifo_pop(ix);
 }
 
-void room_forget_all(room_index *ix) {
+void room_forget_shard(room_index *ix, int shard, int nshards) {
     for (size_t i = 0; i < ix->nbuckets; i++)
-        for (room *r = ix->bucket[i]; r; r = r->hnext) room_drop_hist(ix, r);
-    /* The fifo entries now name nothing; popping them frees idle rooms. */
-    while (ix->fifo_head != ix->fifo_tail) room_fifo_pop(ix);
+        for (room *r = ix->bucket[i]; r; r = r->hnext)
+            if (nshards == 1 || cluster_room_shard(r->name, r->name_len, nshards) == shard)
+                room_drop_hist(ix, r);
+    /* The fifo entries of those rooms now name nothing; popping them frees
+     * idle rooms. With other shards' entries among them they go in turn,
+     * as the budget pops them. */
+    while (nshards == 1 && ix->fifo_head != ix->fifo_tail) room_fifo_pop(ix);
 }
 
 void room_advance(room *r, member *mb) {

@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "conn.h"
 #include "log.h"
+#include "pmd.h"
 #include "tlsrec.h"
 
 #define WORKER_RBUF (64 * 1024)
@@ -83,7 +84,9 @@ worker *worker_new(int id, const config *cfg, int nacceptors, char *err, size_t 
     w->tlsbuf = malloc(WORKER_TLS_RECORD);
     w->tlsout = malloc(WORKER_TLS_RECORD + TLSREC_SEAL_EXTRA);
     w->tls_cx = tlsrec_cx_new();
-    if (!w->tlsbuf || !w->tlsout || !w->tls_cx || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox || !w->rbuf ||
+    w->pmd = pmd_new();
+    if (!w->tlsbuf || !w->tlsout || !w->tls_cx || !w->pmd || !w->bell_ev || !w->tick_ev ||
+        !w->stop_ev || !w->inbox || !w->rbuf ||
         room_index_init(&w->rooms, (uint32_t)cfg->history_size, (uint64_t)cfg->history_bytes) < 0 ||
         chat_init(w) < 0)
         goto oom;
@@ -127,6 +130,7 @@ void worker_free(worker *w) {
     free(w->tlsbuf);
     free(w->tlsout);
     tlsrec_cx_free(w->tls_cx);
+    pmd_free(w->pmd);
     free(w);
 }
 
@@ -143,10 +147,11 @@ static void *worker_main(void *arg) {
     atomic_store_explicit(&w->done, 1, memory_order_release);
     while (w->conns) conn_free(w->conns);
     broker_detach(w->broker, w->id);
-    log_info("worker %d: %llu messages in, %llu frames out, %llu slow clients closed, "
-             "%llu over rate_limit, %llu refused with 1013",
+    log_info("worker %d: %llu messages in, %llu frames out (%llu compressed), %llu slow clients "
+             "closed, %llu over rate_limit, %llu refused with 1013",
              w->id, (unsigned long long)atomic_load(&w->msgs_in),
              (unsigned long long)atomic_load(&w->frames_out),
+             (unsigned long long)atomic_load(&w->zframes_out),
              (unsigned long long)atomic_load(&w->slow_closes),
              (unsigned long long)atomic_load(&w->rate_closes),
              (unsigned long long)atomic_load(&w->busy_closes));
@@ -221,7 +226,10 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
     int64_t now = clock_ms(), in_phase = now - w->phase_ms;
     int pending = broker_pending(w->broker, w->id);
     if (w->stopping == STOP_STORE) {
-        if (pending > 0 && in_phase < cfg->shutdown_timeout_ms) return;
+        /* A load balancer sees /readyz fail and stops sending new clients
+         * here before the first client is closed and reconnects. */
+        if (in_phase < cfg->drain_delay_ms && w->conns) return;
+        if (pending > 0 && in_phase < cfg->drain_delay_ms + cfg->shutdown_timeout_ms) return;
         w->drain_total = atomic_load_explicit(&w->nconns, memory_order_relaxed);
         w->drained = 0;
         worker_phase(w, STOP_DRAIN);
@@ -238,15 +246,15 @@ static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg) {
          * anyway: with 1001 while storing merely takes time (what it sent
          * is still stored before the worker exits), with 1011 when storing
          * fails, so that a lost message is never hidden behind a 1001. */
-        int failing;
-        uint64_t stored = broker_stored(w->broker, w->id, &failing);
         int late = in_phase >= (int64_t)cfg->drain_time_ms + WORKER_DRAIN_GRACE_MS;
         conn *c = w->conns, *next;
         for (; c && w->drained < due; c = next) {
             next = c->next;
-            if (c->state != CONN_OPEN || (c->ticket > stored && !late)) continue;
+            if (c->state != CONN_OPEN) continue;
+            int failing, stored = broker_ticket_stored(w->broker, w->id, c->ticket, &failing);
+            if (!stored && !late) continue;
             w->drained++;
-            if (c->ticket > stored && failing)
+            if (!stored && failing)
                 conn_close(c, WS_CLOSE_INTERNAL, "message not stored");
             else conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
             conn_flush(c);

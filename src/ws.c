@@ -96,6 +96,8 @@ enum {
     E_CLOSE_LEN,
     E_CLOSE_CODE,
     E_CLOSE_UTF8,
+    E_RSV1_CONT,
+    E_RSV1_CTL,
 };
 
 static const struct {
@@ -117,6 +119,8 @@ static const struct {
     [E_CLOSE_LEN] = {WS_CLOSE_PROTOCOL, "close frame with a 1-byte payload"},
     [E_CLOSE_CODE] = {WS_CLOSE_PROTOCOL, "close code not allowed on the wire"},
     [E_CLOSE_UTF8] = {WS_CLOSE_INVALID_DATA, "close reason is not UTF-8"},
+    [E_RSV1_CONT] = {WS_CLOSE_PROTOCOL, "RSV1 on a continuation frame"},
+    [E_RSV1_CTL] = {WS_CLOSE_PROTOCOL, "RSV1 on a control frame"},
 };
 
 void ws_parser_init(ws_parser *p, uint64_t max_message)
@@ -125,6 +129,11 @@ void ws_parser_init(ws_parser *p, uint64_t max_message)
     p->max_message = max_message;
     p->state = ST_HEADER;
     utf8_reset(&p->utf8);
+}
+
+void ws_parser_deflate(ws_parser *p)
+{
+    p->deflate = 1;
 }
 
 /* Accepted from a peer: 1000-1003, 1007-1014 and 3000-4999.
@@ -166,14 +175,17 @@ static void unmask(uint8_t *d, size_t n, const uint8_t mask[4], uint32_t pos)
         d[i] ^= k[i];
 }
 
-/* First header byte: FIN, RSV, opcode. Checked as soon as it arrives. */
+/* First header byte: FIN, RSV, opcode. Checked as soon as it arrives.
+ * RSV1 is permessage-deflate's, on a message's first frame only (RFC 7692
+ * 6.1); no extension defines RSV2 or RSV3. */
 static int check_byte0(const ws_parser *p, unsigned b0)
 {
-    if (b0 & 0x70)
-        return E_RSV; /* no extension is ever negotiated */
+    unsigned rsv1 = b0 & WS_RSV1;
+    if ((b0 & 0x30) || (rsv1 && !p->deflate))
+        return E_RSV;
     switch (b0 & 0x0F) {
     case WS_OP_CONT:
-        return p->in_message ? E_NONE : E_CONT;
+        return !p->in_message ? E_CONT : rsv1 ? E_RSV1_CONT : E_NONE;
     case WS_OP_TEXT:
         return p->in_message ? E_NEWMSG : E_NONE;
     case WS_OP_BINARY:
@@ -181,6 +193,8 @@ static int check_byte0(const ws_parser *p, unsigned b0)
     case WS_OP_CLOSE:
     case WS_OP_PING:
     case WS_OP_PONG:
+        if (rsv1)
+            return E_RSV1_CTL;
         return (b0 & 0x80) ? E_NONE : E_CTL_FRAG;
     default:
         return E_OPCODE;
@@ -204,6 +218,15 @@ static unsigned ext_len(unsigned b1)
     return l == 126 ? 2 : l == 127 ? 8 : 0;
 }
 
+/* The limit on the wire bytes of the message that a data frame with first
+ * byte b0 starts or continues: a compressed one is held to max_message once
+ * inflated, by the caller. */
+static uint64_t wire_limit(const ws_parser *p, unsigned b0)
+{
+    int z = (b0 & 0x0F) == WS_OP_CONT ? p->compressed : (b0 & WS_RSV1) != 0;
+    return z ? ws_deflated_limit(p->max_message) : p->max_message;
+}
+
 /* Decodes the payload length from h (2 + ext_len bytes available) and checks
  * it against the message limit. Non-minimal encodings are accepted. */
 static int check_length(const ws_parser *p, const uint8_t *h, uint64_t *out)
@@ -223,8 +246,10 @@ static int check_length(const ws_parser *p, const uint8_t *h, uint64_t *out)
     }
     if (!(h[0] & 0x08)) {
         uint64_t so_far = (h[0] & 0x0F) == WS_OP_TEXT ? 0 : p->msg_len;
-        /* so_far <= max_message always holds, so this cannot wrap. */
-        if (len > p->max_message - so_far)
+        uint64_t limit = wire_limit(p, h[0]);
+        /* so_far <= limit always holds (one message, one limit), so this
+         * cannot wrap. */
+        if (len > limit - so_far)
             return E_TOO_BIG;
     }
     *out = len;
@@ -249,6 +274,7 @@ static void start_frame(ws_parser *p, const uint8_t *h, unsigned hlen, uint64_t 
     if (op == WS_OP_TEXT) {
         p->msg_len = 0;
         p->first_pending = 1;
+        p->compressed = (h[0] & WS_RSV1) != 0;
         utf8_reset(&p->utf8);
     }
     p->msg_len += len;
@@ -381,12 +407,13 @@ size_t ws_parse(ws_parser *p, uint8_t *buf, size_t len, ws_event *ev)
             p->state = ST_HEADER;
             if (!p->fin)
                 continue; /* an empty fragment says nothing */
-            if (!utf8_complete(&p->utf8))
+            if (!utf8_complete(&p->utf8)) /* never fed when compressed */
                 return fail(p, ev, E_UTF8, len);
             ev->type = WS_EV_DATA;
             ev->data = buf + i;
             ev->first = p->first_pending;
             ev->fin = 1;
+            ev->compressed = p->compressed;
             p->first_pending = 0;
             return i;
         }
@@ -413,10 +440,11 @@ size_t ws_parse(ws_parser *p, uint8_t *buf, size_t len, ws_event *ev)
             return i;
         }
 
-        /* ST_DATA: unmask in place and hand out what is there. */
+        /* ST_DATA: unmask in place and hand out what is there. Deflate
+         * bytes are not text: the caller checks them once inflated. */
         unmask(d, n, p->mask, p->mask_pos);
         p->mask_pos = (uint32_t)((p->mask_pos + n) & 3);
-        if (utf8_feed(&p->utf8, d, n) < 0)
+        if (!p->compressed && utf8_feed(&p->utf8, d, n) < 0)
             return fail(p, ev, E_UTF8, len);
         p->remaining -= n;
         i += n;
@@ -431,6 +459,7 @@ size_t ws_parse(ws_parser *p, uint8_t *buf, size_t len, ws_event *ev)
         ev->len = n;
         ev->first = p->first_pending;
         ev->fin = last && p->fin;
+        ev->compressed = p->compressed;
         p->first_pending = 0;
         return i;
     }
@@ -445,7 +474,7 @@ size_t ws_header_size(uint64_t len)
 
 size_t ws_write_header(uint8_t *out, unsigned opcode, uint64_t len)
 {
-    out[0] = (uint8_t)(0x80 | (opcode & 0x0F));
+    out[0] = (uint8_t)(0x80 | (opcode & (WS_RSV1 | 0x0F)));
     if (len < 126) {
         out[1] = (uint8_t)len;
         return 2;

@@ -2,7 +2,8 @@
 # The whole test suite, as `make test` runs it:
 #   1. unit tests (cmocka), normal build
 #   2. unit tests and integration tests under ASan+UBSan
-#   3. the ring stress test and a threaded broadcast run under TSan
+#   3. the ring stress test, workers racing to compress one message, and a
+#      threaded broadcast run under TSan
 #   4. integration tests (pytest) against the normal build; the fault
 #      tests (-m faults, minutes of Redis faults under traffic) and the
 #      slow ones (-m slow: recoveries, restarts, timers) run once, under
@@ -67,14 +68,15 @@ step unit         units build
 if [ "${TEST_QUICK:-0}" != 1 ]; then
     step asan-build   make -s -j"$JOBS" SAN=asan chatd unit
     step asan-unit    units build/asan
-    step tsan-build   make -s -j"$JOBS" SAN=tsan chatd build/tsan/unit/test_ring
+    step tsan-build   make -s -j"$JOBS" SAN=tsan chatd build/tsan/unit/test_ring build/tsan/unit/test_msg
     step tsan-ring    build/tsan/unit/test_ring
+    step tsan-msg     build/tsan/unit/test_msg
     step tsan-chat    pytest_run build/tsan/chatd -m tsan
-    step asan-chat    pytest_run build/asan/chatd
+    step asan-chat    pytest_run build/asan/chatd -m "not farm"
     step fuzz         make -s fuzz FUZZ_SECONDS=5
 fi
 if [ "${TEST_QUICK:-0}" != 1 ]; then
-    step integration  pytest_run build/chatd -m "not faults and not slow"
+    step integration  pytest_run build/chatd -m "not faults and not slow and not farm"
 else
     step integration  pytest_run build/chatd
 fi

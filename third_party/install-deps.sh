@@ -3,10 +3,11 @@
 #   install-deps.sh run      building and running a node (make run)
 #   install-deps.sh cluster  run + redis-server (make cluster)
 #   install-deps.sh test     cluster + the test tools: cmocka, pytest, clang
-#                            and its sanitizer runtime, Chromium, Node.js with
-#                            npm (unless a node is there), then the browser
-#                            test's npm packages (npm ci in test/browser,
-#                            pinned by its package-lock.json) (make test)
+#                            and its sanitizer runtime, Chromium, haproxy,
+#                            Node.js with npm (unless a node is there), then
+#                            the npm packages the tests drive, each pinned by
+#                            its package-lock.json: the browser test's (npm ci
+#                            in test/browser) and wscat (test/tools) (make test)
 #   install-deps.sh bench    test + gnuplot (make bench)
 #   install-deps.sh --list SET   prints the packages of SET and exits
 # Idempotent: installs only what is missing, and runs npm ci only when the
@@ -22,10 +23,10 @@ fi
 set_name=${1:-test}
 
 RUN_PKGS="build-essential pkg-config libevent-dev libhiredis-dev libssl-dev node-llhttp
-          libjansson-dev"
+          libjansson-dev zlib1g-dev"
 CLUSTER_PKGS="redis-server"
 TEST_PKGS="libcmocka-dev python3 python3-pytest python3-websockets openssl clang
-           libclang-rt-14-dev chromium"
+           libclang-rt-14-dev chromium haproxy"
 
 case "$set_name" in
 run) PKGS="$RUN_PKGS" ;;
@@ -64,12 +65,14 @@ fi
 
 case "$set_name" in run | cluster) exit 0 ;; esac
 
-# The browser test's playwright-core. The copy of the lock file that npm ci
+# The browser test's playwright-core, and wscat for the deployment test
+# (test/integration/test_deploy.py). The copy of the lock file that npm ci
 # last installed from is kept in node_modules: the same lock, nothing to do.
-browser="$here/test/browser"
-if ! cmp -s "$browser/package-lock.json" "$browser/node_modules/.chatd-installed-lock" 2>/dev/null
-then
-    echo "install-deps: npm ci in test/browser"
-    (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error \
-        && cp package-lock.json node_modules/.chatd-installed-lock)
-fi
+for dir in "$here/test/browser" "$here/test/tools"; do
+    if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.chatd-installed-lock" 2>/dev/null
+    then
+        echo "install-deps: npm ci in ${dir#"$here"/}"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error \
+            && cp package-lock.json node_modules/.chatd-installed-lock)
+    fi
+done

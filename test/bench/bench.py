@@ -7,14 +7,17 @@ server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7] [--servers chatd,node] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,8,9] [--servers chatd,node] [--quick]
 
 Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
 and delivered on node B through Redis, 1,000 clients in one room, latency
-from send on A to receipt on B. 7 (issue 16) is a wss burst: 5,000 clients
-at once, time until all are upgraded and each one's handshake time; 8 is
-scenario 2 over wss on one node, server CPU per delivery.
+from send on A to receipt on B; 7 is issue 16's permessage-deflate: one
+chatd node, 1,000 clients in one room, chat text and a JSON-ish message,
+every client with and without compression (chatd only), bytes on the wire
+and server CPU per delivery. 8 (issue 16, chatd only) is a wss burst: 5,000
+clients at once, time until all are upgraded and each one's handshake time;
+9 is scenario 2 over wss on one node, server CPU per delivery.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
 holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
@@ -28,6 +31,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -364,7 +368,7 @@ def s4_wss(kind, q, work, key="ec", groups=None):
         c.close()
 
 
-def s7_wss_burst(kind, q, work, key="ec", groups=None, n=None):
+def s8_wss_burst(kind, q, work, key="ec", groups=None, n=None):
     """5,000 wss clients at once (no ramp, every handshake in flight): how
     long until all are upgraded, how long each waited, server CPU each."""
     n = n or (2000 if q else 5000)
@@ -377,7 +381,7 @@ def s7_wss_burst(kind, q, work, key="ec", groups=None, n=None):
                        "--connect-timeout", "120"]
                       + (["--groups", groups] if groups else [])
                       + sum([["--url", u] for u in c.urls("wss")], []), c, timeout=300)
-        return {"scenario": 7, "server": kind, "key": key, "groups": groups or "default",
+        return {"scenario": 8, "server": kind, "key": key, "groups": groups or "default",
                 "conf": "; ".join(CHATD_EXTRA) or "-", "clients": n, "connected": r["connected"], "failed": r["failed"],
                 "all_upgraded_s": r["connect_s"], "hs_p50_ms": r["hs_p50_ms"],
                 "hs_p99_ms": r["hs_p99_ms"], "hs_max_ms": r["hs_max_ms"],
@@ -387,7 +391,7 @@ def s7_wss_burst(kind, q, work, key="ec", groups=None, n=None):
         c.close()
 
 
-def s8_wss_fanout(kind, q, work, key="ec", rate=50):
+def s9_wss_fanout(kind, q, work, key="ec", rate=50):
     """Scenario 2 over wss, one node: 2,000 clients in one room, 10 senders
     at `rate` messages/s: server CPU per delivery through the TLS record
     layer."""
@@ -402,7 +406,7 @@ def s8_wss_fanout(kind, q, work, key="ec", rate=50):
                       + sum([["--url", u] for u in c.urls("wss", room="bench")], []), c,
                       timeout=300)
         cpu = c.cpu_s() - r["cpu_at_start"]
-        return {"scenario": 8, "server": kind, "rate": rate, "clients": n,
+        return {"scenario": 9, "server": kind, "rate": rate, "clients": n,
                 "deliveries_per_s": round(r["deliveries_per_s"]), "p50_ms": r["p50_ms"],
                 "p99_ms": r["p99_ms"], "lost": r["expected"] - r["delivered"],
                 "cpu_s_per_M": round(cpu / max(1, r["delivered"]) * 1e6, 2)}
@@ -509,6 +513,99 @@ def s6_redis(kind, q, work, rates):
     return rows
 
 
+def s7_deflate(kind, q, work, runs=2, rates=(20,)):
+    """Issue 16: one node, 1,000 clients in one room, 5 senders at each of
+    rates (msg/s in all) for 10 s, all clients offering permessage-deflate
+    as Chromium does, or none. Chat text of about 150 bytes (random common
+    words) and a JSON-ish order of about 2 KB. Bytes of data frames the
+    clients read per delivery; server CPU per delivery from the moment all
+    are connected (user + system of the process); RSS growth per client
+    (peak while the clients are there, over the node after a warm-up of 8
+    clients that made each worker's compressor and decompressor, a fixed
+    cost of a few hundred KiB per worker, not one per client). The
+    configurations of a run follow each other, so that a noisy moment of
+    the shared machine does not fall on one side only."""
+    if kind != "chatd":
+        return []
+    n = 500 if q else 1000
+    dur = 5 if q else 10
+    rows = []
+    for run, rate, (pad, size), deflate in [(run, rate, m, d) for run in range(1, runs + 1)
+                                            for rate in rates
+                                            for m in (("words", 150), ("json", 2000))
+                                            for d in (False, True)]:
+        z = ["--deflate"] if deflate else []
+        c = Cluster(kind, 1, work)
+        try:
+            time.sleep(0.5)
+            chatbench(["--mode", "broadcast", "--conns", "8", "--senders", "4", "--rate", "20",
+                       "--duration", "1", "--drain", "2", "--msg-size", str(size), "--pad", pad]
+                      + z + ["--url", c.urls(room="warm")[0]], c, timeout=60)
+            time.sleep(0.5)
+            base = c.rss_kib()
+            m0 = node_metrics(c.ports[0])
+            r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2",
+                           "--ramp", "2000", "--senders", "5", "--rate", str(rate),
+                           "--duration", str(dur), "--drain", "5", "--msg-size", str(size),
+                           "--pad", pad] + z + ["--url", c.urls(room="z")[0]], c,
+                          timeout=dur + 120)
+            cpu = c.cpu_s() - r["cpu_at_start"]
+            m = node_metrics(c.ports[0])
+            rows.append({
+                "scenario": 7, "server": kind, "run": run, "rate": rate,
+                "message": f"{pad} {size} B", "deflate": "on" if deflate else "off",
+                "clients": n, "negotiated": r["deflate_clients"], "delivered": r["delivered"],
+                "lost": r["expected"] - r["delivered"],
+                "bytes_per_delivery": round(r["data_bytes"] / max(1, r["delivered"]), 1),
+                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
+                "compressions": m.get("chatd_compressions_total", 0)
+                - m0.get("chatd_compressions_total", 0),
+                "messages": r["sent"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "kib_per_client": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2)})
+            log(rows[-1])
+        finally:
+            c.close()
+    return rows
+
+
+def node_metrics(port):
+    """GET /metrics of a node, as {name: number} (labels kept in the name)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    out = {}
+    for line in data.split(b"\r\n\r\n", 1)[-1].decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def s7_summary(rows):
+    """Medians (of two runs: their mean) per message and deflate setting."""
+    out = []
+    for rate, msg in dict.fromkeys((r["rate"], r["message"]) for r in rows):
+        for d in ("off", "on"):
+            rs = [r for r in rows if (r["rate"], r["message"], r["deflate"]) == (rate, msg, d)]
+            if not rs:
+                continue
+            med = lambda k: statistics.median(r[k] for r in rs)
+            vals = lambda k: ", ".join(str(r[k]) for r in rs)
+            out.append({"rate": rate, "message": msg, "deflate": d,
+                        "bytes_per_delivery": f"{med('bytes_per_delivery'):.1f} ({vals('bytes_per_delivery')})",
+                        "cpu_us_per_delivery": f"{med('cpu_us_per_delivery'):.2f} ({vals('cpu_us_per_delivery')})",
+                        "compressions_per_message": ", ".join(
+                            f"{r['compressions'] / max(1, r['messages']):.3f}" for r in rs),
+                        "kib_per_client": f"{med('kib_per_client'):.2f} ({vals('kib_per_client')})",
+                        "p99_ms": vals("p99_ms")})
+    return out
+
+
 # ---- report --------------------------------------------------------------
 
 def table(rows, cols):
@@ -544,7 +641,10 @@ def plot(rows, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6")
+    ap.add_argument("--runs7", type=int, default=2, help="scenario 7: runs of each configuration")
+    ap.add_argument("--rates7", default="20,200",
+                    help="scenario 7: total send rates, msg/s, into the room of 1,000")
     ap.add_argument("--servers", default="chatd,node")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
@@ -554,13 +654,13 @@ def main():
                          "2000,5000; --quick: 100,1000); stops after a saturated rate")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--wss-key", default="ec", choices=sorted(WSS_KEYS),
-                    help="scenarios 4, 7, 8: ECDSA P-256 (default), RSA-2048 or RSA-4096")
+                    help="scenarios 4, 8, 9: ECDSA P-256 (default), RSA-2048 or RSA-4096")
     ap.add_argument("--burst-clients", type=int, default=None,
-                    help="scenario 7 clients (default 5000; --quick: 2000)")
+                    help="scenario 8 clients (default 5000; --quick: 2000)")
     ap.add_argument("--chatd-conf", action="append", default=[],
                     help="a config line for every chatd node, e.g. 'acceptor_threads = 1'")
     ap.add_argument("--wss-groups", default=None,
-                    help="scenarios 4 and 7: key exchange groups the clients offer "
+                    help="scenarios 4 and 8: key exchange groups the clients offer "
                          "(default: OpenSSL's, X25519 first)")
     ap.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
     a = ap.parse_args()
@@ -573,7 +673,7 @@ def main():
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
     CHATD_EXTRA[:] = a.chatd_conf
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], 8: []}
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], 8: [], 9: []}
     try:
         for kind in servers:
             if 1 in scen:
@@ -589,13 +689,16 @@ def main():
                 results[5].append(s5_storm(kind, a.quick, work, a.storm_per_node)); log(results[5][-1])
             if 6 in scen:
                 results[6] += s6_redis(kind, a.quick, work, rates6)
-            if 7 in scen and kind == "chatd":
-                results[7].append(s7_wss_burst(kind, a.quick, work, a.wss_key, a.wss_groups,
-                                               a.burst_clients))
-                log(results[7][-1])
+            if 7 in scen:
+                results[7] += s7_deflate(kind, a.quick, work, a.runs7,
+                                         [int(x) for x in a.rates7.split(",")])
             if 8 in scen and kind == "chatd":
-                results[8].append(s8_wss_fanout(kind, a.quick, work, a.wss_key))
+                results[8].append(s8_wss_burst(kind, a.quick, work, a.wss_key, a.wss_groups,
+                                               a.burst_clients))
                 log(results[8][-1])
+            if 9 in scen and kind == "chatd":
+                results[9].append(s9_wss_fanout(kind, a.quick, work, a.wss_key))
+                log(results[9][-1])
     finally:
         stop_all()
 
@@ -669,16 +772,32 @@ def main():
                   (", ".join(f"{k} {v[0]:,} msg/s published ({v[1]:,} deliveries/s)"
                              for k, v in best.items()) or "none"))
     if results[7]:
-        md += ["\n### 7. wss burst: every client at once\n",
+        n7 = results[7][0]["clients"]
+        md += [f"\n### 7. permessage-deflate: {n7:,} clients in one room, 5 senders\n",
+               "Every client offers permessage-deflate as Chromium does (`on`) or not (`off`); "
+               "where accepted, senders compress too. `bytes_per_delivery`: bytes of data frames "
+               "the clients read (headers included) per delivery; `cpu_us_per_delivery`: server "
+               "CPU (user + system) from the moment all clients are connected; `compressions`: "
+               "the node's `chatd_compressions_total`.\n",
+               table(results[7], ["run", "rate", "message", "deflate", "negotiated", "delivered",
+                                  "lost",
+                                  "bytes_per_delivery", "cpu_us_per_delivery", "compressions",
+                                  "messages", "p50_ms", "p99_ms", "kib_per_client"]),
+               "\nMedians (both values):\n",
+               table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
+                                              "cpu_us_per_delivery", "compressions_per_message",
+                                              "kib_per_client", "p99_ms"])]
+    if results[8]:
+        md += ["\n### 8. wss burst: every client at once\n",
                "`all_upgraded_s`: from the first connect() until the last client has its 101;"
                " `hs_*`: per client, connect() to 101 (listen queue, TLS, HTTP); CPU: the"
                " server's, until every client is upgraded, per handshake.\n",
-               table(results[7], ["server", "key", "groups", "conf", "clients", "connected", "failed",
+               table(results[8], ["server", "key", "groups", "conf", "clients", "connected", "failed",
                                   "all_upgraded_s", "hs_p50_ms", "hs_p99_ms", "hs_max_ms",
                                   "cpu_ms_per_handshake"])]
-    if results[8]:
-        md += ["\n### 8. wss fan-out: 2,000 clients in one room, 10 senders\n",
-               table(results[8], ["server", "rate", "clients", "deliveries_per_s", "p50_ms",
+    if results[9]:
+        md += ["\n### 9. wss fan-out: 2,000 clients in one room, 10 senders\n",
+               table(results[9], ["server", "rate", "clients", "deliveries_per_s", "p50_ms",
                                   "p99_ms", "lost", "cpu_s_per_M"])]
     text = "\n".join(md) + "\n"
     print(text)

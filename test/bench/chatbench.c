@@ -22,6 +22,12 @@
  * client was back. With --sender-url the senders of broadcast mode connect to
  * that URL and only the other clients sample latency, so two nodes of one
  * cluster give the latency from send on one to receipt on the other.
+ *
+ * With --deflate every client offers permessage-deflate as a browser does;
+ * where the server accepts, senders compress their messages and receivers
+ * inflate frames with RSV1 (one zlib stream per process, no context kept,
+ * as chatd negotiates). The report counts the bytes of data frames
+ * received, so that bytes per delivery compare with and without it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,6 +58,7 @@
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <zlib.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -72,6 +79,7 @@
 /* ------------------------------------------------------------------ options */
 
 enum mode { MODE_IDLE, MODE_BROADCAST };
+enum pad { PAD_X, PAD_WORDS, PAD_JSON };
 
 struct url {
     const char *text;
@@ -96,6 +104,8 @@ static struct {
     long senders;
     double rate;
     long msg_size;
+    enum pad pad;
+    int deflate;
     int insecure;
     const char *cafile;
     const char *groups; /* wss: the key exchange groups offered, e.g. X25519 */
@@ -157,6 +167,9 @@ struct result {
     struct hist hs;                   /* per client: µs from connect() to the 101 */
     uint64_t alive_at_go, alive_at_end, dropped[D__N];
     uint64_t pings, sent, delivered, window_delivered, dup, reorder, other;
+    uint64_t znegotiated;     /* --deflate: clients whose offer was accepted */
+    uint64_t data_bytes;      /* bytes of data frames received (headers too) */
+    uint64_t zframes;         /* of those frames, compressed (RSV1) */
     int64_t gaps;
     uint64_t last_delivery_us; /* from t0 */
     struct hist lat;
@@ -233,6 +246,9 @@ static void result_add(struct result *a, const struct result *b)
     for (int i = 0; i < D__N; i++)
         a->dropped[i] += b->dropped[i];
     a->pings += b->pings;
+    a->znegotiated += b->znegotiated;
+    a->data_bytes += b->data_bytes;
+    a->zframes += b->zframes;
     a->sent += b->sent;
     a->delivered += b->delivered;
     a->window_delivered += b->window_delivered;
@@ -343,6 +359,7 @@ struct client {
     uint8_t no_lat;   /* a --sender-url sender: deliveries count, latency not */
     uint8_t rc_on;    /* reconnecting since rc_drop */
     uint8_t tries;    /* reconnect attempts for the current drop */
+    uint8_t z;        /* permessage-deflate negotiated */
     short interest;   /* events ev is registered for; 0 = not added */
     SSL *ssl;
     uint8_t *rbuf; /* bytes of a partial frame or response head */
@@ -382,6 +399,8 @@ static struct {
     uint64_t down; /* --reconnect: clients dropped and not back yet */
     uint32_t mask_state, rng;
     uint8_t key_seed[12];
+    z_stream def, inf; /* --deflate: one message at a time */
+    uint8_t *zbuf;     /* inflated frames, compressed messages */
     struct result r;
 } g;
 
@@ -659,11 +678,15 @@ static void send_request(struct client *c)
     }
     path[pl] = '\0';
     client_key(c->id, key);
+    /* What Chromium offers. */
+    const char *ext = o.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                  "client_max_window_bits\r\n"
+                                : "";
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\nUser-Agent: chatbench\r\n\r\n",
-                     path, u->hosthdr, key);
+                     "Sec-WebSocket-Version: 13\r\n%sUser-Agent: chatbench\r\n\r\n",
+                     path, u->hosthdr, key, ext);
     c->state = ST_HTTP;
     if (c_write(c, req, (size_t)n) < 0) {
         fail_client(c, F_IO, errno);
@@ -702,8 +725,15 @@ static int check_response(struct client *c, const char *head, size_t len)
             const char *v = l + sizeof name - 1;
             while (v < end && (*v == ' ' || *v == '\t'))
                 v++;
-            if ((size_t)(end - v) >= 28 && memcmp(v, want, 28) == 0)
+            if ((size_t)(end - v) >= 28 && memcmp(v, want, 28) == 0) {
+                /* chatd's answer always has both no_context_takeover
+                 * parameters: each frame inflates on its own */
+                static const char ext[] = "\r\nSec-WebSocket-Extensions: permessage-deflate; "
+                                          "server_no_context_takeover; "
+                                          "client_no_context_takeover\r\n";
+                c->z = o.deflate && memmem(head, len, ext, sizeof ext - 1) != NULL;
                 return 0;
+            }
             break;
         }
     }
@@ -853,6 +883,44 @@ static void on_text(struct client *c, const uint8_t *p, size_t len)
         finish();
 }
 
+/* Inflates a compressed frame's payload (RFC 7692 7.2.2: the removed
+ * 00 00 FF FF put back) into g.zbuf. Returns 0 with the length in *out. */
+static int inflate_frame(const uint8_t *p, size_t len, size_t *out)
+{
+    static const uint8_t tail[4] = {0x00, 0x00, 0xFF, 0xFF};
+    if (inflateReset(&g.inf) != Z_OK)
+        return -1;
+    g.inf.next_out = g.zbuf;
+    g.inf.avail_out = MAX_FRAME;
+    g.inf.next_in = (Bytef *)(uintptr_t)p;
+    g.inf.avail_in = (uInt)len;
+    int rc = inflate(&g.inf, Z_SYNC_FLUSH);
+    if (rc == Z_OK || rc == Z_BUF_ERROR) {
+        g.inf.next_in = (Bytef *)(uintptr_t)tail;
+        g.inf.avail_in = sizeof tail;
+        rc = inflate(&g.inf, Z_SYNC_FLUSH);
+    }
+    if (rc != Z_OK && rc != Z_STREAM_END)
+        return -1;
+    *out = MAX_FRAME - g.inf.avail_out;
+    return 0;
+}
+
+/* Compresses a message as a browser does (no context kept): the deflate
+ * data without its 00 00 FF FF, into g.zbuf. Returns its length, or -1. */
+static long deflate_text(const uint8_t *p, size_t len)
+{
+    if (deflateReset(&g.def) != Z_OK)
+        return -1;
+    g.def.next_in = (Bytef *)(uintptr_t)p;
+    g.def.avail_in = (uInt)len;
+    g.def.next_out = g.zbuf;
+    g.def.avail_out = MAX_FRAME;
+    if (deflate(&g.def, Z_SYNC_FLUSH) != Z_OK || g.def.avail_in || g.def.avail_out == 0)
+        return -1;
+    return (long)(MAX_FRAME - g.def.avail_out) - 4;
+}
+
 /* Handles the frames in buf; returns bytes used, or -1 if c was closed. */
 static long on_frames(struct client *c, uint8_t *buf, size_t len)
 {
@@ -889,6 +957,8 @@ static long on_frames(struct client *c, uint8_t *buf, size_t len)
             for (size_t i = 0; i < pl; i++)
                 p[i] ^= f[h - 4 + (i & 3)];
         off += h + (size_t)pl;
+        if (op <= 0x2)
+            g.r.data_bytes += h + pl;
         switch (op) {
         case 0x1: /* text; a fragmented one is judged by its first part */
             if (c->in_frag) {
@@ -896,6 +966,16 @@ static long on_frames(struct client *c, uint8_t *buf, size_t len)
                 return -1;
             }
             c->in_frag = !fin;
+            if (f[0] & 0x40) { /* compressed: chatd never fragments its frames */
+                size_t n;
+                g.r.zframes++;
+                if (!c->z || !fin || inflate_frame(p, (size_t)pl, &n) < 0) {
+                    drop_client(c, D_PROTO);
+                    return -1;
+                }
+                on_text(c, g.zbuf, n);
+                break;
+            }
             on_text(c, p, (size_t)pl);
             break;
         case 0x0:
@@ -965,6 +1045,7 @@ static void on_upgraded(struct client *c)
     }
     g.inflight--;
     g.r.connected++;
+    g.r.znegotiated += c->z;
     g.done_connecting++;
     uint64_t now = mono_us();
     g.r.connect_us = now - g.t_start;
@@ -1269,6 +1350,52 @@ static struct client *sender_client(uint64_t k)
     return &g.c[gid - g.lo];
 }
 
+/* Pads text[0..n) to o.msg_size bytes: 'x's, or chat words, or a JSON-ish
+ * order (what a bot might post), different in every message. Returns the
+ * new length. */
+static int pad_text(char *text, int n)
+{
+    static const char *const words[] = {
+        "the", "I", "you", "we", "meet", "at", "station", "around", "seven", "then", "grab",
+        "something", "to", "eat", "before", "movie", "starts", "what", "do", "think", "ok",
+        "sure", "sounds", "good", "see", "later", "maybe", "tomorrow", "is", "it", "raining",
+        "there", "lol", "yes", "no", "thanks", "for", "the", "link", "did", "anyone", "read",
+        "email", "about", "meeting", "Thursday", "room", "changed", "coffee", "please",
+    };
+    int want = (int)o.msg_size;
+    if (n >= want)
+        return n;
+    text[n++] = ' ';
+    if (o.pad == PAD_X) {
+        while (n < want)
+            text[n++] = 'x';
+        return n;
+    }
+    char chunk[160];
+    for (uint32_t item = 0; n < want; item++) {
+        int k;
+        if (o.pad == PAD_WORDS) {
+            const char *w = words[rnd() % (sizeof words / sizeof words[0])];
+            uint32_t r = rnd() % 16;
+            k = snprintf(chunk, sizeof chunk, "%s%s", w, r == 0 ? ", " : r == 1 ? "? " : " ");
+        } else if (item == 0) {
+            k = snprintf(chunk, sizeof chunk,
+                         "{\"type\":\"order\",\"id\":\"A-%05u\",\"status\":\"confirmed\","
+                         "\"items\":[",
+                         rnd() % 100000);
+        } else {
+            k = snprintf(chunk, sizeof chunk,
+                         "{\"sku\":\"SKU-%05u\",\"name\":\"item %u\",\"qty\":%u,"
+                         "\"price\":\"%u.%02u\"},",
+                         rnd() % 100000, item, 1 + rnd() % 9, rnd() % 200, rnd() % 100);
+        }
+        int take = k < want - n ? k : want - n;
+        memcpy(text + n, chunk, (size_t)take);
+        n += take;
+    }
+    return n;
+}
+
 static void send_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
@@ -1283,12 +1410,10 @@ static void send_tick(evutil_socket_t fd, short what, void *arg)
         uint64_t t = mono_us();
         int n = snprintf(text, sizeof text, "b %" PRIu64 " %u %" PRIu64, k,
                          g.sender_seq[k] + 1, t);
-        if (n < o.msg_size) {
-            text[n++] = ' ';
-            while (n < o.msg_size)
-                text[n++] = 'x';
-        }
-        if (send_frame(c, 0x1, (const uint8_t *)text, (size_t)n) < 0) {
+        n = pad_text(text, n);
+        long zn = c->z ? deflate_text((const uint8_t *)text, (size_t)n) : -1;
+        if (zn >= 0 ? send_frame(c, 0x40 | 0x1, g.zbuf, (size_t)zn) < 0
+                    : send_frame(c, 0x1, (const uint8_t *)text, (size_t)n) < 0) {
             drop_client(c, D_ERROR);
             continue;
         }
@@ -1403,6 +1528,12 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
     g.sbuf = malloc(MAX_MSG + 64);
     if (!g.base || !g.c || !g.rbuf || !g.sbuf) {
         fprintf(stderr, "chatbench: out of memory\n");
+        _exit(1);
+    }
+    if (o.deflate && ((g.zbuf = malloc(MAX_FRAME)) == NULL ||
+                      inflateInit2(&g.inf, -15) != Z_OK ||
+                      deflateInit2(&g.def, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK)) {
+        fprintf(stderr, "chatbench: cannot set up zlib\n");
         _exit(1);
     }
     for (long i = 0; i < g.n; i++) {
@@ -1608,6 +1739,10 @@ static void print_report(const struct result *t, int nkids_lost)
                "%.3f s after start\n",
                dps, o.duration > 0 ? (double)expected / o.duration : 0.0,
                (double)t->last_delivery_us / 1e6);
+        printf("wire       %" PRIu64 " bytes of data frames received, %.1f per delivery; %" PRIu64
+               " frames compressed; %" PRIu64 " clients negotiated permessage-deflate\n",
+               t->data_bytes, t->delivered ? (double)t->data_bytes / (double)t->delivered : 0.0,
+               t->zframes, t->znegotiated);
         printf("latency    p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  p99.9 %.3f ms  max %.3f ms"
                "  (%" PRIu64 " samples)\n",
                ms(hist_pct(&t->lat, 0.50)), ms(hist_pct(&t->lat, 0.90)),
@@ -1659,6 +1794,8 @@ static void print_report(const struct result *t, int nkids_lost)
            t->pings, o.procs, o.mode == MODE_BROADCAST ? o.senders : 0L,
            o.mode == MODE_BROADCAST ? o.rate : 0.0, o.duration, t->lat.count,
            ms(hist_pct(&t->hs, 0.50)), ms(hist_pct(&t->hs, 0.99)), ms(t->hs.max));
+    printf(",\"deflate_clients\":%" PRIu64 ",\"data_bytes\":%" PRIu64 ",\"zframes\":%" PRIu64,
+           t->znegotiated, t->data_bytes, t->zframes);
     if (o.reconnect)
         printf(",\"rc_drops\":%" PRIu64 ",\"rc_back\":%" PRIu64 ",\"rc_gave_up\":%" PRIu64
                ",\"rc_down_at_end\":%" PRIu64 ",\"rc_never_back\":%" PRIu64
@@ -1827,6 +1964,11 @@ static void usage(FILE *f)
             "  --drain S             broadcast: wait this long for deliveries after the send\n"
             "                        window; ends earlier once all arrived (default 5)\n"
             "  --msg-size B          broadcast: pad the message text to B bytes\n"
+            "  --pad x|words|json    broadcast: what pads it: 'x's (default), chat words, or a\n"
+            "                        JSON-ish order, different in every message\n"
+            "  --deflate             offer permessage-deflate as Chromium does; where accepted,\n"
+            "                        senders compress and receivers inflate (the report counts\n"
+            "                        the bytes of data frames received either way)\n"
             "  --sender-url URL      broadcast: the senders connect to URL, the others use the\n"
             "                        --url list; latency is sampled at the others only (e.g.\n"
             "                        send on node A, measure receipt on node B)\n"
@@ -1948,7 +2090,7 @@ int main(int argc, char **argv)
     enum {
         O_URL = 256, O_CONNS, O_RAMP, O_INFLIGHT, O_CTIMEOUT, O_PROCS, O_SRC, O_MODE,
         O_DURATION, O_SENDERS, O_RATE, O_DRAIN, O_SIZE, O_INSECURE, O_CAFILE, O_GROUPS,
-        O_SENDER_URL, O_RECONNECT, O_RC_TRIES, O_RC_TIMEOUT, O_RC_BACKOFF,
+        O_SENDER_URL, O_RECONNECT, O_RC_TRIES, O_RC_TIMEOUT, O_RC_BACKOFF, O_DEFLATE, O_PAD,
     };
     static const struct option lo[] = {
         {"url", required_argument, NULL, O_URL},
@@ -1964,6 +2106,8 @@ int main(int argc, char **argv)
         {"rate", required_argument, NULL, O_RATE},
         {"drain", required_argument, NULL, O_DRAIN},
         {"msg-size", required_argument, NULL, O_SIZE},
+        {"pad", required_argument, NULL, O_PAD},
+        {"deflate", no_argument, NULL, O_DEFLATE},
         {"insecure", no_argument, NULL, O_INSECURE},
         {"cafile", required_argument, NULL, O_CAFILE},
         {"groups", required_argument, NULL, O_GROUPS},
@@ -2003,6 +2147,17 @@ int main(int argc, char **argv)
         case O_RATE: o.rate = num(optarg, "--rate", 0.001, 1e7); break;
         case O_DRAIN: o.drain = num(optarg, "--drain", 0, 3600); break;
         case O_SIZE: o.msg_size = (long)num(optarg, "--msg-size", 0, MAX_MSG); break;
+        case O_PAD:
+            if (strcmp(optarg, "x") == 0)
+                o.pad = PAD_X;
+            else if (strcmp(optarg, "words") == 0)
+                o.pad = PAD_WORDS;
+            else if (strcmp(optarg, "json") == 0)
+                o.pad = PAD_JSON;
+            else
+                die_usage("--pad is x, words or json, not %s", optarg);
+            break;
+        case O_DEFLATE: o.deflate = 1; break;
         case O_INSECURE: o.insecure = 1; break;
         case O_CAFILE: o.cafile = optarg; break;
         case O_GROUPS: o.groups = optarg; break;

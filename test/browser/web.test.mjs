@@ -150,6 +150,14 @@ function noDuplicates(list, who) {
   assert.equal(new Set(ids).size, ids.length, `${who} shows a message twice: ${ids.join(' ')}`);
 }
 
+/** One counter of a node's /metrics. */
+async function metric(node, name) {
+  const body = await (await fetch(`${node.origin}/metrics`)).text();
+  const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `${node.name} has no ${name}`);
+  return Number(line.split(' ')[1]);
+}
+
 function assertNoErrors(page) {
   assert.deepEqual(page.errors, [], `${page.who}'s page logged errors`);
 }
@@ -272,8 +280,16 @@ test('several rooms as tabs', async () => {
 
 test('screenshots at desktop and phone size; long messages wrap', async () => {
   const long = 'a-very-long-word-'.repeat(60) + ' and then some ordinary words to end it';
+  const [inA, outB] = [await metric(nodeA, 'chatd_messages_received_compressed_total'),
+    await metric(nodeB, 'chatd_frames_compressed_total')];
   await say(alice, long);
   await shows(bob, 'kitchen', long);
+  // Chromium offers permessage-deflate and chatd accepts: the message went
+  // in compressed on node A and came out compressed on node B.
+  assert.ok(await metric(nodeA, 'chatd_messages_received_compressed_total') > inA);
+  // (a worker counts a frame just after writing it)
+  await waitFor(async () => (await metric(nodeB, 'chatd_frames_compressed_total')) > outB,
+    STEP_MS, 'node B to count a compressed frame');
   await alice.screenshot({ path: path.join(ARTEFACTS, 'desktop.png') });
 
   const erin = await openPage('erin', nodeB, '?room=kitchen&name=Erin', { phone: true });

@@ -53,8 +53,18 @@ static void check_result(const hs_result *res, const config *cfg)
         CHECK(memmem(res->response, res->response_len, "\r\nSec-WebSocket-Accept: ", 24));
         check_name(res->username, cfg->max_username);
         check_name(res->room, cfg->max_room);
+        /* permessage-deflate: answered exactly when accepted, always with
+         * both no_context_takeover parameters */
+        CHECK(res->deflate == 0 || (res->deflate >= 8 && res->deflate <= 15));
+        const char *ext = memmem(res->response, res->response_len, "Sec-WebSocket-Extensions: ", 26);
+        CHECK((ext != NULL) == (res->deflate != 0));
+        if (ext)
+            CHECK(memmem(res->response, res->response_len,
+                         ": permessage-deflate; server_no_context_takeover; "
+                         "client_no_context_takeover", 76));
     } else {
         CHECK(res->upgrade == 0);
+        CHECK(res->deflate == 0);
     }
 }
 

@@ -1,7 +1,8 @@
 /* libFuzzer target for the frame parser and encoder (ws.h).
  *
- * Input: byte 0 picks max_message, byte 1 the split pattern, the rest is the
- * byte stream a client sent. The stream is parsed twice, in one piece and in
+ * Input: byte 0 picks max_message (bits 0-6) and whether permessage-deflate
+ * was negotiated (bit 7), byte 1 the split pattern, the rest is the byte
+ * stream a client sent. The stream is parsed twice, in one piece and in
  * chunks, and both runs must tell the same story: the same completed
  * messages, control frames and error, whatever the split. Every invariant of
  * the contract in ws.h is checked along the way; a violation traps.
@@ -72,6 +73,7 @@ typedef struct run {
     uint8_t *msg; /* payload of the text message in progress */
     size_t msg_len;
     int in_msg;
+    int compressed; /* the message in progress */
     int failed;
     unsigned err_code;
 } run;
@@ -89,13 +91,20 @@ static void check_event(run *r, const ws_parser *p, const ws_event *ev, const ui
         CHECK(n > 0);
         CHECK(ev->data >= buf && ev->len <= len && ev->data + ev->len <= buf + len);
         CHECK(ev->first == (r->in_msg == 0));
+        /* Compressed: only where negotiated, the same for every chunk of a
+         * message, held to the wire limit and never checked as text. */
+        CHECK(!ev->compressed || p->deflate);
+        if (ev->first)
+            r->compressed = ev->compressed;
+        CHECK(ev->compressed == r->compressed);
         memcpy(r->msg + r->msg_len, ev->data, ev->len);
         r->msg_len += ev->len;
         r->in_msg = 1;
-        CHECK(r->msg_len <= p->max_message);
+        CHECK(r->msg_len <= (ev->compressed ? ws_deflated_limit(p->max_message) : p->max_message));
         if (ev->fin) {
-            CHECK(utf8_validate(r->msg, r->msg_len) == 0);
-            record(&r->d, WS_EV_DATA, 0, r->msg, r->msg_len);
+            if (!ev->compressed)
+                CHECK(utf8_validate(r->msg, r->msg_len) == 0);
+            record(&r->d, WS_EV_DATA, ev->compressed, r->msg, r->msg_len);
             r->msg_len = 0;
             r->in_msg = 0;
         }
@@ -144,13 +153,16 @@ static void check_dead(ws_parser *p, uint8_t *buf, size_t len, unsigned code)
 
 /* Parses buf[0..len) as it arrives in chunks (one chunk of len when sp is
  * NULL), feeding the parser what has arrived and is not consumed yet. */
-static void parse_all(run *r, uint64_t max_message, uint8_t *buf, size_t len, splitter *sp)
+static void parse_all(run *r, uint64_t max_message, int deflate, uint8_t *buf, size_t len,
+                      splitter *sp)
 {
     ws_parser p;
     ws_event ev;
     size_t pos = 0, arrived = 0;
 
     ws_parser_init(&p, max_message);
+    if (deflate)
+        ws_parser_deflate(&p);
     while (arrived < len && !r->failed) {
         size_t c = sp ? next_chunk(sp) : len;
         arrived = c > len - arrived ? len : arrived + c;
@@ -209,11 +221,13 @@ static void fuzz_encoder(const uint8_t *in, size_t size)
     if (fin[9] & 1)
         len >>= fin[10] & 63; /* reach the small sizes and both boundaries */
     memset(hdr, 0xEE, sizeof hdr);
-    size_t h = ws_write_header(hdr, op, len);
+    unsigned rsv1 = fin[9] & 2 ? WS_RSV1 : 0;
+    size_t h = ws_write_header(hdr, rsv1 | op, len);
     CHECK(h == ws_header_size(len));
     CHECK(h == 2 || h == 4 || h == 10);
+    CHECK(h == ws_frame_header_size(hdr));
     CHECK(hdr[h] == 0xEE); /* nothing written behind the header */
-    CHECK(hdr[0] == (0x80 | op));
+    CHECK(hdr[0] == (0x80 | rsv1 | op));
     CHECK(!(hdr[1] & 0x80));
     uint64_t back;
     if (h == 2) {
@@ -292,7 +306,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    uint64_t max_message = limits[data[0] % (sizeof limits / sizeof limits[0])];
+    uint64_t max_message = limits[(data[0] & 0x7F) % (sizeof limits / sizeof limits[0])];
+    int deflate = data[0] >> 7;
     splitter sp = {.mode = data[1] & 3, .fixed = 1 + (data[1] >> 2), .x = 0x9E3779B9u ^ data[1]};
     const uint8_t *in = data + 2;
     size_t len = size - 2;
@@ -306,8 +321,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     run whole = {.d = {0xcbf29ce484222325ULL, 0}, .msg = ma};
     run split = {.d = {0xcbf29ce484222325ULL, 0}, .msg = mb};
-    parse_all(&whole, max_message, a, len, NULL);
-    parse_all(&split, max_message, b, len, &sp);
+    parse_all(&whole, max_message, deflate, a, len, NULL);
+    parse_all(&split, max_message, deflate, b, len, &sp);
     CHECK(whole.d.records == split.d.records && whole.d.h == split.d.h);
     CHECK(whole.failed == split.failed && whole.err_code == split.err_code);
     /* Without an error both runs end with the same message in progress. */

@@ -5,7 +5,8 @@ The seeds are committed; run this again only to change them. Each seed is
 small and means one thing: a frame of each kind, a fragmented message, a bad
 byte of each class, a request of each verdict, a config file of each shape.
 Input layouts (see each fuzz_<target>.c):
-  ws         byte 0 max_message index, byte 1 split pattern, client bytes
+  ws         byte 0 max_message index (bit 7: permessage-deflate), byte 1 split
+             pattern, client bytes
   utf8       byte 0 split pattern, text
   handshake  bytes 0-1 head limit, byte 2 split pattern and config bits, request
   config     the file's text
@@ -14,6 +15,7 @@ Input layouts (see each fuzz_<target>.c):
   proto      byte 0 max_room (% 6) and max_message (/ 6 % 6) indices, a frame
   proxy      byte 0 mode (% 3): a PROXY header, an X-Forwarded-For value, a
              trusted_proxies list
+  pmd        byte 0 inflate limit index, a compressed message's payload
 """
 import base64
 import hashlib
@@ -23,6 +25,7 @@ import os
 import shutil
 import struct
 import sys
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -30,6 +33,7 @@ MASK = b"\x37\xfa\x21\x3d"
 
 # indices into `limits` in fuzz_ws.c
 MAX_0, MAX_1, MAX_125, MAX_65535, MAX_1M, MAX_64M = 0, 1, 5, 8, 11, 12
+DEFLATE = 0x80
 
 
 def frame(opcode, payload=b"", fin=True, masked=True, rsv=0, ext=None):
@@ -88,7 +92,20 @@ def ws_seeds():
         "too-big": bytes([MAX_1, 0]) + t(b"ab"),
         "too-big-fragments": bytes([MAX_125, 4]) + t(b"a" * 100, fin=False) + c(b"b" * 30),
         "len64-top-bit": bytes([MAX_64M, 0]) + b"\x81\xff\x80" + b"\x00" * 7 + MASK,
+        "deflate-text": bytes([DEFLATE | MAX_64M, 0]) + t(deflated(b"Hello, Hello, Hello!"), rsv=4),
+        "deflate-fragmented": bytes([DEFLATE | MAX_1M, 2])
+        + t(deflated(b"abcabcabc")[:3], rsv=4, fin=False) + frame(0x9, b"p")
+        + c(deflated(b"abcabcabc")[3:]) + t(b"plain"),
+        "deflate-rsv1-cont": bytes([DEFLATE | MAX_64M, 0]) + t(b"\x00", rsv=4, fin=False) + c(b"x", rsv=4),
+        "deflate-rsv1-ping": bytes([DEFLATE | MAX_64M, 0]) + frame(0x9, b"", rsv=4),
+        "deflate-over-limit": bytes([DEFLATE | MAX_125, 0]) + t(b"z" * 200, rsv=4),
     }
+
+
+def deflated(text):
+    """A permessage-deflate payload: raw deflate, sync flush, tail removed."""
+    z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return (z.compress(text) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 def utf8_seeds():
@@ -136,6 +153,12 @@ def handshake_seeds():
         "upgrade-origin-bad": head(h8k, 0x05) + req("/?username=a", std + "Origin: https://evil.example\r\n"),
         "upgrade-token": head(h8k, 0x08) + req(f"/?token={token}"),
         "upgrade-token-override": head(h8k, 0x08) + req(f"/?username=mallory&token={token}"),
+        "upgrade-deflate": head(h8k, 0) + req("/?username=a", std
+        + "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"),
+        "upgrade-deflate-offers": head(h8k, 1) + req("/?username=a", std
+        + "Sec-WebSocket-Extensions: x-foo; q=\"a,b\", permessage-deflate; server_max_window_bits=20\r\n"
+        + "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=\"10\"; "
+        + "client_no_context_takeover\r\n"),
         "upgrade-protocols": head(h8k, 3)
         + req("/?username=a", std + "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: x, y\r\n"),
         "healthz": head(h8k, 0) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -254,10 +277,37 @@ def proxy_seeds():
     }
 
 
+def pmd_seeds():
+    # indices into `limits` in fuzz_pmd.c
+    L0, L125, L1000, L64K = 0, 4, 6, 8
+    text = "so I think we should meet at the station around seven, Jürgen 😀".encode()
+    final = zlib.compressobj(6, zlib.DEFLATED, -15)
+    final = final.compress(text) + final.flush(zlib.Z_FINISH)
+    stored = zlib.compressobj(0, zlib.DEFLATED, -15)
+    stored = (stored.compress(text) + stored.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    ctx = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated_ctx = [(ctx.compress(text) + ctx.flush(zlib.Z_SYNC_FLUSH))[:-4] for _ in range(2)]
+    return {
+        "chat": bytes([L1000]) + deflated(text),
+        "final-block": bytes([L1000]) + final,
+        "final-then-bytes": bytes([L1000]) + final + b"\x00",
+        "stored": bytes([L1000]) + stored,
+        "empty": bytes([L125]) + b"\x00",
+        "nothing": bytes([L125]),
+        "too-big": bytes([L125]) + deflated(text * 3),
+        "bomb": bytes([L64K]) + deflated(b"a" * (1 << 20)),
+        "bomb-fits": bytes([L64K]) + deflated(b"a" * 65536),
+        "limit-0": bytes([L0]) + deflated(b"x"),
+        "context-taken-over": bytes([L1000]) + deflated_ctx[1],
+        "reserved-block": bytes([L1000]) + b"\xff\xff\xff",
+        "cut": bytes([L1000]) + deflated(text)[:-2],
+    }
+
+
 def main():
     seeds = {"ws": ws_seeds(), "utf8": utf8_seeds(), "handshake": handshake_seeds(),
              "config": config_seeds(), "auth": auth_seeds(), "proto": proto_seeds(),
-             "proxy": proxy_seeds()}
+             "proxy": proxy_seeds(), "pmd": pmd_seeds()}
     total = 0
     for target, files in seeds.items():
         d = os.path.join(CORPUS, target)

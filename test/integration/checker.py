@@ -126,8 +126,9 @@ class Checker:
 
     def __init__(self, nodes, senders_per_node=2, receivers_per_node=1, rate=20.0, room=TEXT_ROOM,
                  allowed_codes=(1001, 1011, 1013), strict_codes=(), strict_margin=0.05,
-                 reconnect=True, connect_timeout=30.0, log=None):
+                 reconnect=True, connect_timeout=30.0, log=None, prefix=""):
         self.nodes = list(nodes)
+        self.prefix = prefix        # before every client's name (several checkers at once)
         self.senders_per_node = senders_per_node
         self.receivers_per_node = receivers_per_node
         self.rate = rate
@@ -258,10 +259,10 @@ class Checker:
         i = self.nodes.index(node)
         for k in range(self.receivers_per_node):
             self.tasks.append(asyncio.ensure_future(
-                self._client(f"r{i}{chr(97 + k)}", node, "receiver", pinned)))
+                self._client(f"{self.prefix}r{i}{chr(97 + k)}", node, "receiver", pinned)))
         for k in range(self.senders_per_node):
             self.tasks.append(asyncio.ensure_future(
-                self._client(f"s{i}{chr(97 + k)}", node, "sender", pinned)))
+                self._client(f"{self.prefix}s{i}{chr(97 + k)}", node, "sender", pinned)))
 
     async def start(self, timeout=30.0):
         """Connects every client (bounded), then starts the traffic."""
@@ -563,12 +564,13 @@ class Checker:
         return max(ts) if ts else None
 
 
-async def nodes_delivering(nodes, timeout=20.0):
+async def nodes_delivering(nodes, timeout=20.0, room="_sync"):
     """Returns once every node's consumer delivers from the stream: a probe
-    in room _sync is sent from the first node until a watcher on every node
+    in room (_sync) is sent from the first node until a watcher on every node
     has seen one (entries after it are then seen by every node). Upgrades
-    refused with 503 (a node not ready yet) are retried."""
-    ws = [await connect_retry(n.url(f"watch{i}", room="_sync"), timeout) for i, n in enumerate(nodes)]
+    refused with 503 (a node not ready yet) are retried. With shards, each
+    shard is its own stream: call it with a room of each."""
+    ws = [await connect_retry(n.url(f"watch{i}", room=room), timeout) for i, n in enumerate(nodes)]
     seen = [False] * len(ws)
 
     async def watch(i):

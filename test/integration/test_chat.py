@@ -370,6 +370,32 @@ def test_readyz_503_while_draining(chatd):
     assert srv.wait(15) == 0
 
 
+def test_drain_delay_serves_clients_while_readiness_fails(chatd):
+    """drain_delay: on SIGTERM /readyz fails at once, yet the clients are
+    served on (a message still reaches them) and none is closed before
+    drain_delay has passed -- time for a balancer to take the node out."""
+    srv = chatd(drain_delay="1.5s", shutdown_timeout="10s", workers=1)
+
+    async def main():
+        a = await ws_connect(srv.url("a"))
+        b = await ws_connect(srv.url("b"))
+        t0 = time.monotonic()
+        srv.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        r = await asyncio.to_thread(http_exchange, srv.port, READYZ)
+        assert (r.status, r.body) == (503, b"draining\n"), r
+        await a.send("still here")
+        assert await recv_text(b, 5) == "a: still here"
+        await asyncio.wait_for(b.wait_closed(), 10)
+        closed = time.monotonic() - t0
+        assert b.close_code == 1001, b.close_code
+        assert closed >= 1.4, f"closed {closed:.2f} s after SIGTERM, before drain_delay"
+        await asyncio.wait_for(a.wait_closed(), 10)
+
+    arun(main(), 30)
+    assert srv.wait(15) == 0
+
+
 def test_client_with_its_101_hears_the_next_message(chatd):
     """A client that has its 101 is in the room: a message sent right after
     (from a client on another worker) reaches it. Joining after the 101 was

@@ -829,7 +829,8 @@ def test_a_worker_that_drained_early_does_not_stop_delivery(redis, chatd):
 def test_rollback_to_an_older_snapshot_is_not_replayed(redis, chatd, tmp_path):
     """Redis restarts from an RDB snapshot older than its last writes: the
     stream lost only its newest entries. The nodes go on after what is left
-    (they delivered it already) instead of delivering all of it again."""
+    (they delivered it already) instead of delivering all of it again, and
+    the epoch changes: what they delivered is gone from Redis."""
     port = free_port()
     r = redis(port=port, args=["--appendonly", "no"])
     a = redis_node(chatd, r, "a", workers=1)
@@ -843,12 +844,16 @@ def test_rollback_to_an_older_snapshot_is_not_replayed(redis, chatd, tmp_path):
         for k in range(10):
             await alice.send(f"lost{k}")
         await wait_for(lambda: len(bob.got) >= 21, 10, "the messages after the snapshot")
+        epoch = await asyncio.to_thread(r.cli, "GET", f"{STREAM}:epoch")
         r.proc.kill()  # SIGKILL: no save at exit
         r.proc.wait(10)
         r._log.close()
         r.proc = None
         await asyncio.to_thread(r.start)
         await asyncio.to_thread(a.wait_log, r"lost its newest entries", 15)
+        # Delivered messages are gone: no since across them may pass for
+        # recovered, so the epoch is new.
+        assert await asyncio.to_thread(r.cli, "GET", f"{STREAM}:epoch") not in (None, epoch)
         await alice.send("after")
         await wait_for(lambda: "alice: after" in bob.got, 15, "a message after the rollback")
         await asyncio.sleep(0.3)

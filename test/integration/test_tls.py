@@ -26,8 +26,8 @@ import pytest
 
 from conftest import (
     CHATD_URL, HOST, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWs, arun, expect_close, frame,
-    free_port, http_request_bytes, metrics, parse_close, recv_text, run_chatd_cmd, sanitizer_report,
-    write_config, ws_connect,
+    free_port, http_request_bytes, metrics, parse_close, recv_text, run_chatd_cmd,
+    sanitizer_report, write_config, ws_connect,
 )
 from test_redis import wait_nodes_ready
 
@@ -239,6 +239,31 @@ def test_wss_and_ws_share_a_chat(chatd, pki):
         assert alice.close_code == 1000
 
     arun(main(), 30)
+
+
+def test_wss_with_permessage_deflate(chatd, pki):
+    """permessage-deflate over wss: large messages both ways, compressed
+    (the shared frames go through the TLS record staging like plain ones),
+    the same text for a plain wss client beside."""
+    srv = tls_node(chatd, pki["a"])
+    text = "so I think we should meet at the station around seven " * 400  # 22 KB
+
+    async def main():
+        z = await wss_connect(srv, "Zed")
+        p = await ws_connect(wss_url(srv, "Pam"), ssl=client_ctx(), compression=None)
+        assert z.response_headers.get("Sec-WebSocket-Extensions", "").startswith("permessage-deflate")
+        assert p.response_headers.get("Sec-WebSocket-Extensions") is None
+        for k in range(5):
+            await z.send(f"{k} {text}")
+            for ws in (z, p):
+                assert await recv_text(ws) == f"Zed: {k} {text}"
+        await z.close()
+        await p.close()
+
+    arun(main(), 30)
+    m = metrics(srv.port)
+    assert m["chatd_messages_received_compressed_total"] == 5
+    assert m["chatd_frames_compressed_total"] >= 5
 
 
 @pytest.mark.redis

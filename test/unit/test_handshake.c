@@ -1043,6 +1043,158 @@ static void test_auth(void **state) {
     assert_upgrade(&res, "carol", "lobby");
 }
 
+/* ---- permessage-deflate (RFC 7692) ----------------------------------- */
+
+#define PMD_ANSWER                                                                                 \
+    "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "                \
+    "client_no_context_takeover"
+
+/* Judges GOOD with the given extra header lines and returns res.deflate;
+ * checks the 101 carries exactly the answer that goes with it. */
+static int offer(const char *lines) {
+    char req[4096];
+    hs_result res;
+    snprintf(req, sizeof req, "GET /?username=Alice HTTP/1.1\r\n" STD_HEADERS "%s\r\n", lines);
+    assert_int_equal(judge(req, &res), HS_DONE);
+    assert_int_equal(res.status, 101);
+    assert_int_equal(res.response_len, strlen(res.response));
+    if (res.deflate == 0) {
+        assert_string_equal(res.response, GOOD_101);
+        return 0;
+    }
+    char want[512];
+    char bits[40] = "";
+    if (res.deflate != 15 || strstr(lines, "server_max_window_bits=15") ||
+        strstr(lines, "server_max_window_bits=\"15\""))
+        snprintf(bits, sizeof bits, "; server_max_window_bits=%d", res.deflate);
+    snprintf(want, sizeof want,
+             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Accept: " ACCEPT "\r\n" PMD_ANSWER "%s\r\n\r\n",
+             bits);
+    assert_string_equal(res.response, want);
+    return res.deflate;
+}
+
+static void test_deflate_offers(void **state) {
+    (void)state;
+    /* What browsers send, and the plainest offer. */
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"),
+                     15);
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate\r\n"), 15);
+    /* Python websockets' default offer. */
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate; "
+                           "server_max_window_bits=12; client_max_window_bits=12\r\n"),
+                     12);
+    /* Every parameter, each once; names and the token in any case, OWS
+     * around the separators, a quoted value. */
+    assert_int_equal(offer("Sec-WebSocket-Extensions: Permessage-Deflate ;server_no_context_takeover"
+                           " ; CLIENT_NO_CONTEXT_TAKEOVER;server_max_window_bits = \"9\" ;"
+                           "client_max_window_bits=\t15\r\n"),
+                     9);
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=8\r\n"),
+                     8);
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=15\r\n"),
+                     15);
+    /* No offer of ours: nothing. */
+    assert_int_equal(offer(""), 0);
+    assert_int_equal(offer("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n"), 0);
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate-x, deflate\r\n"), 0);
+    assert_int_equal(offer("Sec-WebSocket-Extensions:\r\n"), 0);
+}
+
+static void test_deflate_declined(void **state) {
+    (void)state;
+    /* RFC 7692 5: an unknown parameter, a repeated one, a bad value. */
+    static const char *const bad[] = {
+        "permessage-deflate; foo",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate; client_max_window_bits; client_max_window_bits=10",
+        "permessage-deflate; server_no_context_takeover=1",
+        "permessage-deflate; client_no_context_takeover=\"\"",
+        "permessage-deflate; server_max_window_bits",
+        "permessage-deflate; server_max_window_bits=7",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; server_max_window_bits=08",
+        "permessage-deflate; server_max_window_bits=+9",
+        "permessage-deflate; server_max_window_bits=\"1 0\"",
+        "permessage-deflate; server_max_window_bits=999999999999999999999",
+        "permessage-deflate; client_max_window_bits=0",
+        "permessage-deflate; client_max_window_bits=abc",
+        /* malformed: the whole header is declined */
+        "permessage-deflate;",
+        "permessage-deflate; ;",
+        "permessage-deflate; =9",
+        "permessage-deflate; server_max_window_bits=",
+        "permessage-deflate; server_max_window_bits=\"10",
+        "permessage-deflate; server_max_window_bits=\"1\\",
+        "permessage-deflate x",
+        "permessage-deflate; client_max_window_bits 10",
+        "permessage-deflate, ;x",
+        "\"permessage-deflate\"",
+        ";permessage-deflate",
+    };
+    char lines[512];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(lines, sizeof lines, "Sec-WebSocket-Extensions: %s\r\n", bad[i]);
+        if (offer(lines) != 0) fail_msg("accepted: %s", bad[i]);
+    }
+    /* A malformed element anywhere declines the good offer before it. */
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate, foo;;\r\n"), 0);
+
+    /* The first acceptable of several offers, over header lines. */
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=20,"
+                           " permessage-deflate; server_max_window_bits=10,"
+                           " permessage-deflate; server_max_window_bits=11\r\n"),
+                     10);
+    assert_int_equal(offer("Sec-WebSocket-Extensions: x-foo; bar=1\r\n"
+                           "Sec-WebSocket-Extensions: permessage-deflate; unknown,"
+                           " permessage-deflate; server_max_window_bits=13\r\n"
+                           "Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+                     13);
+    /* Empty list elements are allowed (RFC 9110 5.6.1); quoted values of
+     * other extensions may hold anything. */
+    assert_int_equal(offer("Sec-WebSocket-Extensions: , x-foo; q=\"a, b; c=\\\"d\\\"\" ,, "
+                           "permessage-deflate ,\r\n"),
+                     15);
+    /* Up to 8 header lines are read; past that none is. */
+    char many[1024] = "";
+    for (int i = 0; i < 8; i++)
+        strcat(many, i < 7 ? "Sec-WebSocket-Extensions: x-foo\r\n"
+                           : "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+    assert_int_equal(offer(many), 15);
+    strcat(many, "Sec-WebSocket-Extensions: x-foo\r\n");
+    assert_int_equal(offer(many), 0);
+
+    /* permessage_deflate = off declines every offer. */
+    cfg.permessage_deflate = 0;
+    assert_int_equal(offer("Sec-WebSocket-Extensions: permessage-deflate\r\n"), 0);
+    cfg.permessage_deflate = 1;
+}
+
+/* With chatd.v1 both answers go out; a refusal has neither. */
+static void test_deflate_with_subprotocol(void **state) {
+    (void)state;
+    hs_result res;
+    assert_int_equal(judge(REQ("GET", "/?username=Alice", "HTTP/1.1",
+                               STD_HEADERS "Sec-WebSocket-Protocol: chatd.v1\r\n"
+                                           "Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+                           &res),
+                     HS_DONE);
+    assert_int_equal(res.deflate, 15);
+    assert_int_equal(res.json, 1);
+    assert_string_equal(res.response,
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Accept: " ACCEPT "\r\n"
+                        "Sec-WebSocket-Protocol: chatd.v1\r\n" PMD_ANSWER "\r\n\r\n");
+    assert_int_equal(judge(REQ("GET", "/", "HTTP/1.1",
+                               STD_HEADERS "Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+                           &res),
+                     HS_DONE);
+    assert_refusal(&res, 400);
+    assert_int_equal(res.deflate, 0);
+    assert_null(strstr(res.response, "Extensions"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_accept_key_rfc6455, setup),
@@ -1068,6 +1220,9 @@ int main(void) {
         cmocka_unit_test_setup(test_check_order, setup),
         cmocka_unit_test_setup(test_error_response, setup),
         cmocka_unit_test_setup(test_auth, setup),
+        cmocka_unit_test_setup(test_deflate_offers, setup),
+        cmocka_unit_test_setup(test_deflate_declined, setup),
+        cmocka_unit_test_setup(test_deflate_with_subprotocol, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

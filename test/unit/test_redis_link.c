@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "redis.h"
@@ -151,11 +152,72 @@ static void test_resolve(void **state) {
     (void)state;
     redis_link l;
     char err[256], ip[64];
-    assert_int_equal(redis_link_init(&l, "redis://localhost:6379", 100, err, sizeof(err)), 0);
-    assert_int_equal(redis_link_ip(&l, ip, sizeof(ip)), -1);
-    assert_int_equal(redis_link_resolve(&l, err, sizeof(err)), 0);
-    assert_int_equal(redis_link_ip(&l, ip, sizeof(ip)), 0);
+    int port = 0;
+    assert_int_equal(redis_link_init(&l, "redis://localhost:6380", 100, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_addr(&l, 0, ip, sizeof(ip), &port), -1);
+    assert_int_equal(redis_link_refresh(&l, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_addr(&l, 0, ip, sizeof(ip), &port), 0);
     assert_true(strcmp(ip, "127.0.0.1") == 0 || strcmp(ip, "::1") == 0);
+    assert_int_equal(port, 6380);
+    redis_link_destroy(&l);
+}
+
+/* Where each shard is: the URL's host for all, or nothing known until the
+ * sentinels or the cluster said; a MOVED teaches the map one slot. */
+static void test_route(void **state) {
+    (void)state;
+    redis_link l;
+    char err[256], ip[256];
+    int port = 0;
+    assert_int_equal(redis_link_init(&l, "redis://127.0.0.1:7000", 100, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_route(&l, 4, "", "", "", err, sizeof(err)), 0);
+    assert_int_equal(l.mode, REDIS_SINGLE);
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(redis_link_addr(&l, k, ip, sizeof(ip), &port), 0);
+        assert_string_equal(ip, "127.0.0.1");
+        assert_int_equal(port, 7000);
+    }
+    redis_link_destroy(&l);
+
+    assert_int_equal(redis_link_init(&l, "redis://127.0.0.1:7000", 100, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_route(&l, 1, "", "127.0.0.1, 127.0.0.2:26380", "main", err,
+                                      sizeof(err)), 0);
+    assert_int_equal(l.mode, REDIS_SENTINEL);
+    assert_int_equal(l.nseeds, 2);
+    assert_int_equal(l.seed[0].port, 26379); /* the sentinels' port */
+    assert_int_equal(l.seed[1].port, 26380);
+    assert_string_equal(l.master_name, "main");
+    assert_int_equal(redis_link_addr(&l, 0, ip, sizeof(ip), &port), -1); /* ask them first */
+    redis_link_destroy(&l);
+
+    assert_int_equal(redis_link_init(&l, "redis://127.0.0.1", 100, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_route(&l, 3, "127.0.0.1:7001 127.0.0.1:7002", "", "", err,
+                                      sizeof(err)), 0);
+    assert_int_equal(l.mode, REDIS_CLUSTER);
+    assert_int_equal(l.nseeds, 2);
+    for (int k = 0; k < 3; k++) {
+        assert_true(l.slot[k] >= k * CLUSTER_SLOTS / 3 && l.slot[k] < (k + 1) * CLUSTER_SLOTS / 3);
+        assert_int_equal(redis_link_addr(&l, k, ip, sizeof(ip), &port), -1); /* no map yet */
+    }
+    redis_addr to = {"127.0.0.9", 7009};
+    redis_link_moved(&l, &to, l.slot[1]); /* no map: asks for one */
+    assert_int_equal(atomic_load(&l.stale), 1);
+    l.map = calloc(1, sizeof(*l.map));
+    assert_non_null(l.map);
+    redis_link_moved(&l, &to, l.slot[1]);
+    assert_int_equal(redis_link_addr(&l, 1, ip, sizeof(ip), &port), 0);
+    assert_string_equal(ip, "127.0.0.9");
+    assert_int_equal(port, 7009);
+    assert_int_equal(redis_link_addr(&l, 0, ip, sizeof(ip), &port), -1);
+    redis_link_destroy(&l);
+
+    /* A Redis Cluster has database 0 only. */
+    assert_int_equal(redis_link_init(&l, "redis://127.0.0.1/2", 100, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_route(&l, 1, "127.0.0.1:7001", "", "", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "database 2"));
+    redis_link_destroy(&l);
+    assert_int_equal(redis_link_init(&l, "redis://127.0.0.1", 100, err, sizeof(err)), 0);
+    assert_int_equal(redis_link_route(&l, 1, "127.0.0.1:0", "", "", err, sizeof(err)), -1);
     redis_link_destroy(&l);
 }
 
@@ -165,6 +227,7 @@ int main(void) {
         cmocka_unit_test(test_url_percent_encoding),
         cmocka_unit_test(test_lasting_errors), cmocka_unit_test(test_backoff_bounds),
         cmocka_unit_test(test_problem_slot),   cmocka_unit_test(test_resolve),
+        cmocka_unit_test(test_route),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,9 @@
 #define NO_ERR_AT (-1L)
 #define BIG ((uint64_t)1 << 40) /* a max_message that never bites */
 
+/* run() makes parsers that negotiated permessage-deflate while this is set. */
+static int with_deflate;
+
 /* ---- growable byte buffer ------------------------------------------- */
 
 struct buf {
@@ -121,12 +124,20 @@ static void close_frame(struct buf *b, unsigned code, const char *reason, size_t
 /* ---- transcripts ---------------------------------------------------------- */
 
 /* A transcript is the text form of an event sequence: DATA chunks of a
- * message are joined between <T> and </T>, so any chunking compares equal. */
+ * message are joined between <T> and </T> (<Z> and </Z> for a compressed
+ * one), so any chunking compares equal. */
 static void exp_text(struct buf *e, const void *s, size_t len)
 {
     puts_(e, "<T>");
     put(e, s, len);
     puts_(e, "</T>");
+}
+
+static void exp_z(struct buf *e, const void *s, size_t len)
+{
+    puts_(e, "<Z>");
+    put(e, s, len);
+    puts_(e, "</Z>");
 }
 
 static void exp_ctl(struct buf *e, const char *tag, const void *s, size_t len)
@@ -158,6 +169,7 @@ static void exp_err(struct buf *e, unsigned code)
 struct rec {
     struct buf tr;
     int in_msg;
+    int compressed;   /* the current message's first chunk said so */
     size_t msg_start; /* where the current message starts in tr */
     int failed;
     uint16_t err_code;
@@ -176,11 +188,15 @@ static void rec_event(struct rec *r, const ws_event *ev)
             fail_msg("empty DATA chunk without fin");
         if (ev->first) {
             r->msg_start = r->tr.len;
-            puts_(&r->tr, "<T>");
+            r->compressed = ev->compressed;
+            puts_(&r->tr, ev->compressed ? "<Z>" : "<T>");
+        } else if (ev->compressed != r->compressed) {
+            fail_msg("DATA compressed=%d inside a message that began with %d", ev->compressed,
+                     r->compressed);
         }
         put(&r->tr, ev->data, ev->len);
         if (ev->fin)
-            puts_(&r->tr, "</T>");
+            puts_(&r->tr, ev->compressed ? "</Z>" : "</T>");
         r->in_msg = !ev->fin;
         r->data_events++;
         break;
@@ -218,6 +234,8 @@ static long run(const uint8_t *in, size_t len, uint64_t max, const size_t *cuts,
 {
     ws_parser p;
     ws_parser_init(&p, max);
+    if (with_deflate)
+        ws_parser_deflate(&p);
     memset(r, 0, sizeof *r);
     size_t start = 0;
     for (size_t k = 0; k <= ncuts; k++) {
@@ -903,7 +921,13 @@ static void test_header_sizes(void **state)
         assert_int_equal(out[n], 0xAA); /* nothing written past the header */
     }
     uint8_t out[WS_MAX_HEADER];
+    assert_int_equal(ws_write_header(out, WS_RSV1 | WS_OP_TEXT, 300), 4);
+    assert_memory_equal(out, "\xC1\x7E\x01\x2C", 4);
+    assert_int_equal(ws_frame_header_size(out), 4);
+    assert_int_equal(ws_write_header(out, WS_RSV1 | WS_OP_TEXT, 70000), 10);
+    assert_int_equal(ws_frame_header_size(out), 10);
     assert_int_equal(ws_write_header(out, WS_OP_PING, 3), 2);
+    assert_int_equal(ws_frame_header_size(out), 2);
     assert_int_equal(out[0], 0x89);
     assert_int_equal(out[1], 3);
     assert_int_equal(ws_write_header(out, WS_OP_CLOSE, 0), 2);
@@ -1013,6 +1037,144 @@ static void test_text_roundtrip(void **state)
     }
 }
 
+/* ---- permessage-deflate (RFC 7692): RSV1 ---------------------------- */
+
+#define Z 0x40u /* RSV1 */
+
+static void check_z(const char *name, const struct buf *in, uint64_t max, const struct buf *exp,
+                    long err_at)
+{
+    with_deflate = 1;
+    check(name, in, max, exp, err_at);
+    with_deflate = 0;
+}
+
+static void check_z_error(const char *name, const struct buf *in, unsigned code, long err_at)
+{
+    struct buf exp = {0};
+    exp_err(&exp, code);
+    check_z(name, in, BIG, &exp, err_at);
+    buf_free(&exp);
+}
+
+static void test_deflate_frames(void **state)
+{
+    (void)state;
+    struct buf in = {0}, exp = {0};
+
+    /* RSV1 on a text frame: deflate bytes, handed out unchecked (0xFF is
+     * never UTF-8), and an uncompressed message beside it still checked. */
+    put_frame(&in, FIN | Z | WS_OP_TEXT, "\xF2\x48\xCD\xFF", 4);
+    text(&in, 1, "plain");
+    exp_z(&exp, "\xF2\x48\xCD\xFF", 4);
+    exp_text(&exp, "plain", 5);
+    check_z("compressed and plain", &in, BIG, &exp, NO_ERR_AT);
+    buf_free(&in);
+    buf_free(&exp);
+
+    /* Fragmented: RSV1 on the first frame only; controls in between. */
+    put_frame(&in, Z | WS_OP_TEXT, "\xC0\x80", 2);
+    ping(&in, "p");
+    cont(&in, 0, "\xFF");
+    cont(&in, 1, "");
+    puts_(&exp, "<Z>\xC0\x80");
+    exp_ctl(&exp, "PING", "p", 1);
+    puts_(&exp, "\xFF</Z>");
+    check_z("fragmented compressed message", &in, BIG, &exp, NO_ERR_AT);
+    buf_free(&in);
+    buf_free(&exp);
+
+    /* An empty compressed frame is a message too (the inflater judges it). */
+    put_frame(&in, FIN | Z | WS_OP_TEXT, "", 0);
+    exp_z(&exp, "", 0);
+    check_z("empty compressed frame", &in, BIG, &exp, NO_ERR_AT);
+    buf_free(&in);
+    buf_free(&exp);
+
+    /* RSV1 on a continuation: 1002 at that frame. */
+    put_frame(&in, Z | WS_OP_TEXT, "a", 1);
+    size_t at = in.len;
+    put_frame(&in, FIN | Z | WS_OP_CONT, "b", 1);
+    check_z_error("RSV1 on a continuation", &in, 1002, (long)at);
+    in.len = 0;
+    text(&in, 0, "a");
+    at = in.len;
+    put_frame(&in, FIN | Z | WS_OP_CONT, "b", 1);
+    check_z_error("RSV1 on the continuation of a plain message", &in, 1002, (long)at);
+    in.len = 0;
+
+    /* Control frames are never compressed; RSV2 and RSV3 stay unknown. */
+    static const unsigned ctl[] = {WS_OP_PING, WS_OP_PONG, WS_OP_CLOSE};
+    for (size_t i = 0; i < 3; i++) {
+        put_frame(&in, FIN | Z | ctl[i], "", 0);
+        check_z_error("RSV1 on a control frame", &in, 1002, 0);
+        in.len = 0;
+    }
+    put_frame(&in, Z | WS_OP_TEXT, "a", 1);
+    at = in.len;
+    ping(&in, "");
+    put_frame(&in, FIN | Z | WS_OP_PING, "", 0);
+    check_z_error("RSV1 on a ping inside a compressed message", &in, 1002,
+                  (long)(at + 6));
+    in.len = 0;
+    for (unsigned rsv = 0x10; rsv <= 0x20; rsv <<= 1) {
+        put_frame(&in, FIN | Z | rsv | WS_OP_TEXT, "x", 1);
+        check_z_error("RSV2/RSV3 with deflate", &in, 1002, 0);
+        in.len = 0;
+    }
+    put_frame(&in, FIN | Z | WS_OP_BINARY, "x", 1);
+    check_z_error("compressed binary", &in, 1003, 0);
+    in.len = 0;
+
+    /* Invalid UTF-8 in a plain message is still 1007 on a deflate parser. */
+    put_frame(&in, FIN | WS_OP_TEXT, "\xFF", 1);
+    check_z_error("plain message, bad UTF-8", &in, 1007, 6);
+    in.len = 0;
+
+    /* Without permessage-deflate RSV1 stays a protocol error (see
+     * test_protocol_errors), also on a continuation. */
+    text(&in, 0, "a");
+    at = in.len;
+    put_frame(&in, FIN | Z | WS_OP_CONT, "b", 1);
+    check_error("RSV1 without deflate", &in, 1002, (long)at);
+    buf_free(&in);
+}
+
+static void test_deflate_limits(void **state)
+{
+    (void)state;
+    struct buf in = {0}, exp = {0};
+    /* max_message 80: a compressed message may take 80 + 10 + 64 = 154 wire
+     * bytes, over fragments too; a plain one 80, as before. */
+    assert_int_equal(ws_deflated_limit(80), 154);
+    uint8_t z[200];
+    memset(z, 0x55, sizeof z);
+    put_frame_key(&in, FIN | Z | WS_OP_TEXT, LEN_MIN, next_key, z, 154);
+    exp_z(&exp, z, 154);
+    check_z("compressed at its wire limit", &in, 80, &exp, NO_ERR_AT);
+    buf_free(&in);
+    buf_free(&exp);
+
+    put_frame_key(&in, FIN | Z | WS_OP_TEXT, LEN_MIN, next_key, z, 155);
+    exp_err(&exp, WS_CLOSE_TOO_BIG);
+    check_z("compressed over its wire limit", &in, 80, &exp, 3);
+    buf_free(&in);
+
+    put_frame_key(&in, Z | WS_OP_TEXT, LEN_MIN, next_key, z, 100);
+    size_t at = in.len;
+    put_frame_key(&in, FIN | WS_OP_CONT, LEN_MIN, next_key, z, 55);
+    check_z("compressed fragments over the wire limit", &in, 80, &exp, (long)at + 1);
+    buf_free(&in);
+
+    char plain[82];
+    memset(plain, 'a', 81);
+    plain[81] = '\0';
+    text(&in, 1, plain);
+    check_z("plain message over max_message on a deflate parser", &in, 80, &exp, 1);
+    buf_free(&in);
+    buf_free(&exp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1035,6 +1197,8 @@ int main(void)
         cmocka_unit_test(test_header_sizes),
         cmocka_unit_test(test_write_close),
         cmocka_unit_test(test_text_roundtrip),
+        cmocka_unit_test(test_deflate_frames),
+        cmocka_unit_test(test_deflate_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
