@@ -404,11 +404,185 @@ static void test_tls12_stays(void **state) {
     close_pair(&p);
 }
 
+
+/* Review: a record as a (possibly misbehaving) client would seal it, with
+ * the key, IV and sequence number the server expects next: outer type 23,
+ * then content, inner type and pad zero bytes. Returns its length. */
+static size_t forge(const tlsrec *r, uint8_t *out, uint8_t type, const uint8_t *content,
+                    size_t len, size_t pad) {
+    static const char *ciphers[] = {"AES-128-GCM", "AES-256-GCM", "ChaCha20-Poly1305"};
+    size_t body = len + 1 + pad + 16;
+    uint8_t nonce[12], inner[TLSREC_MAX_RECORD + 1024];
+    memcpy(nonce, r->rd.iv, 12);
+    for (int i = 0; i < 8; i++) nonce[11 - i] ^= (uint8_t)(r->rd.seq >> (8 * i));
+    if (len) memcpy(inner, content, len);
+    inner[len] = type;
+    memset(inner + len + 1, 0, pad);
+    out[0] = 23, out[1] = 3, out[2] = 3, out[3] = (uint8_t)(body >> 8), out[4] = (uint8_t)body;
+    EVP_CIPHER *ciph = EVP_CIPHER_fetch(NULL, ciphers[r->suite], NULL);
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int n;
+    assert_int_equal(EVP_EncryptInit_ex(c, ciph, NULL, r->rd.key, nonce), 1);
+    assert_int_equal(EVP_EncryptUpdate(c, NULL, &n, out, 5), 1);
+    assert_int_equal(EVP_EncryptUpdate(c, out + 5, &n, inner, (int)(len + 1 + pad)), 1);
+    assert_int_equal(EVP_EncryptFinal_ex(c, out + 5 + len + 1 + pad, &n), 1);
+    assert_int_equal(EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, 16, out + 5 + len + 1 + pad), 1);
+    EVP_CIPHER_CTX_free(c);
+    EVP_CIPHER_free(ciph);
+    return 5 + body;
+}
+
+static uint8_t forged[2 * TLSREC_MAX_RECORD];
+
+/* Opens one forged record in a fresh detached session: the status. */
+static int open_forged(uint8_t type, const uint8_t *content, size_t len, size_t pad) {
+    pair p;
+    uint8_t got[256];
+    size_t plen;
+    open_pair(&p, NULL, 0, NULL);
+    detach(&p);
+    client_read(&p, got, sizeof got);
+    size_t n = forge(p.rec, forged, type, content, len, pad);
+    int rc = server_open(&p, forged, n, n, plain, &plen);
+    close_pair(&p);
+    return rc;
+}
+
+/* RFC 8446 5.4: the full TLSInnerPlaintext (content, type, padding) must
+ * not exceed 2^14 + 1 bytes; 5.2 wants record_overflow otherwise. A full
+ * record of data plus 200 bytes of padding is 2^14 + 201. */
+static void test_review_padding_overflow(void **state) {
+    (void)state;
+    static uint8_t data[TLSREC_MAX_PLAIN];
+    assert_int_equal(open_forged(23, data, sizeof data, 0), TLSREC_OK); /* the largest legal one */
+    assert_int_equal(open_forged(23, data, 100, 16384 - 100), TLSREC_OK); /* 2^14 + 1 exactly */
+    assert_int_equal(open_forged(23, data, sizeof data, 200), TLSREC_ERROR);
+}
+
+/* What a client must not send after the handshake, each refused; and
+ * what it may (zero-length data, padding, a KeyUpdate). */
+static void test_review_post_handshake(void **state) {
+    (void)state;
+    static const uint8_t nst[] = {4, 0, 0, 4, 0, 0, 0, 0};          /* a client NewSessionTicket */
+    static const uint8_t ch[] = {1, 0, 0, 2, 3, 3};                 /* a second ClientHello (cut) */
+    static const uint8_t ku2[] = {24, 0, 0, 1, 2};                  /* KeyUpdate, bad value */
+    static const uint8_t ku_more[] = {24, 0, 0, 1, 0, 24, 0, 0, 1, 0}; /* two in one record */
+    static const uint8_t cert[] = {11, 0, 0, 4, 0, 0, 0, 0};        /* an unasked Certificate */
+    static const uint8_t ccs[] = {1};
+    static const uint8_t fatal[] = {2, 40};                         /* handshake_failure */
+    static const uint8_t cn[] = {2, 0};                             /* close_notify, "fatal" */
+    static const uint8_t ku0[] = {24, 0, 0, 1, 0};
+    assert_int_equal(open_forged(22, nst, sizeof nst, 0), TLSREC_ERROR);
+    assert_int_equal(open_forged(22, ch, sizeof ch, 0), TLSREC_ERROR);
+    assert_int_equal(open_forged(22, ku2, sizeof ku2, 0), TLSREC_ERROR);
+    assert_int_equal(open_forged(22, ku_more, sizeof ku_more, 0), TLSREC_ERROR);
+    assert_int_equal(open_forged(22, cert, sizeof cert, 0), TLSREC_ERROR);
+    assert_int_equal(open_forged(20, ccs, sizeof ccs, 0), TLSREC_ERROR); /* protected CCS */
+    assert_int_equal(open_forged(21, fatal, sizeof fatal, 0), TLSREC_ERROR);
+    assert_int_equal(open_forged(21, cn, sizeof cn, 0), TLSREC_CLOSED);
+    assert_int_equal(open_forged(21, NULL, 0, 0), TLSREC_ERROR);  /* empty alert */
+    assert_int_equal(open_forged(22, NULL, 0, 0), TLSREC_ERROR);  /* empty handshake */
+    assert_int_equal(open_forged(24, ku0, sizeof ku0, 0), TLSREC_ERROR); /* heartbeat type */
+    assert_int_equal(open_forged(23, NULL, 0, 0), TLSREC_OK);     /* zero-length data */
+    assert_int_equal(open_forged(23, NULL, 0, 300), TLSREC_OK);   /* padding only */
+    assert_int_equal(open_forged(22, ku0, sizeof ku0, 50), TLSREC_OK); /* padded KeyUpdate */
+    assert_int_equal(open_forged(0, NULL, 0, 0), TLSREC_ERROR);   /* all zeros: no type */
+}
+
+/* The client's first application data sent at once behind its Finished,
+ * in the same write: nothing of it may be left inside OpenSSL when the
+ * session leaves it, nor be opened with a wrong key. */
+static void test_review_data_with_finished(void **state) {
+    (void)state;
+    static const char *names[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                  "TLS_CHACHA20_POLY1305_SHA256"};
+    for (size_t k = 0; k < 3; k++) {
+        int sv[2];
+        pair p = {0};
+        uint8_t got[64];
+        size_t len;
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+        p.sfd = sv[0], p.cfd = sv[1];
+        p.s = tls_session(srv, p.sfd);
+        p.cctx = SSL_CTX_new(TLS_client_method());
+        SSL_CTX_set_verify(p.cctx, SSL_VERIFY_NONE, NULL);
+        assert_int_equal(SSL_CTX_set_ciphersuites(p.cctx, names[k]), 1);
+        p.c = SSL_new(p.cctx);
+        SSL_set_fd(p.c, p.cfd);
+        SSL_set_connect_state(p.c);
+        /* The client finishes first and writes (Finished, then data,
+         * then a KeyUpdate and more data) before the server reads any. */
+        int cdone = 0, sdone = 0;
+        for (int i = 0; i < 20 && !cdone; i++) {
+            cdone = SSL_do_handshake(p.c) == 1;
+            if (!cdone) SSL_do_handshake(p.s);
+        }
+        assert_true(cdone);
+        assert_int_equal(SSL_write(p.c, "early", 5), 5);
+        assert_int_equal(SSL_key_update(p.c, SSL_KEY_UPDATE_REQUESTED), 1);
+        assert_int_equal(SSL_write(p.c, "later", 5), 5);
+        for (int i = 0; i < 20 && !sdone; i++) sdone = SSL_do_handshake(p.s) == 1;
+        assert_true(sdone);
+        detach(&p);
+        size_t n = raw_read(p.sfd, raw, sizeof raw);
+        assert_int_equal(server_open(&p, raw, n, n, plain, &len), TLSREC_OK);
+        assert_int_equal(len, 10);
+        assert_memory_equal(plain, "earlylater", 10);
+        server_to_client(&p, "ok", 2);
+        assert_int_equal(client_read(&p, got, sizeof got), 2);
+        close_pair(&p);
+    }
+}
+
+/* 0-RTT forced by the client (its ticket allows none: the server
+ * rejects and skips it): the first record tlsrec opens is the client's
+ * first after Finished, with the application key at sequence 0. */
+static void test_review_early_data_rejected(void **state) {
+    (void)state;
+    pair p;
+    uint8_t got[256];
+    size_t len, written = 0;
+    open_pair(&p, NULL, 0, NULL);
+    detach(&p);
+    client_read(&p, got, sizeof got);
+    SSL_SESSION *sess = SSL_get1_session(p.c);
+    assert_non_null(sess);
+    close_pair(&p);
+    assert_int_equal(SSL_SESSION_get_max_early_data(sess), 0);
+    assert_int_equal(SSL_SESSION_set_max_early_data(sess, 16384), 1); /* lie to the client */
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    p.sfd = sv[0], p.cfd = sv[1], p.cctx = NULL, p.rec = NULL;
+    p.s = tls_session(srv, p.sfd);
+    p.c = SSL_new(client_ctx);
+    SSL_set_fd(p.c, p.cfd);
+    SSL_set_connect_state(p.c);
+    SSL_set_session(p.c, sess);
+    assert_int_equal(SSL_write_early_data(p.c, "zero-rtt", 8, &written), 1);
+    int cdone = 0, sdone = 0;
+    for (int i = 0; i < 20 && !(cdone && sdone); i++) {
+        if (!cdone) cdone = SSL_do_handshake(p.c) == 1;
+        if (!sdone) sdone = SSL_do_handshake(p.s) == 1;
+    }
+    ERR_print_errors_fp(stderr);
+    assert_true(cdone && sdone);
+    assert_int_equal(SSL_get_early_data_status(p.c), SSL_EARLY_DATA_REJECTED);
+    detach(&p);
+    assert_int_equal(client_to_server(&p, "one-rtt", 7), 7);
+    assert_memory_equal(plain, "one-rtt", 7);
+    (void)len;
+    close_pair(&p);
+    SSL_SESSION_free(sess);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_each_suite),  cmocka_unit_test(test_key_update),
         cmocka_unit_test(test_close_notify), cmocka_unit_test(test_bad_records),
         cmocka_unit_test(test_resumption),  cmocka_unit_test(test_tls12_stays),
+        cmocka_unit_test(test_review_padding_overflow), cmocka_unit_test(test_review_post_handshake),
+        cmocka_unit_test(test_review_data_with_finished),
+        cmocka_unit_test(test_review_early_data_rejected),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
