@@ -49,7 +49,11 @@ typedef struct tlsrec {
     uint8_t suite;       /* index into tlsrec.c's table of suites */
     uint8_t update_due;  /* the peer asked for our KeyUpdate */
     uint8_t closed;      /* its close_notify came: nothing more will */
+    uint8_t empty;       /* records in a row that carried no data */
 } tlsrec;
+
+/* Records without data accepted in a row (as OpenSSL allows). */
+#define TLSREC_MAX_EMPTY 32
 
 /* One cipher context per suite, for one thread's records. */
 typedef struct tlsrec_cx tlsrec_cx;

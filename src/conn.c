@@ -820,7 +820,8 @@ static void conn_read_rec(conn *c) {
     }
     c->bytes_in += plain;
     if (plain > 0 && !c->parser.failed && conn_feed(c, w->rbuf, plain) < 0) return;
-    if (rc == TLSREC_CLOSED) { /* close_notify: the client has gone */
+    if (rc == TLSREC_CLOSED) { /* close_notify: the client has gone; ours, when nothing is owed */
+        if (c->tls_out == NULL) conn_close_notify(c);
         conn_free(c);
         return;
     }

@@ -201,8 +201,10 @@ void *tls_session(tls *t, int fd) {
 static long count_records(const uint8_t *buf, size_t len) {
     long n = 0;
     size_t off = 0;
-    while (len - off >= TLSREC_HEADER) {
-        off += TLSREC_HEADER + ((size_t)buf[off + 3] << 8 | buf[off + 4]);
+    while (off + TLSREC_HEADER <= len) {
+        size_t body = (size_t)buf[off + 3] << 8 | buf[off + 4];
+        if (off + TLSREC_HEADER + body > len) return -1;
+        off += TLSREC_HEADER + body;
         n++;
     }
     return off == len ? n : -1;

@@ -219,6 +219,12 @@ static int open_one(tlsrec *r, tlsrec_cx *cx, uint8_t *rec, size_t body, uint8_t
         return -1;
     }
     r->rd.seq++;
+    /* Content, type and padding together are at most 2^14 + 1 bytes
+     * (RFC 8446, 5.4), padding included. */
+    if (inner > TLSREC_MAX_PLAIN + 1) {
+        *why = "TLS record too long";
+        return -1;
+    }
     /* The real content type is the last byte that is not padding. */
     while (inner > 0 && ct[inner - 1] == 0) inner--;
     if (inner == 0) {
@@ -273,6 +279,13 @@ int tlsrec_open(tlsrec *r, tlsrec_cx *cx, uint8_t *buf, size_t len, size_t *plai
         off += TLSREC_HEADER + body;
         if (n > TLSREC_MAX_PLAIN) {
             *why = "TLS record too long";
+            return TLSREC_ERROR;
+        }
+        /* Records that carry nothing (empty data, padding, user_canceled,
+         * key updates) are free to send: at most TLSREC_MAX_EMPTY in a row. */
+        r->empty = type == CT_APPLICATION_DATA && n > 0 ? 0 : r->empty + 1;
+        if (r->empty > TLSREC_MAX_EMPTY) {
+            *why = "too many TLS records without data";
             return TLSREC_ERROR;
         }
         if (type == CT_APPLICATION_DATA) {

@@ -459,6 +459,34 @@ static void test_review_padding_overflow(void **state) {
     assert_int_equal(open_forged(23, data, sizeof data, 200), TLSREC_ERROR);
 }
 
+/* Records that carry nothing cost the client its bytes only, but each
+ * costs the server a decryption: TLSREC_MAX_EMPTY in a row pass, one more
+ * closes; a record with data starts the count again. */
+static void test_empty_records_capped(void **state) {
+    (void)state;
+    pair p;
+    uint8_t got[256];
+    size_t plen;
+    open_pair(&p, NULL, 0, NULL);
+    detach(&p);
+    client_read(&p, got, sizeof got);
+    static const uint8_t data[] = "x";
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < TLSREC_MAX_EMPTY; i++) {
+            size_t n = forge(p.rec, forged, 23, NULL, 0, (size_t)i % 3);
+            assert_int_equal(server_open(&p, forged, n, n, plain, &plen), TLSREC_OK);
+        }
+        if (round == 0) { /* data: the count starts over */
+            size_t n = forge(p.rec, forged, 23, data, 1, 0);
+            assert_int_equal(server_open(&p, forged, n, n, plain, &plen), TLSREC_OK);
+            assert_int_equal(plen, 1);
+        }
+    }
+    size_t n = forge(p.rec, forged, 23, NULL, 0, 0);
+    assert_int_equal(server_open(&p, forged, n, n, plain, &plen), TLSREC_ERROR);
+    close_pair(&p);
+}
+
 /* What a client must not send after the handshake, each refused; and
  * what it may (zero-length data, padding, a KeyUpdate). */
 static void test_review_post_handshake(void **state) {
@@ -580,7 +608,7 @@ int main(void) {
         cmocka_unit_test(test_each_suite),  cmocka_unit_test(test_key_update),
         cmocka_unit_test(test_close_notify), cmocka_unit_test(test_bad_records),
         cmocka_unit_test(test_resumption),  cmocka_unit_test(test_tls12_stays),
-        cmocka_unit_test(test_review_padding_overflow), cmocka_unit_test(test_review_post_handshake),
+        cmocka_unit_test(test_review_padding_overflow), cmocka_unit_test(test_empty_records_capped), cmocka_unit_test(test_review_post_handshake),
         cmocka_unit_test(test_review_data_with_finished),
         cmocka_unit_test(test_review_early_data_rejected),
     };
