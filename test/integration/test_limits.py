@@ -374,7 +374,10 @@ def test_burst_of_wss_connections_all_established(chatd, tmp_path):
                  tls_cert=str(cert.cert), tls_key=str(cert.key))
     ctx = client_ctx()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    run_burst(node, tport, 2000, ssl_ctx=ctx, timeout=120)
+    # Under ASan every handshake costs the node several times its CPU, and
+    # the Python clients take the other core: 500 there (the plain build's
+    # run shows the 2,000).
+    run_burst(node, tport, 500 if ASAN else 2000, ssl_ctx=ctx, timeout=120)
 
 
 # --------------------------------------------------------------------------
