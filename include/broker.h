@@ -109,6 +109,11 @@ int broker_pending(broker *b, int wid);
  * whether storing fails right now (Redis away or refusing), as opposed to
  * merely being under way. */
 int broker_ticket_stored(broker *b, int wid, uint64_t ticket, int *failing);
+/* Worker thread wid: 1 if everything a connection sent is stored: its last
+ * ticket, and nothing of the worker waits in the other shards it sent to
+ * (sent_shards: bit k for shard k; a shard's order says nothing of
+ * another's). */
+int broker_sent_stored(broker *b, int wid, uint64_t ticket, uint64_t sent_shards, int *failing);
 
 /* Shared by the backends (broker.c): the broker thread hands m (holding one
  * reference) to every worker in order, waiting while an inbox is full, and

@@ -26,6 +26,8 @@ typedef struct broker_ops {
     int (*read_history)(broker *b, int wid, const broker_req *r);
     /* worker thread wid: its messages not yet stored (NULL: none ever wait) */
     int (*pending)(broker *b, int wid);
+    /* worker thread wid: its messages of shard not stored yet (NULL: none) */
+    int (*pending_shard)(broker *b, int wid, int shard);
     /* worker thread wid: every ticket of shard up to this sequence is
      * stored (NULL: all are); *failing set when storing does not work now */
     uint64_t (*stored)(broker *b, int wid, int shard, int *failing);

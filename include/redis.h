@@ -37,7 +37,6 @@
 /* Where the Redis of each shard is: one server (redis_url), the primary
  * Sentinel names, or the master of the shard's slot in a Cluster. */
 enum { REDIS_SINGLE = 0, REDIS_SENTINEL, REDIS_CLUSTER };
-#define REDIS_MAX_SEEDS 16
 
 struct redisContext;
 
@@ -48,6 +47,8 @@ typedef struct redis_link {
     redis_addr seed[REDIS_MAX_SEEDS]; /* cluster seeds, or the sentinels */
     int nseeds;
     char master_name[128];       /* sentinel */
+    int good;                    /* consumer thread: the sentinel, */
+    redis_addr good_node;        /*   or cluster node, that answered last */
     _Atomic int stale;           /* a redirect, a failover: find the route again */
     _Atomic uint64_t moves;      /* MOVED and ASK followed (relaxed: a counter) */
     _Atomic uint64_t failovers;  /* times the route changed (relaxed: a counter) */
@@ -58,7 +59,7 @@ typedef struct redis_link {
     char pass[256];
     int timeout_ms;              /* redis_timeout */
     pthread_mutex_t lock;        /* guards ip and problem (not the message path) */
-    char ip[64];                 /* single, sentinel: the address in use, "" */
+    char ip[256];                /* single, sentinel: the address in use, "" */
     int ip_port;                 /*   until known, and its port */
     cluster_map *map;            /* cluster: the slot map, NULL until known */
     /* A lasting error an operator must fix, or "", one per side, so that
@@ -135,6 +136,7 @@ typedef struct rbroker {
                                     start id (release) */
     _Atomic int nstarted;        /* shards started */
     _Atomic int nup;             /* shards the consumer reads */
+    _Atomic uint8_t up[SHARDS_MAX]; /* which */
     _Atomic int64_t since_ms;    /* wall ms when all-up last changed */
     _Atomic uint64_t read_lag;   /* entries after last_id at the last checks */
 } rbroker;
@@ -147,9 +149,13 @@ void redis_pub_detach(broker *b, int wid);
 int64_t redis_pub_publish(broker *b, int wid, const broker_req *q);
 int redis_pub_read_history(broker *b, int wid, const broker_req *q);
 int redis_pub_pending(broker *b, int wid);
+int redis_pub_pending_shard(broker *b, int wid, int shard);
 uint64_t redis_pub_stored(broker *b, int wid, int shard, int *failing);
-/* Any thread: messages not yet stored, and the age of the oldest (ms). */
-void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms);
+/* Any thread: messages not yet stored, and the age of the oldest (ms);
+ * read_only: only of the shards the consumer reads now (a shard whose
+ * Redis is away is not a reason to call the node unready: see
+ * redis_ready). */
+void redis_pub_stats(broker *b, int read_only, uint64_t *queued, int64_t *oldest_ms);
 
 /* redis_consume.c: the consumer thread's body. */
 void *redis_consume_run(void *b);

@@ -18,6 +18,7 @@
 #define CLUSTER_SLOTS 16384
 #define CLUSTER_MAX_NODES 128
 #define SHARDS_MAX 64
+#define REDIS_MAX_SEEDS 16       /* redis_cluster, redis_sentinel addresses */
 
 typedef struct redis_addr {
     char host[256];

@@ -97,6 +97,20 @@ int broker_ticket_stored(broker *b, int wid, uint64_t ticket, int *failing) {
     return TICKET_SEQ(ticket) <= b->ops->stored(b, wid, TICKET_SHARD(ticket), failing);
 }
 
+int broker_sent_stored(broker *b, int wid, uint64_t ticket, uint64_t sent_shards, int *failing) {
+    if (!broker_ticket_stored(b, wid, ticket, failing)) return 0;
+    for (int k = 0; k < b->nshards && b->ops->pending_shard; k++) {
+        if (!(sent_shards >> k & 1) || k == TICKET_SHARD(ticket)) continue;
+        if (b->ops->pending_shard(b, wid, k) > 0) {
+            int f;
+            b->ops->stored(b, wid, k, &f);
+            *failing = f;
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int broker_shards(const broker *b) { return b->nshards; }
 
 int broker_room_shard(const broker *b, const char *name, size_t len) {

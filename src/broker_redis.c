@@ -70,18 +70,23 @@ static int redis_ready(broker *b, char *why, size_t whylen) {
         snprintf(why, whylen, "%s", problem);
         return 0;
     }
-    /* acquire: pairs with the consumer's release when it fixed its start */
-    if (atomic_load_explicit(&rb->nstarted, memory_order_acquire) < rb->nshards) {
+    /* Every shard down, or none reached yet: the node can do nothing. With
+     * some shards read, it serves their rooms: a master lost for good (or
+     * for the seconds of its failover) is every node's loss alike, and
+     * failing them all would take every room out, not only its shard's.
+     * chatd_redis_shards_up tells how many are read. (acquire: pairs with
+     * the consumer's release when it fixed a start) */
+    if (atomic_load_explicit(&rb->nstarted, memory_order_acquire) == 0) {
         snprintf(why, whylen, "Redis not reached yet: where the stream ends is not known");
         return 0;
     }
-    if (atomic_load_explicit(&rb->nup, memory_order_relaxed) < rb->nshards) {
+    if (atomic_load_explicit(&rb->nup, memory_order_relaxed) == 0) {
         snprintf(why, whylen, "Redis unreachable: messages cannot be read");
         return 0;
     }
     uint64_t queued;
     int64_t oldest;
-    redis_pub_stats(b, &queued, &oldest);
+    redis_pub_stats(b, 1, &queued, &oldest);
     if (oldest > b->cfg->redis_timeout_ms) {
         snprintf(why, whylen, "Redis does not store messages: %" PRIu64 " waiting, the oldest "
                  "for %" PRId64 " ms", queued, oldest);
@@ -99,7 +104,7 @@ static void redis_stats(broker *b, broker_stats *out) {
     out->shards_up = atomic_load_explicit(&rb->nup, memory_order_relaxed);
     out->redirects = atomic_load_explicit(&rb->link.moves, memory_order_relaxed);
     out->route_changes = atomic_load_explicit(&rb->link.failovers, memory_order_relaxed);
-    redis_pub_stats(b, &out->queued, &out->oldest_ms);
+    redis_pub_stats(b, 0, &out->queued, &out->oldest_ms);
 }
 
 static void redis_free(broker *b) {
@@ -121,6 +126,7 @@ const broker_ops broker_redis_ops = {
     .publish = redis_pub_publish,
     .read_history = redis_pub_read_history,
     .pending = redis_pub_pending,
+    .pending_shard = redis_pub_pending_shard,
     .stored = redis_pub_stored,
     .ready = redis_ready,
     .stats = redis_stats,

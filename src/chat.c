@@ -636,7 +636,10 @@ static int64_t send_text(conn *c, member *mb, const uint8_t *text, size_t len) {
                     .room_len = mb->room->name_len, .user = c->user, .user_len = c->user_len,
                     .text = (const char *)text, .text_len = len, .ts = wall_ms()};
     int64_t ticket = broker_publish(c->w->broker, c->w->id, &q);
-    if (ticket >= 0) c->ticket = (uint64_t)ticket;
+    if (ticket >= 0) {
+        c->ticket = (uint64_t)ticket;
+        c->sent_shards |= UINT64_C(1) << TICKET_SHARD(ticket);
+    }
     return ticket;
 }
 

@@ -84,6 +84,8 @@ static const directive directives[] = {
      "connections the kernel queues while chatd is at max_pending; 0 = somaxconn"},
     {"workers", T_INT, F_AUTO, 0, 256, "auto", FIELD(workers),
      "worker threads; auto = one per core"},
+    {"acceptor_threads", T_INT, F_AUTO, 0, 64, "auto", FIELD(acceptor_threads),
+     "threads that accept and run the TLS and HTTP handshakes; auto = one per core"},
     {"max_clients", T_INT, F_RELOAD, 0, 10000000, "0", FIELD(max_clients),
      "cap on concurrent WebSocket clients; 0 = as many as open files allow"},
     {"max_header_bytes", T_SIZE, F_RELOAD, 256, 1 * MIB, "8k", FIELD(max_header_bytes),
@@ -424,7 +426,7 @@ static const char *parse_duration(const directive *d, const char *s, int64_t *ou
             frac = frac * 10 + (*end - '0');
             den *= 10;
         }
-        if (v < 0) frac = -frac;
+        if (s[0] == '-') frac = -frac; /* "-0.5": the whole part has no sign */
     }
     int64_t mul;
     if (*end == '\0' || strcmp(end, "s") == 0)
@@ -572,6 +574,14 @@ static const char *parse_origins(const char *s, char list[][128], int *count) {
     return NULL;
 }
 
+/* The database a redis URL names (0 when none). */
+static long url_db(const char *url) {
+    const char *p = strncmp(url, "redis://", 8) == 0 ? url + 8 : url;
+    const char *at = strrchr(p, '@'); /* '/' in a password is written %2F */
+    const char *slash = strchr(at ? at + 1 : p, '/');
+    return slash ? strtol(slash + 1, NULL, 10) : 0;
+}
+
 static const char *parse_redis_url(const char *s, size_t cap) {
     static const char prefix[] = "redis://";
     if (strncmp(s, prefix, sizeof prefix - 1) != 0) return "must start with redis://";
@@ -664,11 +674,11 @@ static const char *apply(config *cfg, const directive *d, const char *value) {
         if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
         break;
     case T_ADDRS: {
-        redis_addr a[CLUSTER_MAX_NODES];
+        redis_addr a[REDIS_MAX_SEEDS];
         static char reason[160]; /* main thread only, like the rest of config */
         why = parse_string(d, value);
         if (why == NULL && value[0] &&
-            redis_addr_list_parse(value, 6379, a, CLUSTER_MAX_NODES, reason, sizeof reason) < 0)
+            redis_addr_list_parse(value, 6379, a, REDIS_MAX_SEEDS, reason, sizeof reason) < 0)
             why = reason;
         if (why == NULL) memcpy(field_ptr(cfg, d), value, strlen(value) + 1);
         break;
@@ -1102,6 +1112,18 @@ int config_check(const config *cfg, char *err, size_t errlen) {
         seterr(err, errlen, "redis_cluster and redis_sentinel are both set: give one");
         return -1;
     }
+    if (cfg->redis_cluster[0] && url_db(cfg->redis_url) != 0) {
+        seterr(err, errlen, "redis_url names database %ld: a Redis Cluster has only 0",
+               url_db(cfg->redis_url));
+        return -1;
+    }
+    /* The hash tag is the first {...} of a key: the stream's own would put
+     * every shard in one slot. */
+    if ((cfg->shards > 1 || cfg->redis_cluster[0]) && strpbrk(cfg->stream, "{}")) {
+        seterr(err, errlen, "stream '%s' has a brace: with shards or redis_cluster the keys "
+               "carry their own hash tag", cfg->stream);
+        return -1;
+    }
     if (cfg->redis_sentinel[0] && cfg->redis_master_name[0] == '\0') {
         seterr(err, errlen, "redis_sentinel needs redis_master_name: the primary's name");
         return -1;
@@ -1181,7 +1203,6 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
         {"redis_timeout", "broker = local"},
         {"redis_cluster", "broker = local"},
         {"redis_sentinel", "broker = local"},
-        {"redis_master_name", "broker = local"},
         {"redis_wait_replicas", "broker = local"},
         {"shards", "broker = local"},
         {"redis_master_name", "redis_sentinel is empty"},
@@ -1199,6 +1220,7 @@ int config_warnings(const config *cfg, char *buf, size_t len) {
         bool off = strncmp(d->name, "tls_", 4) == 0 ? cfg->tls_port == 0
                    : strcmp(d->name, "rate_burst") == 0 ? cfg->rate_limit == 0
                    : strcmp(d->name, "auth_secret_previous") == 0 ? cfg->auth_secret[0] == '\0'
+                   : strcmp(d->name, "redis_master_name") == 0 ? cfg->redis_sentinel[0] == '\0'
                                                         : cfg->broker == BROKER_LOCAL;
         if (!off || !set_by_file(cfg, &def, d)) continue;
         count++;

@@ -25,6 +25,7 @@
  * publisher, whose own WAIT failed too, stores it again.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -56,7 +58,7 @@ typedef struct recent_entry {
 } recent_entry;
 
 /* What a reader has asked and waits for. */
-enum { REQ_NONE = 0, REQ_PLAIN, REQ_CHECKED, REQ_WAIT };
+enum { REQ_NONE = 0, REQ_CONNECT, REQ_HELLO, REQ_PLAIN, REQ_CHECKED, REQ_WAIT };
 
 struct consumer;
 
@@ -87,10 +89,10 @@ typedef struct reader {
     char reset_from[64];          /* last_id before a reset, the server it was */
     char reset_host[256];         /*   seen on, and when: undone if a failover */
     int reset_port;               /*   shows that server was not the one to */
-    int64_t reset_ms;             /*   read (see reader_connect) */
+    int64_t reset_ms;             /*   read (see hello_done) */
     int req;                      /* REQ_*: in flight */
     int want, got;                /* replies expected, replies in */
-    redisReply *reply[6];
+    redisReply *reply[8];
     int64_t sent_ms;
     int64_t block_ms;             /* the read may block this long */
     redisReply *held;             /* REQ_WAIT: an XREAD reply not delivered yet */
@@ -113,6 +115,7 @@ typedef struct consumer {
 
 static void mark(reader *rd);
 static void declare_loss(reader *rd);
+static int flush_out(reader *rd);
 
 static int64_t wall_ms(void) {
     struct timeval tv;
@@ -125,6 +128,7 @@ static void set_up(reader *rd, int up) {
     rbroker *rb = rd->c->rb;
     if (rd->up == up) return;
     rd->up = up;
+    atomic_store_explicit(&rb->up[rd->k], (uint8_t)up, memory_order_relaxed); /* a gauge */
     int before = atomic_load_explicit(&rb->nup, memory_order_relaxed);
     int now = before + (up ? 1 : -1);
     /* relaxed: gauges, written by this thread only */
@@ -426,23 +430,6 @@ static void declare_loss(reader *rd) {
     rd->check = 1;
 }
 
-/* After a reconnect: is the last entry this node delivered still there?
- * Gone from a stream that still reaches back before it means a loss. */
-static void check_last_entry(reader *rd) {
-    if (rd->last_id[0] == '\0' || strcmp(rd->last_id, "0-0") == 0) return;
-    redisReply *r = cmd(rd, "XRANGE %s %s %s", rd->key, rd->last_id, rd->last_id);
-    int gone = r && r->type == REDIS_REPLY_ARRAY && r->elements == 0;
-    if (r) freeReplyObject(r);
-    if (!gone) return;
-    r = cmd(rd, "XINFO STREAM %s", rd->key);
-    redisReply *first = r && r->type == REDIS_REPLY_ARRAY ? field(r, "first-entry") : NULL;
-    /* No stream: Redis lost everything, and its epoch with it. Trimmed past
-     * it: a gap, counted by the check. */
-    if (first && first->type == REDIS_REPLY_ARRAY && first->elements == 2 &&
-        first->element[0]->type == REDIS_REPLY_STRING && !id_before(rd->last_id, first->element[0]->str))
-        declare_loss(rd);
-    if (r) freeReplyObject(r);
-}
 
 /* The epoch Redis holds for the shard (set to a new one when it has none).
  * A change means Redis lost the data the old one named. */
@@ -544,12 +531,13 @@ static void lasting_problem(consumer *c, const char *what, const char *err) {
     if (redis_link_set_problem(&c->rb->link, REDIS_PROBLEM_READ, problem)) log_error("redis: %s", problem);
 }
 
-/* Connects the shard's reader to its Redis, and fixes its start id on
- * first contact. Returns 0, or -1 (logged once per streak by the caller). */
-static int reader_connect(reader *rd, char *err, size_t errlen) {
+/* Starts connecting the shard's reader to its Redis, without waiting: the
+ * thread serves every shard, and a Redis that does not answer (a black
+ * hole, a frozen process) must not stall the others. The connect ends in
+ * the poll loop (REQ_CONNECT), then the hello (REQ_HELLO). 0, or -1. */
+static int reader_dial(reader *rd, char *err, size_t errlen) {
     consumer *c = rd->c;
-    rbroker *rb = c->rb;
-    redis_link *l = &rb->link;
+    redis_link *l = &c->rb->link;
     /* The sentinels may have named a new primary since the last look: a
      * restarted old one claims to be primary until they demote it. */
     if (l->mode == REDIS_SENTINEL && redis_link_refresh(l, err, errlen) == 0)
@@ -558,75 +546,129 @@ static int reader_connect(reader *rd, char *err, size_t errlen) {
         snprintf(err, errlen, "where %s is served is not known yet", rd->key);
         return -1;
     }
-    rd->ctx = redis_link_dial(l, rd->host, rd->port, l->timeout_ms, err, errlen);
-    if (rd->ctx == NULL) {
-        const char *e = strstr(err, ": "); /* "host:port: the error" */
-        if (e && redis_error_lasting(e + 2)) lasting_problem(c, "let chatd in", e + 2);
+    rd->ctx = redisConnectNonBlock(rd->host, rd->port);
+    if (rd->ctx == NULL || rd->ctx->err) {
+        snprintf(err, errlen, "cannot reach %.100s:%d: %s", rd->host, rd->port,
+                 rd->ctx ? rd->ctx->errstr : "out of memory");
+        disconnect(rd);
         return -1;
     }
+    redis_link_tune(l, rd->ctx->fd);
+    rd->req = REQ_CONNECT;
+    rd->want = rd->got = 0;
+    rd->block_ms = 0;
+    rd->sent_ms = clock_ms();
+    return 0;
+}
+
+/* The TCP connect is done: the socket blocks from now on (replies are
+ * read only once poll() says they came), and the hello goes out in one
+ * pipeline: credentials, the role (Sentinel), then on first contact the
+ * epoch and where the stream ends, else whether the entries this node
+ * delivered are still there. */
+static int send_hello(reader *rd) {
+    redis_link *l = &rd->c->rb->link;
+    int e = 0;
+    socklen_t el = sizeof(e);
+    if (getsockopt(rd->ctx->fd, SOL_SOCKET, SO_ERROR, &e, &el) < 0 || e) {
+        snprintf(rd->ctx->errstr, sizeof(rd->ctx->errstr), "%s", strerror(e ? e : errno));
+        return -1;
+    }
+    int fl = fcntl(rd->ctx->fd, F_GETFL);
+    if (fl < 0 || fcntl(rd->ctx->fd, F_SETFL, fl & ~O_NONBLOCK) < 0) return -1;
+    rd->ctx->flags |= REDIS_BLOCK;
     int rt = READ_BLOCK_MS + l->timeout_ms; /* a blocking read is answered within its BLOCK */
     struct timeval rtv = {rt / 1000, (rt % 1000) * 1000};
     redisSetTimeout(rd->ctx, rtv);
-    redisReply *r = NULL;
+    int n = 0;
+    if (l->pass[0]) {
+        if (l->user[0]) redisAppendCommand(rd->ctx, "AUTH %s %s", l->user, l->pass);
+        else redisAppendCommand(rd->ctx, "AUTH %s", l->pass);
+        n++;
+    }
+    if (l->db && l->mode != REDIS_CLUSTER) {
+        redisAppendCommand(rd->ctx, "SELECT %d", l->db);
+        n++;
+    }
     if (l->mode == REDIS_SENTINEL) {
-        /* What the sentinels name may be stale: a demoted primary is a
-         * replica now, and reading it would miss what the new one has. */
-        r = cmd(rd, "ROLE");
-        if (r == NULL || !redis_role_is_master(r)) {
-            snprintf(err, errlen, "%.200s:%d is not the primary (yet)", rd->host, rd->port);
-            if (r) freeReplyObject(r);
-            r = NULL;
-            goto fail;
-        }
-        freeReplyObject(r);
+        redisAppendCommand(rd->ctx, "ROLE");
+        n++;
     }
-    if (rd->reset_from[0] && clock_ms() - rd->reset_ms < RESET_UNDO_MS &&
-        (strcmp(rd->reset_host, rd->host) != 0 || rd->reset_port != rd->port)) {
-        /* The stream seemed reset on another server (a restarted primary,
-         * empty, that the sentinels had not demoted yet): if this one
-         * still has where this node was, go on from there, not from the
-         * start, which would deliver all of it again. */
-        r = cmd(rd, "XRANGE %s %s %s", rd->key, rd->reset_from, rd->reset_from);
-        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
-            log_warn("redis: %s at %s:%d still has %s: reading on from there (the reset was "
-                     "%s:%d's)", rd->key, rd->host, rd->port, rd->reset_from, rd->reset_host,
-                     rd->reset_port);
-            snprintf(rd->last_id, sizeof(rd->last_id), "%s", rd->reset_from);
-            rd->pos_unknown = 1;
-            rd->nrecent = 0;
-        }
-        if (r) freeReplyObject(r);
-        r = NULL;
-        rd->reset_from[0] = '\0';
-    }
-    if (rd->last_id[0]) check_last_entry(rd);
     if (rd->last_id[0] == '\0') {
-        /* First contact: the epoch (set if there is none), then start after
-         * the newest entry; no replay. */
         char fresh[17];
         new_epoch(fresh);
-        r = cmd(rd, "SET %s:epoch %s NX", rd->key, fresh);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR) goto fail_reply;
-        freeReplyObject(r);
-        r = cmd(rd, "GET %s:epoch", rd->key);
-        if (r == NULL || r->type != REDIS_REPLY_STRING) goto fail_reply;
-        uint64_t epoch = strtoull(r->str, NULL, 16);
-        freeReplyObject(r);
-        r = cmd(rd, "XINFO STREAM %s", rd->key);
-        if (r == NULL) goto fail_reply;
-        if (r->type == REDIS_REPLY_ARRAY) {
-            redisReply *last = field(r, "last-generated-id");
+        redisAppendCommand(rd->ctx, "SET %s:epoch %s NX", rd->key, fresh);
+        redisAppendCommand(rd->ctx, "GET %s:epoch", rd->key);
+        n += 2;
+    } else {
+        const char *undo = rd->reset_from[0] ? rd->reset_from : rd->last_id;
+        redisAppendCommand(rd->ctx, "XRANGE %s %s %s", rd->key, undo, undo);
+        redisAppendCommand(rd->ctx, "XRANGE %s %s %s", rd->key, rd->last_id, rd->last_id);
+        n += 2;
+    }
+    redisAppendCommand(rd->ctx, "XINFO STREAM %s", rd->key);
+    rd->req = REQ_HELLO;
+    rd->want = n + 1;
+    rd->got = 0;
+    rd->block_ms = 0;
+    rd->sent_ms = clock_ms();
+    return flush_out(rd);
+}
+
+/* The hello's replies, in the order send_hello asked. 0, or -1 with err
+ * (the caller drops the connection and backs off). */
+static int hello_done(reader *rd, redisReply **rep, char *err, size_t errlen) {
+    consumer *c = rd->c;
+    rbroker *rb = c->rb;
+    redis_link *l = &rb->link;
+    int i = 0;
+    for (int k = 0; k < (l->pass[0] != 0) + (l->db && l->mode != REDIS_CLUSTER); k++, i++)
+        if (rep[i]->type == REDIS_REPLY_ERROR) {
+            if (redis_error_lasting(rep[i]->str)) lasting_problem(c, "let chatd in", rep[i]->str);
+            snprintf(err, errlen, "%.100s:%d: %.120s", rd->host, rd->port, rep[i]->str);
+            return -1;
+        }
+    if (l->mode == REDIS_SENTINEL && !redis_role_is_master(rep[i++])) {
+        /* What the sentinels name may be stale: a demoted primary is a
+         * replica now, and reading it would miss what the new one has. */
+        snprintf(err, errlen, "%.200s:%d is not the primary (yet)", rd->host, rd->port);
+        redis_link_want_refresh(l);
+        return -1;
+    }
+    redisReply *a = rep[i], *b = rep[i + 1], *info = rep[i + 2];
+    const char *refused = a->type == REDIS_REPLY_ERROR   ? a->str
+                          : b->type == REDIS_REPLY_ERROR ? b->str
+                          : info->type == REDIS_REPLY_ERROR && !strstr(info->str, "no such key")
+                              ? info->str
+                              : NULL;
+    if (refused) {
+        /* LOADING, NOPERM, WRONGTYPE, MOVED...: where the stream ends is
+         * not known, and 0-0 would replay all of it. Try again. */
+        if (redis_error_lasting(refused)) lasting_problem(c, "let chatd in", refused);
+        redis_addr to;
+        int ask, slot;
+        if (cluster_redirect_parse(refused, &ask, &slot, &to) == 0 && !ask) {
+            if (to.host[0] == '\0') snprintf(to.host, sizeof(to.host), "%s", rd->host);
+            redis_link_moved(l, &to, slot);
+        }
+        snprintf(err, errlen, "%.100s:%d: %.120s", rd->host, rd->port, refused);
+        return -1;
+    }
+    if (rd->last_id[0] == '\0') {
+        /* First contact: start after the newest entry; no replay. */
+        if (b->type != REDIS_REPLY_STRING) {
+            snprintf(err, errlen, "%.100s:%d: no epoch", rd->host, rd->port);
+            return -1;
+        }
+        uint64_t epoch = strtoull(b->str, NULL, 16);
+        if (info->type == REDIS_REPLY_ARRAY) {
+            redisReply *last = field(info, "last-generated-id");
             if (last && last->type == REDIS_REPLY_STRING)
                 snprintf(rd->last_id, sizeof(rd->last_id), "%s", last->str);
-            rd->pos = (uint64_t)field_int(r, "entries-added", &rd->counted);
-        } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "no such key")) {
-            rd->counted = 1; /* no stream yet: counting starts at 0 */
+            rd->pos = (uint64_t)field_int(info, "entries-added", &rd->counted);
         } else {
-            /* LOADING, NOPERM, WRONGTYPE, MOVED...: where the stream ends
-             * is not known, and 0-0 would replay all of it. Try again. */
-            goto fail_reply;
+            rd->counted = 1; /* no stream yet: counting starts at 0 */
         }
-        freeReplyObject(r);
         if (rd->last_id[0] == '\0') snprintf(rd->last_id, sizeof(rd->last_id), "0-0");
         if (!rd->counted) log_warn("redis: server older than 7.0: trimmed gaps are not detected");
         rd->epoch = epoch;
@@ -635,26 +677,36 @@ static int reader_connect(reader *rd, char *err, size_t errlen) {
         /* release: the shard's publishers may send now; what they add comes after */
         atomic_store_explicit(&rb->started[rd->k], 1, memory_order_release);
         atomic_fetch_add_explicit(&rb->nstarted, 1, memory_order_release);
-    }
-    rd->check = 1; /* `up` waits for an answer: a frozen Redis still accepts */
-    return 0;
-fail_reply:
-    if (r && r->type == REDIS_REPLY_ERROR) {
-        if (redis_error_lasting(r->str)) lasting_problem(c, "let chatd in", r->str);
-        snprintf(err, errlen, "%s", r->str);
-        redis_addr to;
-        int ask, slot;
-        if (cluster_redirect_parse(r->str, &ask, &slot, &to) == 0 && !ask) {
-            if (to.host[0] == '\0') snprintf(to.host, sizeof(to.host), "%s", rd->host);
-            redis_link_moved(l, &to, slot);
-        }
     } else {
-        snprintf(err, errlen, "%s", rd->ctx->errstr[0] ? rd->ctx->errstr : "bad reply");
+        if (rd->reset_from[0] && clock_ms() - rd->reset_ms < RESET_UNDO_MS &&
+            (strcmp(rd->reset_host, rd->host) != 0 || rd->reset_port != rd->port) &&
+            a->type == REDIS_REPLY_ARRAY && a->elements == 1) {
+            /* The stream seemed reset on another server (a restarted
+             * primary, empty, that the sentinels had not demoted yet): this
+             * one still has where this node was, so go on from there, not
+             * from the start, which would deliver all of it again. */
+            log_warn("redis: %s at %s:%d still has %s: reading on from there (the reset was "
+                     "%s:%d's)", rd->key, rd->host, rd->port, rd->reset_from, rd->reset_host,
+                     rd->reset_port);
+            snprintf(rd->last_id, sizeof(rd->last_id), "%s", rd->reset_from);
+            rd->pos_unknown = 1;
+            rd->nrecent = 0;
+        } else if (strcmp(rd->last_id, "0-0") != 0 && b->type == REDIS_REPLY_ARRAY &&
+                   b->elements == 0) {
+            /* The last entry this node delivered is gone from a stream that
+             * still reaches back before it: a loss. No stream: Redis lost
+             * everything, and its epoch with it. Trimmed past it: a gap,
+             * counted by the check. */
+            redisReply *first = field(info, "first-entry");
+            if (first && first->type == REDIS_REPLY_ARRAY && first->elements == 2 &&
+                first->element[0]->type == REDIS_REPLY_STRING &&
+                !id_before(rd->last_id, first->element[0]->str))
+                declare_loss(rd);
+        }
+        rd->reset_from[0] = '\0';
     }
-    if (r) freeReplyObject(r);
-fail:
-    disconnect(rd);
-    return -1;
+    rd->check = 1; /* `up` waits for a read's answer */
+    return 0;
 }
 
 /* Writes what rd->ctx holds to send. 0, or -1 when the connection failed. */
@@ -701,10 +753,11 @@ static int send_read(reader *rd) {
 static int send_wait(reader *rd) {
     const config *cfg = rd->c->b->cfg;
     rd->got = 0;
+    if (rd->asking) redisAppendCommand(rd->ctx, "ASKING");
     redisAppendCommand(rd->ctx, "SET %s:synced %s", rd->key, rd->last_id);
     redisAppendCommand(rd->ctx, "WAIT %d %d", cfg->redis_wait_replicas, cfg->redis_timeout_ms);
     rd->req = REQ_WAIT;
-    rd->want = 2;
+    rd->want = 2 + rd->asking;
     rd->block_ms = cfg->redis_timeout_ms;
     rd->sent_ms = clock_ms();
     return flush_out(rd);
@@ -712,6 +765,7 @@ static int send_wait(reader *rd) {
 
 #define READ_LOST -1               /* the connection failed */
 #define READ_REFUSED -2            /* Redis answered with an error */
+#define READ_WAITING -3            /* too few replicas yet: not a sign of health */
 
 /* Redis refused a request: a redirect is followed at once; LOADING and the
  * like pass, WRONGTYPE and NOPERM stay. */
@@ -755,6 +809,7 @@ static long refused(reader *rd, const char *e) {
 static long entries_read(reader *rd, redisReply *xr) {
     size_t n = count_entries(xr);
     if (n && rd->c->b->cfg->redis_wait_replicas > 0) {
+        if (rd->held) freeReplyObject(rd->held); /* a WAIT refused: read again */
         rd->held = xr;
         return send_wait(rd) < 0 ? READ_LOST : 0;
     }
@@ -766,15 +821,26 @@ static long entries_read(reader *rd, redisReply *xr) {
 /* The replies of the request in flight are all in: handles them. Returns
  * the entries delivered, READ_LOST or READ_REFUSED. */
 static long handle_replies(reader *rd) {
-    redisReply *rep[6];
-    int req = rd->req, got = rd->got, first = req == REQ_PLAIN ? rd->asking : 0;
+    redisReply *rep[8];
+    int req = rd->req, got = rd->got, first = req == REQ_CHECKED ? 0 : rd->asking;
     memcpy(rep, rd->reply, sizeof(rep));
     rd->req = REQ_NONE; /* what follows may send the next request */
     rd->got = rd->want = 0;
     long n;
-    if (req == REQ_WAIT) {
-        redisReply *w = rep[1];
-        if (w->type == REDIS_REPLY_INTEGER && w->integer >= rd->c->b->cfg->redis_wait_replicas) {
+    if (req == REQ_HELLO) {
+        char err[256];
+        n = 0;
+        if (hello_done(rd, rep, err, sizeof(err)) < 0) {
+            snprintf(rd->ctx->errstr, sizeof(rd->ctx->errstr), "%.127s", err);
+            n = READ_LOST;
+        }
+    } else if (req == REQ_WAIT) {
+        redisReply *set = rep[first], *w = rep[first + 1];
+        if (set->type == REDIS_REPLY_ERROR) {
+            /* Refused, the write did not move what WAIT measures: what
+             * was read is not known to be on the replicas. Read again. */
+            n = refused(rd, set->str);
+        } else if (w->type == REDIS_REPLY_INTEGER && w->integer >= rd->c->b->cfg->redis_wait_replicas) {
             redisReply *xr = rd->held;
             rd->held = NULL;
             n = (long)consume_reply(rd, xr);
@@ -786,7 +852,7 @@ static long handle_replies(reader *rd) {
                 log_warn("redis: %s: fewer than redis_wait_replicas replicas have what was read; "
                          "waiting", rd->key);
             rd->down_logged = 1;
-            n = send_wait(rd) < 0 ? READ_LOST : 0; /* waited for again */
+            n = send_wait(rd) < 0 ? READ_LOST : READ_WAITING; /* waited for again */
         }
     } else if (req == REQ_PLAIN) {
         redisReply *r = rep[first];
@@ -878,9 +944,14 @@ static void follow_route(consumer *c) {
         reader *rd = &c->rd[k];
         char host[256];
         int port;
-        if (rd->ctx == NULL || rd->asking || redis_link_addr(&c->rb->link, k, host, sizeof(host), &port) < 0)
+        if (rd->ctx == NULL || redis_link_addr(&c->rb->link, k, host, sizeof(host), &port) < 0)
             continue;
-        if (strcmp(host, rd->host) != 0 || port != rd->port) {
+        int here = strcmp(host, rd->host) == 0 && port == rd->port;
+        if (rd->asking) { /* the move is over once the map names where it reads */
+            if (here) rd->asking = 0;
+            continue;
+        }
+        if (!here) {
             log_info("redis: %s is served by %s:%d now", rd->key, host, port);
             disconnect(rd);
             rd->retry_ms = 0;
@@ -910,9 +981,10 @@ static void consumer_turn(consumer *c) {
     int np = 0;
     for (int k = 0; k < c->n; k++) {
         reader *rd = &c->rd[k];
+        if (atomic_load_explicit(&c->b->stop, memory_order_acquire)) return;
         if (rd->ctx == NULL) {
             if (clock_ms() < rd->retry_ms) continue;
-            if (reader_connect(rd, err, sizeof(err)) < 0) {
+            if (reader_dial(rd, err, sizeof(err)) < 0) {
                 if (!rd->down_logged) log_warn("redis: consumer: %s; retrying with backoff", err);
                 rd->down_logged = 1;
                 back_off(rd);
@@ -922,7 +994,7 @@ static void consumer_turn(consumer *c) {
         }
         if (rd->req == REQ_NONE) {
             if (clock_ms() < rd->retry_ms) continue; /* refused a moment ago */
-            if (rd->up) sweep(rd);
+            if (rd->up && !rd->asking) sweep(rd);
             if (send_read(rd) < 0) {
                 reader_lost(rd, rd->ctx->errstr);
                 continue;
@@ -932,7 +1004,7 @@ static void consumer_turn(consumer *c) {
             reader_lost(rd, "no answer within redis_timeout");
             continue;
         }
-        pfd[np] = (struct pollfd){.fd = rd->ctx->fd, .events = POLLIN};
+        pfd[np] = (struct pollfd){.fd = rd->ctx->fd, .events = rd->req == REQ_CONNECT ? POLLOUT : POLLIN};
         polled[np++] = rd;
     }
     if (np == 0) {
@@ -943,12 +1015,16 @@ static void consumer_turn(consumer *c) {
     if (poll(pfd, (nfds_t)np, POLL_MS) <= 0) return;
     for (int i = 0; i < np; i++) {
         reader *rd = polled[i];
-        if (!(pfd[i].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+        if (!(pfd[i].revents & (POLLIN | POLLOUT | POLLERR | POLLHUP))) continue;
+        if (rd->req == REQ_CONNECT) {
+            if (send_hello(rd) < 0) reader_lost(rd, rd->ctx->errstr);
+            continue;
+        }
         long n = reader_input(rd);
         if (n == READ_LOST) reader_lost(rd, rd->ctx && rd->ctx->errstr[0] ? rd->ctx->errstr
                                                                           : "connection closed");
         else if (n == READ_REFUSED) back_off(rd);
-        else if (rd->ctx) reader_well(rd);
+        else if (n != READ_WAITING && rd->ctx && rd->req != REQ_WAIT) reader_well(rd);
     }
     uint64_t lag = 0;
     for (int k = 0; k < c->n; k++) lag += c->rd[k].lag;

@@ -92,7 +92,7 @@ int redis_link_init(redis_link *l, const char *url, int timeout_ms, char *err, s
     /* A numeric host needs no resolver: the workers may connect at once. */
     struct in6_addr a6;
     if (inet_pton(AF_INET, l->host, &a6) == 1 || inet_pton(AF_INET6, l->host, &a6) == 1)
-        snprintf(l->ip, sizeof(l->ip), "%.63s", l->host);
+        snprintf(l->ip, sizeof(l->ip), "%s", l->host);
     l->ip_port = l->port;
     l->nshards = 1;
     return 0;
@@ -165,11 +165,19 @@ fail:
     return NULL;
 }
 
-/* Asks each sentinel in turn which server is the primary. */
+/* How long a sentinel or a cluster node may take to tell the route: the
+ * consumer thread waits meanwhile, for every shard, so a hung one (of
+ * several) is passed over soon. */
+static int probe_ms(const redis_link *l) { return l->timeout_ms < 500 ? l->timeout_ms : 500; }
+
+/* Asks each sentinel in turn which server is the primary, the one that
+ * answered last time first. */
 static int refresh_sentinel(redis_link *l, char *err, size_t errlen) {
     snprintf(err, errlen, "no sentinel answered");
-    for (int i = 0; i < l->nseeds; i++) {
-        struct timeval tv = {l->timeout_ms / 1000, (l->timeout_ms % 1000) * 1000};
+    for (int j = 0; j < l->nseeds; j++) {
+        int i = (l->good + j) % l->nseeds;
+        int t = probe_ms(l);
+        struct timeval tv = {t / 1000, (t % 1000) * 1000};
         redisContext *c = redisConnectWithTimeout(l->seed[i].host, l->seed[i].port, tv);
         if (c == NULL || c->err) {
             snprintf(err, errlen, "sentinel %s:%d: %s", l->seed[i].host, l->seed[i].port,
@@ -187,9 +195,10 @@ static int refresh_sentinel(redis_link *l, char *err, size_t errlen) {
         if (r) freeReplyObject(r);
         redisFree(c);
         if (!ok) continue;
+        l->good = i;
         pthread_mutex_lock(&l->lock);
         int changed = strcmp(l->ip, a.host) != 0 || l->ip_port != a.port;
-        snprintf(l->ip, sizeof(l->ip), "%.63s", a.host);
+        snprintf(l->ip, sizeof(l->ip), "%s", a.host);
         l->ip_port = a.port;
         pthread_mutex_unlock(&l->lock);
         if (changed) atomic_fetch_add_explicit(&l->failovers, 1, memory_order_relaxed);
@@ -206,15 +215,16 @@ static int refresh_cluster(redis_link *l, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    redis_addr ask[CLUSTER_MAX_NODES + REDIS_MAX_SEEDS];
+    redis_addr ask[1 + CLUSTER_MAX_NODES + REDIS_MAX_SEEDS];
     int n = 0;
+    if (l->good_node.port) ask[n++] = l->good_node; /* it answered last time */
     pthread_mutex_lock(&l->lock);
     for (int i = 0; l->map && i < l->map->nnodes; i++) ask[n++] = l->map->node[i];
     pthread_mutex_unlock(&l->lock);
     for (int i = 0; i < l->nseeds; i++) ask[n++] = l->seed[i];
     snprintf(err, errlen, "no cluster node answered");
     for (int i = 0; i < n; i++) {
-        redisContext *c = redis_link_dial(l, ask[i].host, ask[i].port, l->timeout_ms, err, errlen);
+        redisContext *c = redis_link_dial(l, ask[i].host, ask[i].port, probe_ms(l), err, errlen);
         if (c == NULL) continue;
         redisReply *r = redisCommand(c, "CLUSTER SLOTS");
         int ok = r && cluster_map_parse_slots(m, r, ask[i].host, err, errlen) == 0;
@@ -223,6 +233,7 @@ static int refresh_cluster(redis_link *l, char *err, size_t errlen) {
         redisFree(c);
         /* A node that lost contact may answer with a partial map: ask on. */
         if (!ok || !cluster_map_complete(m)) continue;
+        l->good_node = ask[i];
         pthread_mutex_lock(&l->lock);
         int changed = l->map == NULL;
         for (int k = 0; !changed && k < l->nshards; k++) {

@@ -150,8 +150,11 @@ static const char pub_script[] =
     "      end\n"
     "    end\n"
     "  end\n"
-    "  redis.call('SET', KEYS[2], seq, 'EX', ARGV[9])\n"
     "end\n"
+    /* Always a write, also for a repeat: a WAIT after it then covers the
+     * message, wherever on this Redis it was first stored. */
+    "if seq > last then last = seq end\n"
+    "redis.call('SET', KEYS[2], last, 'EX', ARGV[9])\n"
     "if kind ~= 'j' or ARGV[14] == 'x' then return id end\n"
     "local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)\n"
     "local at = newest[1] and newest[1][1] or '0-0'\n"
@@ -472,10 +475,7 @@ static int pub_redirected(publisher *p, const char *err) {
     redis_addr to;
     int ask, slot;
     if (cluster_redirect_parse(err, &ask, &slot, &to) < 0) return 0;
-    if (to.host[0] == '\0') { /* "the node you asked" */
-        int port;
-        redis_link_addr(&p->rb->link, p->shard, to.host, sizeof(to.host), &port);
-    }
+    if (to.host[0] == '\0') snprintf(to.host, sizeof(to.host), "%s", p->host); /* "the node you asked" */
     if (ask) {
         p->ask = to;
         p->ask_next = 1;
@@ -649,7 +649,8 @@ static void pub_on_watch(evutil_socket_t fd, short what, void *arg) {
         pub_trouble(p, "redis: worker %d: connect timed out%s; keeping %d messages, retrying", "");
         pub_drop(p);
     } else if (p->up && p->head && p->head != p->unsent && !p->holding &&
-               now - p->head->sent_ms > limit) {
+               /* a message stored and waiting for WAIT may take its timeout too */
+               now - p->head->sent_ms > (p->head->replied ? 2 * limit : limit)) {
         pub_trouble(p, "redis: worker %d: no answer from Redis%s; keeping %d messages, "
                        "reconnecting", "");
         pub_drop(p);
@@ -753,6 +754,7 @@ static void pub_on_alive_tick(evutil_socket_t fd, short what, void *arg) {
     if (!p->up) return;
     char ttl[24];
     snprintf(ttl, sizeof(ttl), "%d", p->b->cfg->presence_ttl_ms / 2); /* see redis.h */
+    if (p->asking) redisAsyncCommand(p->ac, NULL, NULL, "ASKING");
     const char *argv[] = {"EVAL", alive_script, "2", p->alive_key, p->holders_key, p->holder, ttl};
     size_t len[] = {4, sizeof(alive_script) - 1, 1, strlen(p->alive_key), strlen(p->holders_key),
                     strlen(p->holder), strlen(ttl)};
@@ -1016,6 +1018,7 @@ int redis_pub_read_history(broker *b, int wid, const broker_req *q) {
     if (q->id_ms || q->id_seq) snprintf(end, sizeof(end), "(%" PRIu64 "-%" PRIu64, q->id_ms, q->id_seq);
     else snprintf(end, sizeof(end), "+");
     snprintf(count, sizeof(count), "%u", q->n + 1);
+    if (p->asking) redisAsyncCommand(p->ac, NULL, NULL, "ASKING");
     const char *argv[] = {"XREVRANGE", key, end, "-", "COUNT", count};
     size_t len[] = {9, klen, strlen(end), 1, 5, strlen(count)};
     if (redisAsyncCommandArgv(p->ac, pub_on_read, rd, 6, argv, len) != REDIS_OK) {
@@ -1031,6 +1034,10 @@ uint64_t redis_pub_stored(broker *b, int wid, int shard, int *failing) {
     return p->head ? p->head->seq - 1 : p->seq;
 }
 
+int redis_pub_pending_shard(broker *b, int wid, int shard) {
+    return atomic_load_explicit(&pub_of(b, wid, shard)->queued, memory_order_relaxed);
+}
+
 int redis_pub_pending(broker *b, int wid) {
     int n = 0;
     for (int k = 0; k < ((rbroker *)b->impl)->nshards; k++)
@@ -1038,7 +1045,7 @@ int redis_pub_pending(broker *b, int wid) {
     return n;
 }
 
-void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms) {
+void redis_pub_stats(broker *b, int read_only, uint64_t *queued, int64_t *oldest_ms) {
     rbroker *rb = b->impl;
     int64_t now = clock_ms();
     *queued = 0;
@@ -1047,6 +1054,8 @@ void redis_pub_stats(broker *b, uint64_t *queued, int64_t *oldest_ms) {
         /* relaxed: gauges of another thread; each is some recent value */
         *queued += (uint64_t)atomic_load_explicit(&rb->pubs[i].queued, memory_order_relaxed);
         int64_t t = atomic_load_explicit(&rb->pubs[i].oldest_ms, memory_order_relaxed);
+        if (read_only && !atomic_load_explicit(&rb->up[rb->pubs[i].shard], memory_order_relaxed))
+            continue;
         if (t && now - t > *oldest_ms) *oldest_ms = now - t;
     }
 }

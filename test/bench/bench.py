@@ -7,7 +7,7 @@ server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,big] [--servers chatd,node,nchan] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,8,9,big] [--servers chatd,node,nchan] [--quick]
 
 Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
@@ -15,14 +15,17 @@ and delivered on node B through Redis, 1,000 clients in one room, latency
 from send on A to receipt on B; 7 is issue 16's permessage-deflate: one
 chatd node, 1,000 clients in one room, chat text and a JSON-ish message,
 every client with and without compression (chatd only), bytes on the wire
-and server CPU per delivery; "big" is issue 16's 150,000 clients on 8 nodes
-(--big-clients, --big-nodes), loopback source addresses, all established
-and held idle, then one message per second to all of them in one room:
-server memory per connection and the time to reach everyone.
+and server CPU per delivery. 8 (issue 16, chatd only) is a wss burst: 5,000
+clients at once, time until all are upgraded and each one's handshake time;
+9 is scenario 2 over wss on one node, server CPU per delivery. "big" is
+issue 16's 150,000 clients on 8 nodes (--big-clients, --big-nodes,
+--big-rate), loopback source addresses, all established and held idle, then
+one message per second to all of them in one room: server memory per
+connection and the time to reach everyone.
 
 The peers: test/bench/peer/server.js (Node) and test/bench/peer/nchan.conf
 (nginx + nchan, one nginx per node, nchan_pubsub over WebSocket, every node
-on the bench's Redis). nchan takes part in scenarios 1, 2, 3 and big; 4-7
+on the bench's Redis). nchan takes part in scenarios 1, 2, 3 and big; 4-9
 need what it does not offer in this setup (a chat wss listener, a node to
 SIGKILL with its worker, chatd's stream, permessage-deflate measured on
 chatd) and skip it.
@@ -57,6 +60,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SRC_IPS = "127.0.0.2-127.0.0.60"
 
 procs = []  # (Popen, name): everything we started, stopped at exit
+CHATD_EXTRA = []  # config lines every chatd node gets (--chatd-conf)
 
 
 def log(*a):
@@ -199,7 +203,7 @@ class Cluster:
             if kind == "chatd":
                 conf = os.path.join(workdir, f"chatd-{port}.conf")
                 lines = [f"listen = 127.0.0.1:{port}", "broker = redis", f"redis_url = {url}",
-                         "log_level = warn", "workers = auto"]
+                         "log_level = warn", "workers = auto"] + CHATD_EXTRA
                 if tls:
                     tport = free_port()
                     lines += [f"tls_listen = 127.0.0.1:{tport}", f"tls_cert = {tls[0]}",
@@ -289,6 +293,7 @@ def chatbench(args, cluster, timeout, on_start=None):
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     procs.append((p, "chatbench"))
     at_start = {}
+    hold = []  # RSS samples once every client is connected
 
     def watch_stderr():
         # chatbench -v says when every client is connected and the measured
@@ -310,7 +315,10 @@ def chatbench(args, cluster, timeout, on_start=None):
     peak = 0
     deadline = time.monotonic() + timeout
     while p.poll() is None and time.monotonic() < deadline:
-        peak = max(peak, cluster.rss_kib())
+        rss = cluster.rss_kib()
+        peak = max(peak, rss)
+        if "cpu" in at_start:
+            hold.append(rss)
         time.sleep(0.5)
     if p.poll() is None:
         p.kill()
@@ -327,6 +335,7 @@ def chatbench(args, cluster, timeout, on_start=None):
         raise RuntimeError("chatbench printed no JSON report")
     r = json.loads(line[-1])
     r["rss_peak_kib"] = peak
+    r["rss_hold_kib"] = sorted(hold)[len(hold) // 2] if hold else peak
     r["cpu_at_start"] = at_start.get("cpu", cluster.cpu_s())
     r["redis_cpu_at_start"] = at_start.get("redis_cpu", cluster.redis_cpu_s())
     r["client_cpu_s"] = client_cpu - at_start.get("client_cpu", 0)
@@ -409,26 +418,87 @@ def s3_big_room(kind, q, work):
         c.close()
 
 
-def s4_wss(kind, q, work):
-    n = 10000
-    tls = (os.path.join(work, "cert.pem"), os.path.join(work, "key.pem"))
+WSS_KEYS = {"ec": ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "rsa": ["rsa:2048"],
+            "rsa4096": ["rsa:4096"]}
+
+
+def wss_cert(work, key):
+    """A self-signed certificate and key: key "ec" (ECDSA P-256), "rsa"
+    (RSA-2048) or "rsa4096"."""
+    tls = (os.path.join(work, f"cert-{key}.pem"), os.path.join(work, f"key-{key}.pem"))
     if not os.path.exists(tls[0]):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+        kind = WSS_KEYS[key]
+        subprocess.run(["openssl", "req", "-x509", "-newkey"] + kind +
+                       ["-nodes", "-days", "2", "-subj", "/CN=localhost",
                         "-keyout", tls[1], "-out", tls[0]], check=True, capture_output=True)
-    c = Cluster(kind, 1, work, tls=tls)
+    return tls
+
+
+def s4_wss(kind, q, work, key="ec", groups=None):
+    n = 10000
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
     try:
         time.sleep(1)
         base = c.rss_kib()
         cpu0 = c.cpu_s()
         r = chatbench(["--mode", "idle", "--conns", str(n), "--procs", "2", "--ramp", "0",
                        "--insecure", "--duration", "10", "--connect-timeout", "120"]
+                      + (["--groups", groups] if groups else [])
                       + sum([["--url", u] for u in c.urls("wss")], []), c, timeout=300)
         return {"scenario": 4, "server": kind, "clients": n, "connected": r["connected"],
                 "failed": r["failed"], "connect_s": r["connect_s"],
                 "handshakes_per_s": round(r["connected"] / max(1e-9, r["connect_s"])),
                 "kib_per_conn": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2),
-                "server_cpu_s": round(c.cpu_s() - cpu0, 2)}
+                "kib_per_conn_held": round((r["rss_hold_kib"] - base) / max(1, r["connected"]), 2),
+                "server_cpu_s": round(c.cpu_s() - cpu0, 2),
+                "cpu_ms_per_handshake": round((r["cpu_at_start"] - cpu0) * 1000
+                                              / max(1, r["connected"]), 3)}
+    finally:
+        c.close()
+
+
+def s8_wss_burst(kind, q, work, key="ec", groups=None, n=None):
+    """5,000 wss clients at once (no ramp, every handshake in flight): how
+    long until all are upgraded, how long each waited, server CPU each."""
+    n = n or (2000 if q else 5000)
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
+    try:
+        time.sleep(1)
+        cpu0 = c.cpu_s()
+        r = chatbench(["--mode", "idle", "--conns", str(n), "--procs", "2", "--ramp", "0",
+                       "--inflight", str(n), "--insecure", "--duration", "2",
+                       "--connect-timeout", "120"]
+                      + (["--groups", groups] if groups else [])
+                      + sum([["--url", u] for u in c.urls("wss")], []), c, timeout=300)
+        return {"scenario": 8, "server": kind, "key": key, "groups": groups or "default",
+                "conf": "; ".join(CHATD_EXTRA) or "-", "clients": n, "connected": r["connected"], "failed": r["failed"],
+                "all_upgraded_s": r["connect_s"], "hs_p50_ms": r["hs_p50_ms"],
+                "hs_p99_ms": r["hs_p99_ms"], "hs_max_ms": r["hs_max_ms"],
+                "cpu_ms_per_handshake": round((r["cpu_at_start"] - cpu0) * 1000
+                                              / max(1, r["connected"]), 3)}
+    finally:
+        c.close()
+
+
+def s9_wss_fanout(kind, q, work, key="ec", rate=50):
+    """Scenario 2 over wss, one node: 2,000 clients in one room, 10 senders
+    at `rate` messages/s: server CPU per delivery through the TLS record
+    layer."""
+    n = 2000
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
+    try:
+        time.sleep(1)
+        dur = 5 if q else 10
+        r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2", "--ramp", "0",
+                       "--insecure", "--senders", "10", "--rate", str(rate), "--duration", str(dur),
+                       "--drain", "5", "--connect-timeout", "120"]
+                      + sum([["--url", u] for u in c.urls("wss", room="bench")], []), c,
+                      timeout=300)
+        cpu = c.cpu_s() - r["cpu_at_start"]
+        return {"scenario": 9, "server": kind, "rate": rate, "clients": n,
+                "deliveries_per_s": round(r["deliveries_per_s"]), "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"], "lost": r["expected"] - r["delivered"],
+                "cpu_s_per_M": round(cpu / max(1, r["delivered"]) * 1e6, 2)}
     finally:
         c.close()
 
@@ -762,19 +832,30 @@ def main():
                     help="scenario 6 total send rates, msg/s (default 20,50,100,200,500,1000,"
                          "2000,5000; --quick: 100,1000); stops after a saturated rate")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--wss-key", default="ec", choices=sorted(WSS_KEYS),
+                    help="scenarios 4, 8, 9: ECDSA P-256 (default), RSA-2048 or RSA-4096")
+    ap.add_argument("--burst-clients", type=int, default=None,
+                    help="scenario 8 clients (default 5000; --quick: 2000)")
+    ap.add_argument("--chatd-conf", action="append", default=[],
+                    help="a config line for every chatd node, e.g. 'acceptor_threads = 1'")
+    ap.add_argument("--wss-groups", default=None,
+                    help="scenarios 4 and 8: key exchange groups the clients offer "
+                         "(default: OpenSSL's, X25519 first)")
     ap.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
     a = ap.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (stop_all(), sys.exit(130)))
     scen = set(a.scenarios.split(","))
-    if scen - {"1", "2", "3", "4", "5", "6", "7", "big"}:
-        ap.error(f"unknown scenarios {sorted(scen - set('1234567') - {'big'})}")
+    known = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "big"}
+    if scen - known:
+        ap.error(f"unknown scenarios {sorted(scen - known)}")
     servers = a.servers.split(",")
     rates = [float(x) if "." in x else int(x) for x in a.rates.split(",")]
     rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], "big": []}
+    CHATD_EXTRA[:] = a.chatd_conf
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], 8: [], 9: [], "big": []}
     load = [os.getloadavg()]
     try:
         for kind in servers:
@@ -785,7 +866,8 @@ def main():
             if "3" in scen:
                 results[3].append(s3_big_room(kind, a.quick, work)); log(results[3][-1])
             if "4" in scen and kind == "chatd":
-                results[4].append(s4_wss(kind, a.quick, work)); log(results[4][-1])
+                results[4].append(s4_wss(kind, a.quick, work, a.wss_key, a.wss_groups))
+                log(results[4][-1])
             if "5" in scen and kind != "nchan":
                 results[5].append(s5_storm(kind, a.quick, work, a.storm_per_node)); log(results[5][-1])
             if "6" in scen and kind != "nchan":
@@ -793,6 +875,13 @@ def main():
             if "7" in scen:
                 results[7] += s7_deflate(kind, a.quick, work, a.runs7,
                                          [int(x) for x in a.rates7.split(",")])
+            if "8" in scen and kind == "chatd":
+                results[8].append(s8_wss_burst(kind, a.quick, work, a.wss_key, a.wss_groups,
+                                               a.burst_clients))
+                log(results[8][-1])
+            if "9" in scen and kind == "chatd":
+                results[9].append(s9_wss_fanout(kind, a.quick, work, a.wss_key))
+                log(results[9][-1])
             if "big" in scen:
                 results["big"].append(s_big(kind, a.quick, work, a.big_nodes, a.big_clients,
                                             a.big_rate))
@@ -844,8 +933,11 @@ def main():
                                   "client_cpu_us_per_delivery", "others_pct"])]
     if results[4]:
         md += ["\n### 4. wss idle clients\n",
+               "`kib_per_conn`: peak RSS growth (handshakes in flight included) per client;"
+               " `kib_per_conn_held`: median RSS growth while every client is held idle.\n",
                table(results[4], ["server", "clients", "connected", "failed", "connect_s",
-                                  "handshakes_per_s", "kib_per_conn", "server_cpu_s"])]
+                                  "handshakes_per_s", "kib_per_conn", "kib_per_conn_held",
+                                  "server_cpu_s", "cpu_ms_per_handshake"])]
     if results[5]:
         r0 = results[5][0]
         md += [f"\n### 5. Reconnect storm: SIGKILL of the node holding {r0['killed_node_clients']:,}"
@@ -890,6 +982,18 @@ def main():
                table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
                                               "cpu_us_per_delivery", "compressions_per_message",
                                               "kib_per_client", "p99_ms"])]
+    if results[8]:
+        md += ["\n### 8. wss burst: every client at once\n",
+               "`all_upgraded_s`: from the first connect() until the last client has its 101;"
+               " `hs_*`: per client, connect() to 101 (listen queue, TLS, HTTP); CPU: the"
+               " server's, until every client is upgraded, per handshake.\n",
+               table(results[8], ["server", "key", "groups", "conf", "clients", "connected", "failed",
+                                  "all_upgraded_s", "hs_p50_ms", "hs_p99_ms", "hs_max_ms",
+                                  "cpu_ms_per_handshake"])]
+    if results[9]:
+        md += ["\n### 9. wss fan-out: 2,000 clients in one room, 10 senders\n",
+               table(results[9], ["server", "rate", "clients", "deliveries_per_s", "p50_ms",
+                                  "p99_ms", "lost", "cpu_s_per_M"])]
     if results["big"]:
         rb = results["big"][0]
         md += [f"\n### big. {rb['clients']:,} clients on {rb['nodes']} nodes, one room, "
