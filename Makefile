@@ -109,6 +109,7 @@ UNIT_DEPS_test_proxy     := proxy
 UNIT_DEPS_test_redis_cluster := redis_cluster
 UNIT_DEPS_test_pmd       := pmd
 UNIT_DEPS_test_msg       := msg pmd proto names ws redis_cluster
+UNIT_DEPS_test_tlsrec    := tlsrec tls config log proxy redis_cluster
 
 .SECONDEXPANSION:
 $(BUILD)/unit/%: test/unit/%.c $$(addprefix $(BUILD)/obj/,$$(addsuffix .o,$$(UNIT_DEPS_$$*))) $(LLHTTP_OBJ) | $(BUILD)/unit
@@ -128,7 +129,13 @@ check-unit: unit
 BENCH_SRC  := $(wildcard test/bench/*.c)
 BENCH_PKGS := libevent libevent_openssl libevent_pthreads openssl zlib
 .PHONY: bench-tool
-bench-tool: $(BUILD)/chatbench
+bench-tool: $(BUILD)/chatbench $(BUILD)/tlsprobe
+# tlsprobe (issue 16): a wss connection's bytes by OpenSSL call site and its
+# server CPU, in the TLS context chatd's own tls.c builds.
+TLSPROBE_DEPS := tls tlsrec config log proxy redis_cluster
+$(BUILD)/tlsprobe: test/bench/tlsprobe/tlsprobe.c $(TLSPROBE_DEPS:%=$(BUILD)/obj/%.o)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(ALLFLAGS) $(WARN) -o $@ $^ $(LDLIBS)
 $(BUILD)/chatbench: $(BENCH_SRC) $(wildcard test/bench/*.h)
 	$(call say,LINK,$@)
 	$(Q)mkdir -p $(@D)
@@ -136,7 +143,8 @@ $(BUILD)/chatbench: $(BENCH_SRC) $(wildcard test/bench/*.h)
 	    $(shell pkg-config --cflags $(BENCH_PKGS)) -o $@ $(BENCH_SRC) \
 	    $(shell pkg-config --libs $(BENCH_PKGS))
 
-# The benchmark of issue 5 against the Node.js peer; appends to BENCHMARKS.md.
+# The benchmark of issue 5 against the Node.js and nginx + nchan peers; appends
+# to BENCHMARKS.md.
 # BENCH_ARGS="--quick" for a scaled-down run, "--scenarios 2 --servers chatd" etc.
 .PHONY: bench
 bench: deps

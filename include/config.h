@@ -30,6 +30,7 @@ typedef struct config {
     int port;                   /* port of the ws listener */
     int listen_backlog;         /* listen(2) backlog; 0: somaxconn */
     int workers;                /* 0 in the file means auto: one per core */
+    int acceptor_threads;       /* likewise: threads for TLS and HTTP handshakes */
     int max_clients;            /* 0: as many as open files allow */
     int max_header_bytes;       /* request head limit (→ 431) */
     int handshake_timeout_ms;   /* whole request must arrive in this (→ close) */

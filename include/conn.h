@@ -19,6 +19,7 @@
 struct worker;
 struct room;
 struct handoff;
+struct tlsrec;
 
 typedef enum conn_state {
     CONN_OPEN,     /* frames flow both ways */
@@ -82,10 +83,12 @@ typedef struct conn {
     uint32_t acks;             /* sends still to be acknowledged */
     char *claim;               /* the token's rooms, NUL-separated, "" ends;
                                   NULL: any room */
-    void *ssl;                 /* SSL * for wss, else NULL */
-    uint8_t *tls_out;          /* bytes of a TLS write the kernel refused,
-                                  offered again as they were (OpenSSL wants
-                                  the same bytes on retry); already counted
+    void *ssl;                 /* SSL * for a TLS 1.2 wss client, else NULL */
+    struct tlsrec *rec;        /* a TLS 1.3 wss client's session, else NULL */
+    uint8_t *tls_out;          /* bytes of a TLS write the kernel refused:
+                                  with ssl the plaintext, offered again as it
+                                  was (OpenSSL wants the same bytes on retry);
+                                  with rec the sealed records. Already counted
                                   as written, so they go before anything */
     uint32_t tls_out_len;
     uint32_t tls_out_off;      /* of which written since */

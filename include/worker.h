@@ -1,8 +1,8 @@
 /* worker — one event loop thread that owns upgraded connections for life.
  *
- * Other threads reach a worker only through its two inbound rings (handoffs
- * from the acceptor, messages from the broker) and its doorbell (eventfd),
- * which rings only when a ring goes from empty to non-empty.
+ * Other threads reach a worker only through its inbound rings (handoffs
+ * from each acceptor thread, messages from the broker) and its doorbell
+ * (eventfd), which rings only when a ring goes from empty to non-empty.
  */
 #ifndef CHATD_WORKER_H
 #define CHATD_WORKER_H
@@ -22,13 +22,19 @@ struct broker;
 struct event_base;
 struct event;
 struct conn;
+struct tlsrec;
+struct tlsrec_cx;
 
 /* A connection handed from the acceptor to a worker: everything the
  * acceptor knew, given away whole. */
 typedef struct handoff {
     int fd;
     uint64_t id;
-    void *ssl;             /* TLS session, or NULL for plain ws */
+    void *ssl;             /* OpenSSL's TLS session (TLS 1.2), or NULL */
+    struct tlsrec *rec;    /* a TLS 1.3 session (tlsrec.h), or NULL */
+    uint8_t *tls_out;      /* rec: sealed bytes owed before anything else
+                              (malloc'd), or NULL */
+    uint32_t tls_out_len;
     size_t extra_len;      /* bytes read past the HTTP request */
     uint8_t *extra;        /* malloc'd, or NULL */
     char *room;            /* malloc'd, with user and reply: one block */
@@ -62,13 +68,16 @@ typedef struct worker {
     struct event *tick_ev;       /* pings, close deadlines */
     struct event *stop_ev;       /* shutdown deadline */
     ring *inbox;                 /* msg *: from the broker */
-    ring *handoffs;              /* handoff *: from the acceptor */
+    ring **handoffs;             /* handoff *: one ring per acceptor thread */
+    int nhandoffs;
     room_index rooms;
     struct chat *chat;           /* chat.c's state: waits, acks, presence */
     struct conn *conns;          /* every connection, for the tick */
     uint8_t *rbuf;               /* shared read buffer */
     size_t rbuf_size;
     uint8_t *tlsbuf;             /* shared staging for one TLS record */
+    uint8_t *tlsout;             /* and for it sealed (tlsrec) */
+    struct tlsrec_cx *tls_cx;    /* this thread's ciphers for tlsrec */
     struct pmd *pmd;             /* permessage-deflate: the compressor and
                                     decompressor every connection of this
                                     worker uses in turn (no context is kept
@@ -93,8 +102,9 @@ typedef struct worker {
     _Atomic uint64_t busy_closes; /* clients closed with 1013: publish queue full */
 } worker;
 
-/* Main thread, before any thread starts. NULL with err filled on failure. */
-worker *worker_new(int id, const config *cfg, char *err, size_t errlen);
+/* Main thread, before any thread starts: a worker taking connections from
+ * nacceptors acceptor threads. NULL with err filled on failure. */
+worker *worker_new(int id, const config *cfg, int nacceptors, char *err, size_t errlen);
 /* Main thread: starts the worker's thread. */
 int worker_start(worker *w, struct broker *b);
 /* Main thread: asks the worker to stop: it stores what its clients sent
@@ -106,9 +116,9 @@ void worker_join(worker *w);
 /* Main thread, after worker_join and after the broker has stopped. */
 void worker_free(worker *w);
 
-/* Acceptor thread (the handoff ring's only producer): gives h to w.
- * Returns 0, or -1 if w's handoff ring is full (the caller keeps h). */
-int worker_handoff(worker *w, handoff *h);
+/* Acceptor thread k (the only producer of w's ring k): gives h to w.
+ * Returns 0, or -1 if that ring is full (the caller keeps h). */
+int worker_handoff(worker *w, int k, handoff *h);
 
 /* Broker thread (the inbox ring's only producer): queues one reference to m
  * for w. Returns 1 if w must be woken (call worker_wake once per batch),

@@ -84,6 +84,8 @@ static const directive directives[] = {
      "connections the kernel queues while chatd is at max_pending; 0 = somaxconn"},
     {"workers", T_INT, F_AUTO, 0, 256, "auto", FIELD(workers),
      "worker threads; auto = one per core"},
+    {"acceptor_threads", T_INT, F_AUTO, 0, 64, "auto", FIELD(acceptor_threads),
+     "threads that accept and run the TLS and HTTP handshakes; auto = one per core"},
     {"max_clients", T_INT, F_RELOAD, 0, 10000000, "0", FIELD(max_clients),
      "cap on concurrent WebSocket clients; 0 = as many as open files allow"},
     {"max_header_bytes", T_SIZE, F_RELOAD, 256, 1 * MIB, "8k", FIELD(max_header_bytes),

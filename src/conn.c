@@ -31,6 +31,7 @@
 #include "pmd.h"
 #include "proxy.h"
 #include "room.h"
+#include "tlsrec.h"
 #include "worker.h"
 
 #define CONN_IOV 64                   /* frames per writev */
@@ -116,7 +117,7 @@ static void conn_access_open(conn *c) {
     log_field f[] = {
         LOG_STR("rooms", rooms),
         LOG_STR("proto", c->json ? "chatd.v1" : "text"),
-        LOG_STR("tls", c->ssl ? "on" : "off"),
+        LOG_STR("tls", c->ssl || c->rec ? "on" : "off"),
         LOG_STR("deflate", c->zbits ? "on" : "off"),
         LOG_INT("exp", c->exp),
     };
@@ -192,6 +193,8 @@ void conn_free(conn *c) {
         SSL_free(c->ssl);
         ERR_clear_error();
     }
+    if (c->rec) tlsrec_clear(c->rec);
+    free(c->rec);
     close(c->fd);
     if (c->ip_count) atomic_fetch_sub_explicit(c->ip_count, 1, memory_order_relaxed); /* count */
     free(c->tls_out);
@@ -506,11 +509,46 @@ static int conn_skips(const conn *c, const member *mb, const msg *m) {
 
 #define CONN_TLS_KEPT -2
 
+/* Keeps len bytes of buf in tls_out, owed before anything else. 0, or -1
+ * with errno set. */
+static int conn_owe(conn *c, const uint8_t *buf, size_t len) {
+    if ((c->tls_out = malloc(len)) == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(c->tls_out, buf, len);
+    c->tls_out_len = (uint32_t)len;
+    c->tls_out_off = 0;
+    return 0;
+}
+
+/* wss with rec: seals buf[0..len) as one record and writes it. Returns len
+ * when the kernel took it all; CONN_TLS_KEPT when it did not: the rest of
+ * the record is owed in tls_out and the caller counts len as written; or
+ * -1 with errno set. */
+static ssize_t conn_write_rec(conn *c, const uint8_t *buf, size_t len) {
+    worker *w = c->w;
+    size_t sealed = tlsrec_seal(c->rec, w->tls_cx, w->tlsout, buf, len);
+    if (sealed == 0) {
+        errno = EIO;
+        return -1;
+    }
+    ssize_t wr;
+    do
+        wr = write(c->fd, w->tlsout, sealed);
+    while (wr < 0 && errno == EINTR);
+    if ((size_t)wr == sealed) return (ssize_t)len;
+    if (wr < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+    if (wr < 0) wr = 0;
+    return conn_owe(c, w->tlsout + wr, sealed - (size_t)wr) < 0 ? -1 : CONN_TLS_KEPT;
+}
+
 /* wss: writes one TLS record's worth of what iov holds. Returns the bytes
- * written; or CONN_TLS_KEPT when OpenSSL could not write them now: they are
- * copied to tls_out (a refused write must be offered again with the same
- * bytes) and *total says how many, which the caller counts as written;
- * or -1 with errno set on error. */
+ * written; or CONN_TLS_KEPT when they could not all be written now: they
+ * are copied to tls_out (OpenSSL: a refused write must be offered again
+ * with the same bytes; rec: the part of the sealed record left) and *total
+ * says how many, which the caller counts as written; or -1 with errno set
+ * on error. */
 static ssize_t conn_write_tls(conn *c, const struct iovec *iov, int n, size_t *total) {
     uint8_t *buf = c->w->tlsbuf;
     size_t len = 0;
@@ -521,6 +559,7 @@ static ssize_t conn_write_tls(conn *c, const struct iovec *iov, int n, size_t *t
         len += k;
     }
     *total = len;
+    if (c->rec) return conn_write_rec(c, buf, len);
     int wr = SSL_write(c->ssl, buf, (int)len);
     if (wr > 0) return wr;
     int e = SSL_get_error(c->ssl, wr);
@@ -529,33 +568,42 @@ static ssize_t conn_write_tls(conn *c, const struct iovec *iov, int n, size_t *t
         errno = EPIPE;
         return -1;
     }
-    if ((c->tls_out = malloc(len)) == NULL) {
-        errno = ENOMEM;
-        return -1;
-    }
-    memcpy(c->tls_out, buf, len);
-    c->tls_out_len = (uint32_t)len;
-    c->tls_out_off = 0;
-    return CONN_TLS_KEPT;
+    return conn_owe(c, buf, len) < 0 ? -1 : CONN_TLS_KEPT;
 }
 
 /* wss: offers tls_out again. Returns bytes written, or -1 with errno
  * EAGAIN (not yet) or another error. */
 static ssize_t conn_retry_tls(conn *c) {
-    int wr = SSL_write(c->ssl, c->tls_out + c->tls_out_off, (int)(c->tls_out_len - c->tls_out_off));
-    if (wr > 0) {
-        c->tls_out_off += (uint32_t)wr;
-        if (c->tls_out_off == c->tls_out_len) {
-            free(c->tls_out);
-            c->tls_out = NULL;
-            c->tls_out_len = c->tls_out_off = 0;
+    ssize_t wr;
+    if (c->rec) { /* sealed already: plain bytes to the kernel */
+        wr = write(c->fd, c->tls_out + c->tls_out_off, c->tls_out_len - c->tls_out_off);
+        if (wr <= 0) {
+            if (wr == 0) errno = EAGAIN;
+            return -1;
         }
-        return wr;
+    } else {
+        wr = SSL_write(c->ssl, c->tls_out + c->tls_out_off, (int)(c->tls_out_len - c->tls_out_off));
+        if (wr <= 0) {
+            int e = SSL_get_error(c->ssl, (int)wr);
+            ERR_clear_error();
+            errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+            return -1;
+        }
     }
-    int e = SSL_get_error(c->ssl, wr);
-    ERR_clear_error();
-    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
-    return -1;
+    c->tls_out_off += (uint32_t)wr;
+    if (c->tls_out_off == c->tls_out_len) {
+        free(c->tls_out);
+        c->tls_out = NULL;
+        c->tls_out_len = c->tls_out_off = 0;
+    }
+    return wr;
+}
+
+/* wss with rec: a close_notify, best effort. */
+static void conn_close_notify(conn *c) {
+    uint8_t alert[TLSREC_SEAL_EXTRA];
+    size_t n = tlsrec_close_notify(c->rec, c->w->tls_cx, alert);
+    if (n && write(c->fd, alert, n) < 0) conn_log(LOG_DEBUG, c, "close_notify: %s", strerror(errno));
 }
 
 int conn_flush(conn *c) {
@@ -619,7 +667,7 @@ int conn_flush(conn *c) {
             conn_advance(c, 0, st, nst, &zframes); /* only skips */
             continue;
         }
-        wr = c->ssl ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
+        wr = c->ssl || c->rec ? conn_write_tls(c, iov, n, &total) : writev(c->fd, iov, n);
         if (wr == CONN_TLS_KEPT) wr = (ssize_t)total; /* owed, in tls_out */
         else if (wr < 0) goto write_failed;
         size_t frames = conn_advance(c, (size_t)wr, st, nst, &zframes);
@@ -657,6 +705,8 @@ int conn_flush(conn *c) {
         if (c->ssl) {
             SSL_shutdown(c->ssl); /* close_notify, best effort */
             ERR_clear_error();
+        } else if (c->rec) {
+            conn_close_notify(c);
         }
         shutdown(c->fd, SHUT_WR);
         c->shut_wr = 1;
@@ -744,10 +794,48 @@ static void conn_read_tls(conn *c) {
     if (SSL_pending(c->ssl) > 0) event_active(&c->ev, EV_READ, 1);
 }
 
+/* wss with rec: reads behind the part of a record the session holds and
+ * opens every complete record (the worker's read buffer holds more than
+ * one). */
+static void conn_read_rec(conn *c) {
+    worker *w = c->w;
+    size_t have = tlsrec_held(c->rec), plain;
+    const char *why;
+    ssize_t n = read(c->fd, w->rbuf + have, w->rbuf_size - have);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) {
+        if (n < 0) conn_log(LOG_DEBUG, c, "read: %s", strerror(errno));
+        conn_free(c);
+        return;
+    }
+    c->last_read_ms = clock_ms();
+    c->ping_outstanding = 0;
+    tlsrec_unhold(c->rec, w->rbuf);
+    int rc = tlsrec_open(c->rec, w->tls_cx, w->rbuf, have + (size_t)n, &plain, &why);
+    if (rc == TLSREC_ERROR) {
+        conn_log(LOG_INFO, c, "TLS: %s, closing", why);
+        if (c->close_code == 0) c->close_reason = why;
+        conn_free(c);
+        return;
+    }
+    c->bytes_in += plain;
+    if (plain > 0 && !c->parser.failed && conn_feed(c, w->rbuf, plain) < 0) return;
+    if (rc == TLSREC_CLOSED) { /* close_notify: the client has gone; ours, when nothing is owed */
+        if (c->tls_out == NULL) conn_close_notify(c);
+        conn_free(c);
+        return;
+    }
+    conn_flush(c);
+}
+
 static void conn_read(conn *c) {
     worker *w = c->w;
     if (c->ssl) {
         conn_read_tls(c);
+        return;
+    }
+    if (c->rec) {
+        conn_read_rec(c);
         return;
     }
     ssize_t n = read(c->fd, w->rbuf, w->rbuf_size);
@@ -832,6 +920,12 @@ conn *conn_new(worker *w, handoff *h) {
     h->claim = NULL; /* ours now */
     c->ssl = h->ssl;
     h->ssl = NULL;
+    c->rec = h->rec;
+    h->rec = NULL;
+    c->tls_out = h->tls_out; /* the session ticket's records, if the kernel
+                                did not take them all at once */
+    c->tls_out_len = h->tls_out_len;
+    h->tls_out = NULL;
     c->ip_count = h->ip_count;
     h->ip_count = NULL;
     c->rate_ms = clock_ms();

@@ -220,8 +220,11 @@ int main(int argc, char **argv) {
                  cfg.max_clients, (long long)ceiling);
 
     evthread_use_pthreads();
-    int nworkers = cfg.workers > 0 ? cfg.workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int nworkers = cfg.workers > 0 ? cfg.workers : ncores;
     if (nworkers < 1) nworkers = 1;
+    int nacceptors = cfg.acceptor_threads > 0 ? cfg.acceptor_threads : ncores;
+    if (nacceptors < 1) nacceptors = 1;
 
     int rc = 1;
     worker **workers = calloc((size_t)nworkers, sizeof(*workers));
@@ -234,10 +237,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (int i = 0; i < nworkers; i++)
-        if ((workers[i] = worker_new(i + 1, &cfg, err, sizeof(err))) == NULL) goto fatal;
+        if ((workers[i] = worker_new(i + 1, &cfg, nacceptors, err, sizeof(err))) == NULL) goto fatal;
     if ((b = broker_new(&cfg, workers, nworkers, err, sizeof(err))) == NULL) goto fatal;
     if (cfg.tls_port && (t = tls_new(&cfg, err, sizeof(err))) == NULL) goto fatal;
-    if ((a = acceptor_new(&cfg, t, b, workers, nworkers, ceiling, err, sizeof(err))) == NULL)
+    if ((a = acceptor_new(&cfg, t, b, workers, nworkers, nacceptors, ceiling, err, sizeof(err))) == NULL)
         goto fatal;
     if (broker_start(b) < 0) goto fatal_thread;
     for (; started < nworkers; started++)
@@ -247,9 +250,10 @@ int main(int argc, char **argv) {
     if (t)
         snprintf(wss, sizeof(wss), " and wss://%s%s%s:%d", strchr(cfg.tls_bind, ':') ? "[" : "",
                  cfg.tls_bind, strchr(cfg.tls_bind, ':') ? "]" : "", cfg.tls_port);
-    log_info("chatd listening at ws://%s%s%s:%d%s (%d workers, broker %s, version %s)",
+    log_info("chatd listening at ws://%s%s%s:%d%s (%d workers, %d acceptor threads, broker %s, "
+             "version %s)",
              strchr(cfg.bind, ':') ? "[" : "", cfg.bind, strchr(cfg.bind, ':') ? "]" : "",
-             cfg.port, wss, nworkers, broker_name(b), chatd_version);
+             cfg.port, wss, nworkers, nacceptors, broker_name(b), chatd_version);
     /* The listeners are bound and the threads run: systemd's Type=notify
      * may now count the service as started. */
     char ready[320];

@@ -17,6 +17,7 @@
 #include "conn.h"
 #include "log.h"
 #include "pmd.h"
+#include "tlsrec.h"
 
 #define WORKER_RBUF (64 * 1024)
 #define WORKER_HANDOFF_RING 4096
@@ -42,6 +43,9 @@ void handoff_free(handoff *h) {
     free(h->claim);
     if (h->ip_count) atomic_fetch_sub_explicit(h->ip_count, 1, memory_order_relaxed); /* count */
     if (h->ssl) SSL_free(h->ssl);
+    if (h->rec) tlsrec_clear(h->rec);
+    free(h->rec);
+    free(h->tls_out);
     free(h);
 }
 
@@ -49,7 +53,7 @@ static void worker_on_bell(evutil_socket_t fd, short what, void *arg);
 static void worker_on_tick(evutil_socket_t fd, short what, void *arg);
 static void worker_on_stop_tick(evutil_socket_t fd, short what, void *arg);
 
-worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
+worker *worker_new(int id, const config *cfg, int nacceptors, char *err, size_t errlen) {
     worker *w = calloc(1, sizeof(*w));
     struct event_config *ec = event_config_new();
     if (w == NULL || ec == NULL) goto oom;
@@ -71,13 +75,18 @@ worker *worker_new(int id, const config *cfg, char *err, size_t errlen) {
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, worker_on_tick, w);
     w->stop_ev = event_new(w->base, -1, EV_PERSIST, worker_on_stop_tick, w);
     w->inbox = ring_new((size_t)cfg->ring_size);
-    w->handoffs = ring_new(WORKER_HANDOFF_RING);
+    if ((w->handoffs = calloc((size_t)nacceptors, sizeof(*w->handoffs))) == NULL) goto oom;
+    w->nhandoffs = nacceptors;
+    for (int k = 0; k < nacceptors; k++)
+        if ((w->handoffs[k] = ring_new(WORKER_HANDOFF_RING)) == NULL) goto oom;
     w->rbuf_size = WORKER_RBUF;
     w->rbuf = malloc(w->rbuf_size);
     w->tlsbuf = malloc(WORKER_TLS_RECORD);
+    w->tlsout = malloc(WORKER_TLS_RECORD + TLSREC_SEAL_EXTRA);
+    w->tls_cx = tlsrec_cx_new();
     w->pmd = pmd_new();
-    if (!w->tlsbuf || !w->pmd || !w->bell_ev || !w->tick_ev || !w->stop_ev || !w->inbox ||
-        !w->handoffs || !w->rbuf ||
+    if (!w->tlsbuf || !w->tlsout || !w->tls_cx || !w->pmd || !w->bell_ev || !w->tick_ev ||
+        !w->stop_ev || !w->inbox || !w->rbuf ||
         room_index_init(&w->rooms, (uint32_t)cfg->history_size, (uint64_t)cfg->history_bytes) < 0 ||
         chat_init(w) < 0)
         goto oom;
@@ -97,13 +106,15 @@ void worker_free(worker *w) {
     while (w->conns) conn_free(w->conns);
     handoff *h;
     msg *m;
-    if (w->handoffs) {
-        while ((h = ring_pop(w->handoffs))) {
+    for (int k = 0; w->handoffs && k < w->nhandoffs; k++) {
+        if (w->handoffs[k] == NULL) continue;
+        while ((h = ring_pop(w->handoffs[k]))) {
             close(h->fd);
             handoff_free(h);
         }
-        ring_free(w->handoffs);
+        ring_free(w->handoffs[k]);
     }
+    free(w->handoffs);
     if (w->inbox) {
         while ((m = ring_pop(w->inbox))) msg_unref(m);
         ring_free(w->inbox);
@@ -117,6 +128,8 @@ void worker_free(worker *w) {
     if (w->bell_fd >= 0) close(w->bell_fd);
     free(w->rbuf);
     free(w->tlsbuf);
+    free(w->tlsout);
+    tlsrec_cx_free(w->tls_cx);
     pmd_free(w->pmd);
     free(w);
 }
@@ -164,8 +177,8 @@ void worker_wake(worker *w) {
     (void)rc; /* EAGAIN: the counter is saturated, the worker is awake anyway */
 }
 
-int worker_handoff(worker *w, handoff *h) {
-    int rc = ring_push(w->handoffs, h);
+int worker_handoff(worker *w, int k, handoff *h) {
+    int rc = ring_push(w->handoffs[k], h);
     if (rc < 0) return -1;
     if (rc == 1) worker_wake(w);
     return 0;
@@ -299,12 +312,14 @@ static void worker_on_bell(evutil_socket_t fd, short what, void *arg) {
         n++;
     }
     handoff *h;
-    while ((h = ring_pop(w->handoffs))) {
-        conn *c = conn_new(w, h);
-        handoff_free(h);
-        if (c && w->stopping >= STOP_DRAIN) { /* too late to join */
-            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
-            conn_flush(c);
+    for (int k = 0; k < w->nhandoffs; k++) {
+        while ((h = ring_pop(w->handoffs[k]))) {
+            conn *c = conn_new(w, h);
+            handoff_free(h);
+            if (c && w->stopping >= STOP_DRAIN) { /* too late to join */
+                conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+                conn_flush(c);
+            }
         }
     }
     worker_pump_rooms(w);

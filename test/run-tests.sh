@@ -7,8 +7,8 @@
 #   4. integration tests (pytest) against the normal build, beside the ASan
 #      run of step 2; the fault tests (-m faults, minutes of Redis faults
 #      under traffic) and the slow ones (-m slow: recoveries, restarts,
-#      timers, Redis Cluster and Sentinel) run once, under ASan, where a
-#      leak or a use-after-free on an error path shows
+#      timers) run once, under ASan, where a leak or a use-after-free on an
+#      error path shows; the Redis Cluster and Sentinel runs once, plain
 #   5. the chat page in headless Chromium (node's test runner, playwright-core):
 #      against a scripted server, then against two nodes and Redis
 # Every step runs even if an earlier one failed; the exit code is non-zero
@@ -64,6 +64,16 @@ pytest_run() { # binary, extra args...
     CHATD_BIN="$PWD/$bin" $PY -m pytest -q -p no:cacheprovider test/integration "$@"
 }
 
+# The Redis Cluster and Sentinel runs (minutes of failovers, most of it
+# waiting) go with the plain build, beside the ASan run: the paths they
+# take are the ones test_shards and test_redis take under ASan.
+FARM="test/integration/test_cluster.py test/integration/test_sentinel.py test/integration/test_review14.py"
+farm_run() { # binary, extra args...
+    bin=$1; shift
+    CHATD_BIN="$PWD/$bin" $PY -m pytest -q -p no:cacheprovider $FARM "$@"
+}
+not_farm() { for f in $FARM; do printf -- '--ignore=%s ' "$f"; done; }
+
 step build        make -s -j"$JOBS" chatd unit
 step unit         units build
 if [ "${TEST_QUICK:-0}" != 1 ]; then
@@ -76,15 +86,20 @@ if [ "${TEST_QUICK:-0}" != 1 ]; then
     # The plain integration run goes beside the ASan one: most of either
     # waits on sockets and timers, not on a core. Its output follows once
     # both are done.
-    ( pytest_run build/chatd -m "not faults and not slow and not farm" \
+    ( { pytest_run build/chatd -m "not faults and not slow and not farm and not heavy" $(not_farm)
+        a=$?; farm_run build/chatd -m "not farm and not heavy"; b=$?; [ $a = 0 ] && [ $b = 0 ]; } \
           > "$LOGDIR/integration.log" 2>&1; echo $? > "$LOGDIR/integration.rc" ) &
     plain=$!
-    step asan-chat    pytest_run build/asan/chatd -m "not farm"
+    step asan-chat    pytest_run build/asan/chatd -m "not farm and not heavy" $(not_farm)
     wait $plain
     printf '\n=== integration (beside asan-chat)\n'
     cat "$LOGDIR/integration.log"
     if [ "$(cat "$LOGDIR/integration.rc" 2>/dev/null)" = 0 ]; then printf '=== integration: ok\n'
     else printf '=== integration: FAILED\n'; failed="$failed integration"; fi
+    # The bursts of thousands of connections alone: beside another run they
+    # measure the machine, not the node.
+    step asan-heavy   pytest_run build/asan/chatd -m heavy
+    step heavy        pytest_run build/chatd -m heavy
     step fuzz         make -s fuzz FUZZ_SECONDS=4
 else
     step integration  pytest_run build/chatd

@@ -8,7 +8,8 @@
 #                            the npm packages the tests drive, each pinned by
 #                            its package-lock.json: the browser test's (npm ci
 #                            in test/browser) and wscat (test/tools) (make test)
-#   install-deps.sh bench    test + gnuplot (make bench)
+#   install-deps.sh bench    test + gnuplot, nginx-light and libnginx-mod-nchan
+#                            (the nginx + nchan peer) (make bench)
 #   install-deps.sh --list SET   prints the packages of SET and exits
 # Idempotent: installs only what is missing, and runs npm ci only when the
 # lock file changed since the last time. Needs root (apt-get).
@@ -34,7 +35,7 @@ cluster) PKGS="$RUN_PKGS $CLUSTER_PKGS" ;;
 test | bench)
     PKGS="$RUN_PKGS $CLUSTER_PKGS $TEST_PKGS"
     command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
-    [ "$set_name" = bench ] && PKGS="$PKGS gnuplot-nox"
+    [ "$set_name" = bench ] && PKGS="$PKGS gnuplot-nox nginx-light libnginx-mod-nchan"
     ;;
 *)
     echo "usage: install-deps.sh [--list] [run|cluster|test|bench]" >&2

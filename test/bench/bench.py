@@ -1,13 +1,14 @@
 #!/usr/bin/python3
-"""make bench: chatd against the Node.js ws + ioredis peer, same scenarios,
-same load generator (build/chatbench), same run.
+"""make bench: chatd against the Node.js ws + ioredis peer and the nginx +
+nchan peer, same scenarios, same load generator (build/chatbench), same run.
 
 Starts its own redis-server and server nodes on loopback, samples every
 server's RSS and CPU time from /proc, and appends a dated table to
 BENCHMARKS.md (with the commit and the machine) plus a latency plot.
 Stops everything it started, also when interrupted.
 
-  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,shards] [--servers chatd,node] [--quick]
+  test/bench/bench.py [--scenarios 1,2,3,4,5,6,7,8,9,big,shards] [--servers chatd,node,nchan]
+                      [--quick]
 
 Scenarios 1-5 are those of issue 5 (5: reconnect storm after SIGKILL of one
 node); 6 is the figure of issue 3: messages per second published on node A
@@ -15,12 +16,25 @@ and delivered on node B through Redis, 1,000 clients in one room, latency
 from send on A to receipt on B; 7 is issue 16's permessage-deflate: one
 chatd node, 1,000 clients in one room, chat text and a JSON-ish message,
 every client with and without compression (chatd only), bytes on the wire
-and server CPU per delivery. `shards` is issue 14's figure (chatd only):
-messages per second through one Redis with one shard, then through a Redis
-Cluster of three masters with six shards, six rooms of 4 clients each with
-its own chatbench (senders on node A, receivers on node B), the CPU of
-every process and of chatd's consumer thread and workers, two runs, each
-after waiting for a quiet machine.
+and server CPU per delivery. 8 (issue 16, chatd only) is a wss burst: 5,000
+clients at once, time until all are upgraded and each one's handshake time;
+9 is scenario 2 over wss on one node, server CPU per delivery. "big" is
+issue 16's 150,000 clients on 8 nodes (--big-clients, --big-nodes,
+--big-rate), loopback source addresses, all established and held idle, then
+one message per second to all of them in one room: server memory per
+connection and the time to reach everyone. "shards" is issue 14's figure
+(chatd only): messages per second through one Redis with one shard, then
+through a Redis Cluster of three masters with six shards, six rooms of 4
+clients each with its own chatbench (senders on node A, receivers on node
+B), the CPU of every process and of chatd's consumer thread and workers,
+two runs, each configuration after waiting for a quiet machine.
+
+The peers: test/bench/peer/server.js (Node) and test/bench/peer/nchan.conf
+(nginx + nchan, one nginx per node, nchan_pubsub over WebSocket, every node
+on the bench's Redis). nchan takes part in scenarios 1, 2, 3 and big; 4-9
+need what it does not offer in this setup (a chat wss listener, a node to
+SIGKILL with its worker, chatd's stream, permessage-deflate measured on
+chatd) and skip it.
 
 --quick scales the scenarios down (10k clients instead of 60k, shorter
 holds, 4k clients in the storm, two rates in scenario 6) for a run that fits
@@ -32,6 +46,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -44,12 +59,15 @@ import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHATD = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
-CHATBENCH = os.path.join(REPO, "build", "chatbench")
+CHATBENCH = os.environ.get("CHATBENCH_BIN") or os.path.join(REPO, "build", "chatbench")
 PEER = os.path.join(REPO, "test", "bench", "peer", "server.js")
+NCHAN_CONF = os.path.join(REPO, "test", "bench", "peer", "nchan.conf")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SRC_IPS = "127.0.0.2-127.0.0.60"
 
 procs = []  # (Popen, name): everything we started, stopped at exit
+CHATD_EXTRA = []  # config lines every chatd node gets (--chatd-conf)
 
 
 def log(*a):
@@ -205,6 +223,29 @@ def rss_kib(pid):
     return 0
 
 
+def machine_busy_s():
+    """CPU time the whole machine spent busy (all cores, /proc/stat: user,
+    nice, system, irq, softirq; this kernel charges softirq ticks to the
+    task they interrupt as well, so our processes' times include theirs)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
+
+
+def children(pid):
+    """Pids whose parent is pid (an nginx master's workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
 def cpu_s(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -237,7 +278,7 @@ class Cluster:
             if kind == "chatd":
                 conf = os.path.join(workdir, f"chatd-{port}.conf")
                 lines = [f"listen = 127.0.0.1:{port}", "broker = redis", f"redis_url = {url}",
-                         "log_level = warn", "workers = auto"]
+                         "log_level = warn", "workers = auto"] + CHATD_EXTRA
                 if shards != 1:
                     lines.append(f"shards = {shards}")
                 if masters:
@@ -252,14 +293,43 @@ class Cluster:
                 with open(conf, "w") as f:
                     f.write("\n".join(lines) + "\n")
                 p = start([CHATD, "-c", conf], f"chatd:{port}", logpath=logp)
-            else:
-                if tls or shards != 1 or masters:
-                    raise RuntimeError("the Node peer is measured without TLS or shards here")
+            elif tls or shards != 1 or masters:
+                raise RuntimeError(f"the {kind} peer is measured without TLS or shards here")
+            elif kind == "node":
                 p = start(["node", PEER], f"node:{port}", env={"PORT": str(port), "REDIS_URL": url},
                           logpath=logp)
+            elif kind == "nchan":
+                ndir = os.path.join(workdir, f"nchan-{port}")
+                os.makedirs(ndir, exist_ok=True)
+                with open(NCHAN_CONF) as f:
+                    conf = f.read()
+                for k, v in (("@DIR@", ndir), ("@PORT@", port), ("@REDIS_PORT@", self.redis_port)):
+                    conf = conf.replace(k, str(v))
+                cpath = os.path.join(ndir, "nginx.conf")
+                with open(cpath, "w") as f:
+                    f.write(conf)
+                p = start([NGINX, "-p", ndir + "/", "-c", cpath, "-e", ndir + "/error.log"],
+                          f"nchan:{port}", logpath=logp)
+            else:
+                raise RuntimeError(f"unknown server kind {kind}")
             wait_port(port)
             self.nodes.append(p)
             self.ports.append(port)
+        # The processes of each node: chatd or node itself; an nginx master
+        # and its worker, which the master forks after it listens.
+        self.pids = [[p.pid] for p in self.nodes]
+        deadline = time.monotonic() + 10
+        while kind == "nchan" and time.monotonic() < deadline:
+            self.pids = [[p.pid] + children(p.pid) for p in self.nodes]
+            if all(len(x) > 1 for x in self.pids):
+                break
+            time.sleep(0.1)
+
+    def node_pids(self, i):
+        return self.pids[i]
+
+    def node_cpu_s(self, i):
+        return sum(cpu_s(q) for q in self.node_pids(i))
 
     def _start_redis(self, cluster):
         # A Cluster node also listens on port + 10000 (its bus).
@@ -304,10 +374,10 @@ class Cluster:
         raise RuntimeError(f"the nodes do not read all {self.shards} shards after {timeout}s")
 
     def rss_kib(self):
-        return sum(rss_kib(p.pid) for p in self.nodes)
+        return sum(rss_kib(q) for i in range(len(self.nodes)) for q in self.node_pids(i))
 
     def cpu_s(self):
-        return sum(cpu_s(p.pid) for p in self.nodes)
+        return sum(self.node_cpu_s(i) for i in range(len(self.nodes)))
 
     def redis_cpu_s(self):
         return sum(cpu_s(p.pid) for p in self.redis_procs)
@@ -353,13 +423,20 @@ class Cluster:
 
 def chatbench(args, cluster, timeout, on_start=None):
     """Runs chatbench; samples the cluster's RSS while it runs. Returns the
-    JSON report plus rss_peak_kib. on_start() is called (from a thread) when
-    every client is connected and the measured phase begins."""
+    JSON report plus rss_peak_kib and client_cpu_s, the load generator's CPU
+    time (user + system, all its processes) from the start of the measured
+    phase. on_start() is called (from a thread) when every client is
+    connected and the measured phase begins."""
     cmd = [CHATBENCH, "-v"] + args
     log(" ".join(cmd))
+    # chatbench waits for its processes and we wait for chatbench: their CPU
+    # time adds up in ours for children.
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client0 = ru.ru_utime + ru.ru_stime
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     procs.append((p, "chatbench"))
     at_start = {}
+    hold = []  # RSS samples once every client is connected
 
     def watch_stderr():
         # chatbench -v says when every client is connected and the measured
@@ -369,6 +446,8 @@ def chatbench(args, cluster, timeout, on_start=None):
             if "starting the run" in line and "cpu" not in at_start:
                 at_start["cpu"] = cluster.cpu_s()
                 at_start["redis_cpu"] = cluster.redis_cpu_s()
+                at_start["client_cpu"] = sum(cpu_s(q) for q in [p.pid] + children(p.pid))
+                at_start["busy"], at_start["t"] = machine_busy_s(), time.monotonic()
                 if on_start:
                     on_start()
             if "client " not in line:
@@ -379,12 +458,18 @@ def chatbench(args, cluster, timeout, on_start=None):
     peak = 0
     deadline = time.monotonic() + timeout
     while p.poll() is None and time.monotonic() < deadline:
-        peak = max(peak, cluster.rss_kib())
+        rss = cluster.rss_kib()
+        peak = max(peak, rss)
+        if "cpu" in at_start:
+            hold.append(rss)
         time.sleep(0.5)
     if p.poll() is None:
         p.kill()
     out = p.stdout.read()
     p.wait()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = ru.ru_utime + ru.ru_stime - client0
+    busy, t_end = machine_busy_s(), time.monotonic()
     t.join(5)
     procs[:] = [(q, n) for q, n in procs if q is not p]
     sys.stderr.write(out)
@@ -393,8 +478,17 @@ def chatbench(args, cluster, timeout, on_start=None):
         raise RuntimeError("chatbench printed no JSON report")
     r = json.loads(line[-1])
     r["rss_peak_kib"] = peak
+    r["rss_hold_kib"] = sorted(hold)[len(hold) // 2] if hold else peak
     r["cpu_at_start"] = at_start.get("cpu", cluster.cpu_s())
     r["redis_cpu_at_start"] = at_start.get("redis_cpu", cluster.redis_cpu_s())
+    r["client_cpu_s"] = client_cpu - at_start.get("client_cpu", 0)
+    # What the rest of the machine (other users of the shared cores) took
+    # while we measured: a share of all cores.
+    if "busy" in at_start:
+        ours = (cluster.cpu_s() - r["cpu_at_start"] + cluster.redis_cpu_s()
+                - r["redis_cpu_at_start"] + r["client_cpu_s"])
+        wall = max(1e-9, t_end - at_start["t"]) * (os.cpu_count() or 1)
+        r["others_pct"] = round(max(0.0, busy - at_start["busy"] - ours) / wall * 100, 1)
     return r
 
 
@@ -456,33 +550,98 @@ def s3_big_room(kind, q, work):
                        "--ramp", "4000", "--src-ips", SRC_IPS, "--senders", "1", "--rate", "1",
                        "--duration", str(dur), "--drain", "10", "--connect-timeout", "120"]
                       + sum([["--url", u] for u in c.urls(room="all")], []), c, timeout=dur + 300)
+        delivered = max(1, r["delivered"])
         return {"scenario": 3, "server": kind, "clients": nodes * per, "connected": r["connected"],
                 "expected": r["expected"], "delivered": r["delivered"],
-                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"]}
+                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+                "cpu_us_per_delivery": round((c.cpu_s() - r["cpu_at_start"]) / delivered * 1e6, 2),
+                "client_cpu_us_per_delivery": round(r["client_cpu_s"] / delivered * 1e6, 2),
+                "others_pct": r.get("others_pct", "")}
     finally:
         c.close()
 
 
-def s4_wss(kind, q, work):
-    n = 10000
-    tls = (os.path.join(work, "cert.pem"), os.path.join(work, "key.pem"))
+WSS_KEYS = {"ec": ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "rsa": ["rsa:2048"],
+            "rsa4096": ["rsa:4096"]}
+
+
+def wss_cert(work, key):
+    """A self-signed certificate and key: key "ec" (ECDSA P-256), "rsa"
+    (RSA-2048) or "rsa4096"."""
+    tls = (os.path.join(work, f"cert-{key}.pem"), os.path.join(work, f"key-{key}.pem"))
     if not os.path.exists(tls[0]):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+        kind = WSS_KEYS[key]
+        subprocess.run(["openssl", "req", "-x509", "-newkey"] + kind +
+                       ["-nodes", "-days", "2", "-subj", "/CN=localhost",
                         "-keyout", tls[1], "-out", tls[0]], check=True, capture_output=True)
-    c = Cluster(kind, 1, work, tls=tls)
+    return tls
+
+
+def s4_wss(kind, q, work, key="ec", groups=None):
+    n = 10000
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
     try:
         time.sleep(1)
         base = c.rss_kib()
         cpu0 = c.cpu_s()
         r = chatbench(["--mode", "idle", "--conns", str(n), "--procs", "2", "--ramp", "0",
                        "--insecure", "--duration", "10", "--connect-timeout", "120"]
+                      + (["--groups", groups] if groups else [])
                       + sum([["--url", u] for u in c.urls("wss")], []), c, timeout=300)
         return {"scenario": 4, "server": kind, "clients": n, "connected": r["connected"],
                 "failed": r["failed"], "connect_s": r["connect_s"],
                 "handshakes_per_s": round(r["connected"] / max(1e-9, r["connect_s"])),
                 "kib_per_conn": round((r["rss_peak_kib"] - base) / max(1, r["connected"]), 2),
-                "server_cpu_s": round(c.cpu_s() - cpu0, 2)}
+                "kib_per_conn_held": round((r["rss_hold_kib"] - base) / max(1, r["connected"]), 2),
+                "server_cpu_s": round(c.cpu_s() - cpu0, 2),
+                "cpu_ms_per_handshake": round((r["cpu_at_start"] - cpu0) * 1000
+                                              / max(1, r["connected"]), 3)}
+    finally:
+        c.close()
+
+
+def s8_wss_burst(kind, q, work, key="ec", groups=None, n=None):
+    """5,000 wss clients at once (no ramp, every handshake in flight): how
+    long until all are upgraded, how long each waited, server CPU each."""
+    n = n or (2000 if q else 5000)
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
+    try:
+        time.sleep(1)
+        cpu0 = c.cpu_s()
+        r = chatbench(["--mode", "idle", "--conns", str(n), "--procs", "2", "--ramp", "0",
+                       "--inflight", str(n), "--insecure", "--duration", "2",
+                       "--connect-timeout", "120"]
+                      + (["--groups", groups] if groups else [])
+                      + sum([["--url", u] for u in c.urls("wss")], []), c, timeout=300)
+        return {"scenario": 8, "server": kind, "key": key, "groups": groups or "default",
+                "conf": "; ".join(CHATD_EXTRA) or "-", "clients": n, "connected": r["connected"], "failed": r["failed"],
+                "all_upgraded_s": r["connect_s"], "hs_p50_ms": r["hs_p50_ms"],
+                "hs_p99_ms": r["hs_p99_ms"], "hs_max_ms": r["hs_max_ms"],
+                "cpu_ms_per_handshake": round((r["cpu_at_start"] - cpu0) * 1000
+                                              / max(1, r["connected"]), 3)}
+    finally:
+        c.close()
+
+
+def s9_wss_fanout(kind, q, work, key="ec", rate=50):
+    """Scenario 2 over wss, one node: 2,000 clients in one room, 10 senders
+    at `rate` messages/s: server CPU per delivery through the TLS record
+    layer."""
+    n = 2000
+    c = Cluster(kind, 1, work, tls=wss_cert(work, key))
+    try:
+        time.sleep(1)
+        dur = 5 if q else 10
+        r = chatbench(["--mode", "broadcast", "--conns", str(n), "--procs", "2", "--ramp", "0",
+                       "--insecure", "--senders", "10", "--rate", str(rate), "--duration", str(dur),
+                       "--drain", "5", "--connect-timeout", "120"]
+                      + sum([["--url", u] for u in c.urls("wss", room="bench")], []), c,
+                      timeout=300)
+        cpu = c.cpu_s() - r["cpu_at_start"]
+        return {"scenario": 9, "server": kind, "rate": rate, "clients": n,
+                "deliveries_per_s": round(r["deliveries_per_s"]), "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"], "lost": r["expected"] - r["delivered"],
+                "cpu_s_per_M": round(cpu / max(1, r["delivered"]) * 1e6, 2)}
     finally:
         c.close()
 
@@ -639,6 +798,91 @@ def s7_deflate(kind, q, work, runs=2, rates=(20,)):
         finally:
             c.close()
     return rows
+
+
+def conntrack_wait(need, limit_s=240):
+    """Loopback connections are tracked on this machine (nf_conntrack), and
+    a closed one stays in the table for 120 s (TIME_WAIT): a big run right
+    after another could fill it, and the kernel would then drop new
+    connections. Waits, at most limit_s, until `need` more entries fit.
+    Returns the entries in the table then (None: no conntrack)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_max") as f:
+            cap = int(f.read())
+    except OSError:
+        return None
+    deadline = time.monotonic() + limit_s
+    while True:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+            n = int(f.read())
+        if n + need <= 0.95 * cap or time.monotonic() > deadline:
+            return n
+        log(f"conntrack holds {n:,} of {cap:,} entries, {need:,} more would not fit: waiting")
+        time.sleep(5)
+
+
+def s_big(kind, q, work, nodes, clients, rate=1):
+    """Issue 16: `clients` on `nodes` nodes sharing one Redis, all in one
+    room, bound round-robin to scenario 1's loopback source addresses; held
+    idle once all are established (server memory per connection: the growth
+    of the servers' summed RSS, the peak while idle, over the nodes before
+    the clients came, as in scenario 1), then `rate` messages per second
+    (one) to all of them: latency of every delivery (p99: the time to reach all but the
+    last 1 %; max: the last client of the slowest message) and server CPU
+    per delivery from the first message on."""
+    if q:
+        clients = clients // 10
+    hold, dur = (10, 10) if q else (20, 30)
+    # 20,000 open files per process: at most 18,000 clients per chatbench
+    # process, and at least 4 to spread the client work.
+    procs = max(4, -(-clients // 18000))
+    conntrack = conntrack_wait(clients + 2000)
+    c = Cluster(kind, nodes, work)
+    idle, stop_idle = {"peak": 0}, threading.Event()
+
+    def sample_idle():
+        # From "all established" until the first message (--hold).
+        end = time.monotonic() + hold
+        while time.monotonic() < end and not stop_idle.is_set():
+            idle["peak"] = max(idle["peak"], c.rss_kib())
+            time.sleep(0.5)
+        idle["cpu"] = c.cpu_s()
+
+    def on_start():
+        t = threading.Thread(target=sample_idle, daemon=True)
+        idle["thread"] = t
+        t.start()
+
+    try:
+        time.sleep(1)
+        base = c.rss_kib()
+        r = chatbench(["--mode", "broadcast", "--conns", str(clients), "--procs", str(procs),
+                       "--ramp", "4000", "--src-ips", SRC_IPS, "--senders", "1", "--rate", str(rate),
+                       "--hold", str(hold), "--duration", str(dur), "--drain", "15",
+                       "--connect-timeout", str(clients // 4000 + 120)]
+                      + sum([["--url", u] for u in c.urls(room="all")], []), c,
+                      timeout=clients // 4000 + hold + dur + 400, on_start=on_start)
+        stop_idle.set()
+        if "thread" in idle:
+            idle["thread"].join(5)
+        conn = max(1, r["connected"])
+        cpu = c.cpu_s() - idle.get("cpu", r["cpu_at_start"])
+        return {"scenario": "big", "server": kind, "nodes": nodes, "clients": clients,
+                "hold_s": hold, "duration_s": dur, "rate": rate,
+                "procs": procs, "conntrack_before": conntrack, "connected": r["connected"],
+                "failed": r["failed"], "connect_s": r["connect_s"],
+                "kib_per_conn": round((idle["peak"] - base) / conn, 2),
+                "kib_per_conn_run": round((r["rss_peak_kib"] - base) / conn, 2),
+                "sent": r["sent"], "expected": r["expected"], "delivered": r["delivered"],
+                "lost": r["expected"] - r["delivered"], "dropped": r["dropped"],
+                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+                "cpu_us_per_delivery": round(cpu / max(1, r["delivered"]) * 1e6, 2),
+                "client_cpu_us_per_delivery": round(r["client_cpu_s"] / max(1, r["delivered"]) * 1e6,
+                                                    2),
+                "others_pct": r.get("others_pct", "")}
+    finally:
+        stop_idle.set()
+        c.close()
 
 
 def node_metrics(port):
@@ -930,7 +1174,12 @@ def main():
     ap.add_argument("--runs7", type=int, default=2, help="scenario 7: runs of each configuration")
     ap.add_argument("--rates7", default="20,200",
                     help="scenario 7: total send rates, msg/s, into the room of 1,000")
-    ap.add_argument("--servers", default="chatd,node")
+    ap.add_argument("--servers", default="chatd,node,nchan")
+    ap.add_argument("--big-clients", type=int, default=150000,
+                    help="scenario big: clients (default 150000; --quick: a tenth)")
+    ap.add_argument("--big-nodes", type=int, default=8, help="scenario big: nodes (default 8)")
+    ap.add_argument("--big-rate", type=float, default=1,
+                    help="scenario big: messages per second into the room (default 1)")
     ap.add_argument("--rates", default="5,10,20,50,100,200")
     ap.add_argument("--storm-per-node", type=int, default=None,
                     help="scenario 5 clients per node (default 15000; --quick: 1000)")
@@ -946,41 +1195,68 @@ def main():
                     help="scenario shards: before each run, wait at most this many seconds "
                          "for no run-tests.sh and a load average under 2 (0: do not wait)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--wss-key", default="ec", choices=sorted(WSS_KEYS),
+                    help="scenarios 4, 8, 9: ECDSA P-256 (default), RSA-2048 or RSA-4096")
+    ap.add_argument("--burst-clients", type=int, default=None,
+                    help="scenario 8 clients (default 5000; --quick: 2000)")
+    ap.add_argument("--chatd-conf", action="append", default=[],
+                    help="a config line for every chatd node, e.g. 'acceptor_threads = 1'")
+    ap.add_argument("--wss-groups", default=None,
+                    help="scenarios 4 and 8: key exchange groups the clients offer "
+                         "(default: OpenSSL's, X25519 first)")
     ap.add_argument("--out", default=os.path.join(REPO, "BENCHMARKS.md"))
     a = ap.parse_args()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: (stop_all(), sys.exit(130)))
-    names = a.scenarios.split(",")
-    scen = {int(x) for x in names if x.isdigit()}
+    scen = set(a.scenarios.split(","))
+    known = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "big", "shards"}
+    if scen - known:
+        ap.error(f"unknown scenarios {sorted(scen - known)}")
     servers = a.servers.split(",")
     rates = [float(x) if "." in x else int(x) for x in a.rates.split(",")]
     rates6 = a.rates6 or ("100,1000" if a.quick else "20,50,100,200,500,1000,2000,5000")
     rates6 = [float(x) if "." in x else int(x) for x in rates6.split(",")]
     work = tempfile.mkdtemp(prefix="chatd-bench-")
-    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], "shards": []}
+    CHATD_EXTRA[:] = a.chatd_conf
+    results = {1: [], 2: [], 3: [], 4: [], 5: [], 6: [], 7: [], 8: [], 9: [], "big": [],
+               "shards": []}
+    load = [os.getloadavg()]
     try:
         for kind in servers:
-            if 1 in scen:
+            if "1" in scen:
                 results[1].append(s1_idle(kind, a.quick, work)); log(results[1][-1])
-            if 2 in scen:
+            if "2" in scen:
                 results[2] += s2_fanout(kind, a.quick, work, rates)
-            if 3 in scen:
+            if "3" in scen:
                 results[3].append(s3_big_room(kind, a.quick, work)); log(results[3][-1])
-            if 4 in scen and kind == "chatd":
-                results[4].append(s4_wss(kind, a.quick, work)); log(results[4][-1])
-            if 5 in scen:
+            if "4" in scen and kind == "chatd":
+                results[4].append(s4_wss(kind, a.quick, work, a.wss_key, a.wss_groups))
+                log(results[4][-1])
+            if "5" in scen and kind != "nchan":
                 results[5].append(s5_storm(kind, a.quick, work, a.storm_per_node)); log(results[5][-1])
-            if 6 in scen:
+            if "6" in scen and kind != "nchan":
                 results[6] += s6_redis(kind, a.quick, work, rates6)
-            if 7 in scen:
+            if "7" in scen:
                 results[7] += s7_deflate(kind, a.quick, work, a.runs7,
                                          [int(x) for x in a.rates7.split(",")])
-            if "shards" in names and kind == "chatd":
+            if "8" in scen and kind == "chatd":
+                results[8].append(s8_wss_burst(kind, a.quick, work, a.wss_key, a.wss_groups,
+                                               a.burst_clients))
+                log(results[8][-1])
+            if "9" in scen and kind == "chatd":
+                results[9].append(s9_wss_fanout(kind, a.quick, work, a.wss_key))
+                log(results[9][-1])
+            if "big" in scen:
+                results["big"].append(s_big(kind, a.quick, work, a.big_nodes, a.big_clients,
+                                            a.big_rate))
+                log(results["big"][-1])
+            if "shards" in scen and kind == "chatd":
                 results["shards"] += s_shards(a.quick, work,
                                               [int(x) for x in a.rates_shards.split(",")],
                                               a.runs_shards, a.wait_quiet)
     finally:
         stop_all()
+    load.append(os.getloadavg())
 
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
@@ -993,7 +1269,9 @@ def main():
         pass
     md = [f"\n## Run of {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, commit {commit}",
           f"\n`{cmd}` on {os.cpu_count()} cores ({cpu}), {platform.system()} "
-          f"{platform.release()}; load generator, servers and Redis on the same machine."]
+          f"{platform.release()}; load generator, servers and Redis on the same machine; load "
+          f"average {load[0][0]:.2f} / {load[0][1]:.2f} / {load[0][2]:.2f} at the start, "
+          f"{load[1][0]:.2f} / {load[1][1]:.2f} / {load[1][2]:.2f} at the end."]
     if results[1]:
         md += ["\n### 1. Idle clients\n",
                table(results[1], ["server", "clients", "connected", "failed", "connect_s", "kib_per_conn"])]
@@ -1014,12 +1292,20 @@ def main():
             md.append(f"\n\nPlot: `{os.path.relpath(png, REPO)}`.")
     if results[3]:
         md += ["\n### 3. One room of all clients, one message per second\n",
+               "Server CPU (user + system of the server processes) and the load generator's "
+               "CPU (all of chatbench's processes) from the moment all are connected, per "
+               "delivery; `others_pct`: the share of the machine's cores that other work took "
+               "meanwhile.\n",
                table(results[3], ["server", "clients", "connected", "expected", "delivered",
-                                  "p50_ms", "p99_ms", "max_ms"])]
+                                  "p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery",
+                                  "client_cpu_us_per_delivery", "others_pct"])]
     if results[4]:
         md += ["\n### 4. wss idle clients\n",
+               "`kib_per_conn`: peak RSS growth (handshakes in flight included) per client;"
+               " `kib_per_conn_held`: median RSS growth while every client is held idle.\n",
                table(results[4], ["server", "clients", "connected", "failed", "connect_s",
-                                  "handshakes_per_s", "kib_per_conn", "server_cpu_s"])]
+                                  "handshakes_per_s", "kib_per_conn", "kib_per_conn_held",
+                                  "server_cpu_s", "cpu_ms_per_handshake"])]
     if results[5]:
         r0 = results[5][0]
         md += [f"\n### 5. Reconnect storm: SIGKILL of the node holding {r0['killed_node_clients']:,}"
@@ -1064,6 +1350,40 @@ def main():
                table(s7_summary(results[7]), ["rate", "message", "deflate", "bytes_per_delivery",
                                               "cpu_us_per_delivery", "compressions_per_message",
                                               "kib_per_client", "p99_ms"])]
+    if results[8]:
+        md += ["\n### 8. wss burst: every client at once\n",
+               "`all_upgraded_s`: from the first connect() until the last client has its 101;"
+               " `hs_*`: per client, connect() to 101 (listen queue, TLS, HTTP); CPU: the"
+               " server's, until every client is upgraded, per handshake.\n",
+               table(results[8], ["server", "key", "groups", "conf", "clients", "connected", "failed",
+                                  "all_upgraded_s", "hs_p50_ms", "hs_p99_ms", "hs_max_ms",
+                                  "cpu_ms_per_handshake"])]
+    if results[9]:
+        md += ["\n### 9. wss fan-out: 2,000 clients in one room, 10 senders\n",
+               table(results[9], ["server", "rate", "clients", "deliveries_per_s", "p50_ms",
+                                  "p99_ms", "lost", "cpu_s_per_M"])]
+    if results["big"]:
+        rb = results["big"][0]
+        md += [f"\n### big. {rb['clients']:,} clients on {rb['nodes']} nodes, one room, "
+               f"{rb['rate']:g} message(s) per second\n",
+               "All established through scenario 1's loopback source addresses, held idle "
+               f"{rb['hold_s']} s (`kib_per_conn`: growth of the servers' summed RSS, the peak "
+               "while idle, per client; `kib_per_conn_run`: the peak while the messages went "
+               f"out), then {rb['duration_s']} s of {rb['rate']:g} message(s) per second to all "
+               "of them; "
+               "latency of every delivery, `max_ms` the last "
+               "client of the slowest message; server CPU per delivery from the first message "
+               "on, the load generator's (all of chatbench's processes) from the moment all "
+               "were connected (it answers the servers' pings while idle). "
+               "`conntrack_before`: the kernel's connection-tracking entries when it began; "
+               "`others_pct`: the share of the machine's cores that other work took from the "
+               "moment all were connected.\n",
+               table(results["big"], ["server", "clients", "procs", "conntrack_before",
+                                      "connected", "failed", "connect_s", "kib_per_conn",
+                                      "kib_per_conn_run", "sent", "expected", "delivered",
+                                      "lost", "dropped", "p50_ms", "p99_ms", "max_ms",
+                                      "cpu_us_per_delivery", "client_cpu_us_per_delivery",
+                                      "others_pct"])]
     if results["shards"]:
         md += ["\n### shards: one Redis, then a Redis Cluster of 3 masters with 6 shards\n",
                "Two chatd nodes; six rooms (one per shard of six), one chatbench each, "

@@ -10,8 +10,9 @@
  * the one report. CLOCK_MONOTONIC is system wide, so a send time written by
  * one child is comparable with the receive time taken by another.
  *
- * Broadcast messages are the text "b <sender> <seq> <t_us>[ padding]"; the
- * server delivers them as "NAME: b ...". Every receiver keeps, per sender, the
+ * Broadcast messages are the text "b <sender> <seq> <t_us>[ padding]"; chatd
+ * and the Node peer deliver them as "NAME: b ...", nginx + nchan as they were
+ * sent (a pub/sub channel knows no names). Every receiver keeps, per sender, the
  * highest sequence number seen and a 64-bit window below it, which separates
  * duplicates from late (reordered) arrivals and counts the gaps left open.
  *
@@ -100,7 +101,7 @@ static struct {
     long inflight;
     int procs;
     uint32_t src_lo, src_hi; /* host order; 0 = no binding */
-    double duration, drain, connect_timeout;
+    double duration, drain, connect_timeout, hold;
     long senders;
     double rate;
     long msg_size;
@@ -108,6 +109,7 @@ static struct {
     int deflate;
     int insecure;
     const char *cafile;
+    const char *groups; /* wss: the key exchange groups offered, e.g. X25519 */
     int verbose;
     struct url sender_url; /* valid when has_sender_url */
     int has_sender_url;
@@ -163,6 +165,7 @@ struct result {
     uint32_t http[600];               /* non-101 answers by status */
     uint32_t close_code[17];          /* server closes: 1000..1015, other */
     uint64_t connect_us;              /* last upgrade, from the common start */
+    struct hist hs;                   /* per client: µs from connect() to the 101 */
     uint64_t alive_at_go, alive_at_end, dropped[D__N];
     uint64_t pings, sent, delivered, window_delivered, dup, reorder, other;
     uint64_t znegotiated;     /* --deflate: clients whose offer was accepted */
@@ -261,6 +264,11 @@ static void result_add(struct result *a, const struct result *b)
     a->lat.count += b->lat.count;
     if (b->lat.max > a->lat.max)
         a->lat.max = b->lat.max;
+    for (unsigned i = 0; i < HIST_BUCKETS; i++)
+        a->hs.n[i] += b->hs.n[i];
+    a->hs.count += b->hs.count;
+    if (b->hs.max > a->hs.max)
+        a->hs.max = b->hs.max;
     a->rc_drops += b->rc_drops;
     a->rc_back += b->rc_back;
     a->rc_attempts += b->rc_attempts;
@@ -360,6 +368,7 @@ struct client {
     uint32_t wlen, woff;
     uint8_t *wbuf; /* bytes the kernel did not take yet */
     uint64_t rc_drop, rc_try; /* --reconnect: when dropped, when the attempt began */
+    uint64_t t_begin;         /* CLOCK_MONOTONIC µs: connect() of the first attempt */
 };
 
 struct seqst {
@@ -766,8 +775,10 @@ static void start_client(struct client *c)
 {
     const struct url *u = curl(c);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (!c->rc_on)
+    if (!c->rc_on) {
         g.inflight++;
+        c->t_begin = mono_us();
+    }
     c->state = ST_CONNECTING;
     c->fd = fd;
     if (fd < 0) {
@@ -821,17 +832,22 @@ static void on_text(struct client *c, const uint8_t *p, size_t len)
         g.r.other++;
         return;
     }
-    /* "NAME: b <sender> <seq> <t_us>[ pad]": find the marker after the name. */
-    const uint8_t *m = memmem(p, len, ": b ", 4);
-    if (!m) {
+    /* "NAME: b <sender> <seq> <t_us>[ pad]": the fields follow the marker
+     * after the name; or "b <sender> ..." as sent (nchan). */
+    const uint8_t *m;
+    if (len > 2 && memcmp(p, "b ", 2) == 0) {
+        m = p + 2;
+    } else if ((m = memmem(p, len, ": b ", 4)) != NULL) {
+        m += 4;
+    } else {
         g.r.other++;
         return;
     }
     char tmp[80];
-    size_t tl = (size_t)(p + len - (m + 4));
+    size_t tl = (size_t)(p + len - m);
     if (tl >= sizeof tmp)
         tl = sizeof tmp - 1;
-    memcpy(tmp, m + 4, tl);
+    memcpy(tmp, m, tl);
     tmp[tl] = '\0';
     char *e;
     unsigned long k = strtoul(tmp, &e, 10);
@@ -1037,7 +1053,9 @@ static void on_upgraded(struct client *c)
     g.r.connected++;
     g.r.znegotiated += c->z;
     g.done_connecting++;
-    g.r.connect_us = mono_us() - g.t_start;
+    uint64_t now = mono_us();
+    g.r.connect_us = now - g.t_start;
+    hist_add(&g.r.hs, now - c->t_begin);
 }
 
 static void on_readable(struct client *c)
@@ -1090,9 +1108,12 @@ static void on_readable(struct client *c)
         used += (size_t)r;
         memmove(g.rbuf, g.rbuf + used, have - used);
         have -= used;
-        /* Plain sockets: level triggered, come back later for the rest.
-         * TLS: bytes already decrypted would never wake us, read to the end. */
-        if (!c->ssl && iter >= 3)
+        /* Plain sockets: level triggered, come back later for the rest; a
+         * short read emptied the socket, and asking again would cost a
+         * recv() that says EAGAIN, as many as the deliveries when each
+         * wake-up brings one frame (a big room at a low rate). TLS: bytes
+         * already decrypted would never wake us, read to the end. */
+        if (!c->ssl && (iter >= 3 || (size_t)n < room))
             break;
     }
     stash(c, g.rbuf, have);
@@ -1556,6 +1577,10 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
         }
         SSL_CTX_set_mode(g.ssl_ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                         SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        if (o.groups && SSL_CTX_set1_groups_list(g.ssl_ctx, o.groups) != 1) {
+            fprintf(stderr, "chatbench: bad --groups %s\n", o.groups);
+            _exit(1);
+        }
         if (o.insecure) {
             SSL_CTX_set_verify(g.ssl_ctx, SSL_VERIFY_NONE, NULL);
         } else {
@@ -1586,7 +1611,7 @@ static int child_main(int idx, int ctl_fd, uint64_t t_start)
     struct timeval dl = tv_us((int64_t)(o.connect_timeout * 1e6));
     evtimer_add(g.deadline_ev, &dl);
     /* Whatever happens, this process reports and ends by itself. */
-    dl = tv_us((int64_t)((o.connect_timeout + o.duration + o.drain + 30) * 1e6));
+    dl = tv_us((int64_t)((o.connect_timeout + o.hold + o.duration + o.drain + 30) * 1e6));
     evtimer_add(g.hard_ev, &dl);
 
     ramp_tick(-1, 0, NULL);
@@ -1678,6 +1703,9 @@ static void print_report(const struct result *t, int nkids_lost)
     printf("connect    %" PRIu64 "/%" PRIu64 " upgraded in %.3f s (%.0f/s), %" PRIu64 " failed\n",
            t->connected, t->conns, connect_s,
            connect_s > 0 ? (double)t->connected / connect_s : 0.0, t->failed);
+    if (t->hs.count)
+        printf("handshake  per client, connect() to 101: p50 %.3f ms  p99 %.3f ms  max %.3f ms\n",
+               ms(hist_pct(&t->hs, 0.50)), ms(hist_pct(&t->hs, 0.99)), ms(t->hs.max));
     if (t->failed) {
         printf("failures  ");
         for (int i = 0; i < F__N; i++)
@@ -1766,13 +1794,15 @@ static void print_report(const struct result *t, int nkids_lost)
            ",\"lost\":%" PRIu64 ",\"deliveries_per_s\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
            "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"gaps\":%" PRId64
            ",\"dropped\":%" PRIu64 ",\"held\":%" PRIu64 ",\"pings\":%" PRIu64
-           ",\"procs\":%d,\"senders\":%ld,\"rate\":%.1f,\"duration_s\":%.1f,\"lat_samples\":%" PRIu64,
+           ",\"procs\":%d,\"senders\":%ld,\"rate\":%.1f,\"duration_s\":%.1f,\"lat_samples\":%" PRIu64
+           ",\"hs_p50_ms\":%.3f,\"hs_p99_ms\":%.3f,\"hs_max_ms\":%.3f",
            mode, o.conns, t->connected, t->failed, connect_s, t->sent, expected, t->delivered,
            t->dup, t->reorder, lost, dps, ms(hist_pct(&t->lat, 0.50)),
            ms(hist_pct(&t->lat, 0.90)), ms(hist_pct(&t->lat, 0.99)),
            ms(hist_pct(&t->lat, 0.999)), ms(t->lat.max), t->gaps, dropped, t->alive_at_end,
            t->pings, o.procs, o.mode == MODE_BROADCAST ? o.senders : 0L,
-           o.mode == MODE_BROADCAST ? o.rate : 0.0, o.duration, t->lat.count);
+           o.mode == MODE_BROADCAST ? o.rate : 0.0, o.duration, t->lat.count,
+           ms(hist_pct(&t->hs, 0.50)), ms(hist_pct(&t->hs, 0.99)), ms(t->hs.max));
     printf(",\"deflate_clients\":%" PRIu64 ",\"data_bytes\":%" PRIu64 ",\"zframes\":%" PRIu64,
            t->znegotiated, t->data_bytes, t->zframes);
     if (o.reconnect)
@@ -1867,15 +1897,16 @@ static int parent_main(void)
                 (double)(mono_us() - t_start) / 1e6);
     }
 
-    /* One start instant for every child, a little ahead so all see it. */
-    uint64_t t0 = mono_us() + 200000;
+    /* One start instant for every child, a little ahead so all see it, and
+     * --hold later: the clients sit idle until then. */
+    uint64_t t0 = mono_us() + 200000 + (uint64_t)(o.hold * 1e6);
     for (int i = 0; i < o.procs; i++)
         if (kids[i].alive && ctl_send(kids[i].fd, CTL_GO, t0, 0) < 0)
             kid_lost(&kids[i], "the start");
 
     if (o.mode == MODE_BROADCAST) {
         uint64_t total = 0;
-        dl = t0 + (uint64_t)((o.duration + 15) * 1e6);
+        dl = t0 + (uint64_t)((o.duration + 15) * 1e6); /* t0 is after the hold */
         for (int i = 0; i < o.procs; i++)
             if (kid_expect(&kids[i], CTL_SENT, &m, dl, "the send window") == 0)
                 total += m.a;
@@ -1938,6 +1969,8 @@ static void usage(FILE *f)
             "                        127.0.0.2-127.0.0.60 (past ~28,000 ports per address)\n"
             "  --mode idle|broadcast idle: hold connections, answer pings (default idle)\n"
             "  --duration S          idle: how long to hold; broadcast: send window (10)\n"
+            "  --hold S              broadcast: idle seconds between the connect phase and\n"
+            "                        the first message (default 0)\n"
             "  --senders K           broadcast: clients that send (default 10)\n"
             "  --rate R              broadcast: messages per second, all senders together (100)\n"
             "  --drain S             broadcast: wait this long for deliveries after the send\n"
@@ -1964,6 +1997,7 @@ static void usage(FILE *f)
             "                        once until all were tried (default 0.1)\n"
             "  --insecure            wss: do not verify the server certificate\n"
             "  --cafile FILE         wss: trust the CA certificates in FILE\n"
+            "  --groups LIST         wss: offer only these key exchange groups (X25519, P-256)\n"
             "  -v, --verbose         progress on stderr (twice: every failure)\n"
             "  -h, --help            this text\n"
             "\n"
@@ -2067,8 +2101,9 @@ int main(int argc, char **argv)
 {
     enum {
         O_URL = 256, O_CONNS, O_RAMP, O_INFLIGHT, O_CTIMEOUT, O_PROCS, O_SRC, O_MODE,
-        O_DURATION, O_SENDERS, O_RATE, O_DRAIN, O_SIZE, O_INSECURE, O_CAFILE,
+        O_DURATION, O_SENDERS, O_RATE, O_DRAIN, O_SIZE, O_INSECURE, O_CAFILE, O_GROUPS,
         O_SENDER_URL, O_RECONNECT, O_RC_TRIES, O_RC_TIMEOUT, O_RC_BACKOFF, O_DEFLATE, O_PAD,
+        O_HOLD,
     };
     static const struct option lo[] = {
         {"url", required_argument, NULL, O_URL},
@@ -2080,6 +2115,7 @@ int main(int argc, char **argv)
         {"src-ips", required_argument, NULL, O_SRC},
         {"mode", required_argument, NULL, O_MODE},
         {"duration", required_argument, NULL, O_DURATION},
+        {"hold", required_argument, NULL, O_HOLD},
         {"senders", required_argument, NULL, O_SENDERS},
         {"rate", required_argument, NULL, O_RATE},
         {"drain", required_argument, NULL, O_DRAIN},
@@ -2088,6 +2124,7 @@ int main(int argc, char **argv)
         {"deflate", no_argument, NULL, O_DEFLATE},
         {"insecure", no_argument, NULL, O_INSECURE},
         {"cafile", required_argument, NULL, O_CAFILE},
+        {"groups", required_argument, NULL, O_GROUPS},
         {"sender-url", required_argument, NULL, O_SENDER_URL},
         {"reconnect", no_argument, NULL, O_RECONNECT},
         {"reconnect-tries", required_argument, NULL, O_RC_TRIES},
@@ -2120,6 +2157,7 @@ int main(int argc, char **argv)
                 die_usage("--mode is idle or broadcast, not %s", optarg);
             break;
         case O_DURATION: o.duration = num(optarg, "--duration", 0, 86400); break;
+        case O_HOLD: o.hold = num(optarg, "--hold", 0, 86400); break;
         case O_SENDERS: o.senders = (long)num(optarg, "--senders", 1, 100000); break;
         case O_RATE: o.rate = num(optarg, "--rate", 0.001, 1e7); break;
         case O_DRAIN: o.drain = num(optarg, "--drain", 0, 3600); break;
@@ -2137,6 +2175,7 @@ int main(int argc, char **argv)
         case O_DEFLATE: o.deflate = 1; break;
         case O_INSECURE: o.insecure = 1; break;
         case O_CAFILE: o.cafile = optarg; break;
+        case O_GROUPS: o.groups = optarg; break;
         case O_SENDER_URL:
             parse_url(optarg, &o.sender_url);
             o.has_sender_url = 1;

@@ -162,6 +162,7 @@ def test_close_frame_sent_when_peer_close_comes_in_the_same_read(chatd):
         w.expect_eof(5)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("max_pending", [None, 1000])
 def test_half_open_flood_does_not_keep_honest_clients_out(chatd, max_pending):
     """2,000 connections that start a request and never finish it; honest
@@ -340,6 +341,7 @@ def run_burst(node, port, n, ssl_ctx=None, timeout=90):
     return took
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("max_pending", [None, 200])
 def test_burst_of_10000_ws_connections_all_established(chatd, max_pending):
     """10,000 clients connect at once to one node: all get their 101, none
@@ -357,6 +359,7 @@ def test_burst_of_10000_ws_connections_all_established(chatd, max_pending):
         assert metrics(node.port)["chatd_accept_pauses_total"] > 0
 
 
+@pytest.mark.heavy
 def test_burst_of_wss_connections_all_established(chatd, tmp_path):
     """The same on the wss listener: 2,000 TLS clients at once, all get
     their 101. Fewer than on ws, and under max_pending: Python's TLS client
@@ -371,7 +374,10 @@ def test_burst_of_wss_connections_all_established(chatd, tmp_path):
                  tls_cert=str(cert.cert), tls_key=str(cert.key))
     ctx = client_ctx()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    run_burst(node, tport, 2000, ssl_ctx=ctx, timeout=120)
+    # Under ASan every handshake costs the node several times its CPU, and
+    # the Python clients take the other core: 500 there (the plain build's
+    # run shows the 2,000).
+    run_burst(node, tport, 500 if ASAN else 2000, ssl_ctx=ctx, timeout=120)
 
 
 # --------------------------------------------------------------------------

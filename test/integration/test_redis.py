@@ -507,10 +507,13 @@ def test_trimmed_burst_is_never_silent(redis, chatd):
         missing = sorted(set(range(n)) - set(got))
         assert "gap" in a.log(), (f"{len(missing)} of {n} messages lost without a gap in the log "
                                   f"(first missing {missing[:5]}); stream XLEN now {r.cli('XLEN', STREAM)}")
-        # The node counts what it lost: the gaps it logs add up to exactly the missing messages.
+        # The node counts what it lost: the gaps it logs add up to the missing
+        # messages, plus the presence changes among the entries lost (the
+        # probe clients leaving during the burst: up to two).
         logged = sum(int(x) for x in re.findall(r"gap: .*?; (\d+) messages after it were lost", a.log()))
-        assert logged == len(missing), f"gaps logged {logged}, missing {len(missing)}"
-    assert metrics(a.port)["chatd_messages_lost_total"] == n - len(got)
+        assert len(missing) <= logged <= len(missing) + 2, f"gaps logged {logged}, missing {len(missing)}"
+    lost = metrics(a.port)["chatd_messages_lost_total"]
+    assert n - len(got) <= lost <= n - len(got) + 2, (lost, n - len(got))
     print(f"trimmed burst: {n - len(got)} of {n} lost, gaps logged: {a.log().count('gap:')}")
 
 

@@ -1,9 +1,13 @@
 """Issue 4: wss -- TLS beside ws on one node, one chat for both, versions,
 garbage and stalls on the TLS port, bytes behind the request, certificate
-reload on SIGHUP, and start failures that name the file.
+reload on SIGHUP, and start failures that name the file. Issue 16: the
+session after the handshake in chatd's own record layer (resumption,
+KeyUpdate, forged records), several acceptor threads, certificate key types
+and key exchange groups.
 
 Certificates are made here with the openssl command line (self-signed, EC
-P-256, CN=localhost, SAN IP:127.0.0.1), in the test's temporary folder.
+P-256 unless a test asks for another key, CN=localhost, SAN IP:127.0.0.1),
+in the test's temporary folder.
 """
 
 import asyncio
@@ -40,10 +44,17 @@ class Cert:
         self.der = ssl.PEM_cert_to_DER_cert(cert.read_text())
 
 
-def make_cert(folder, name, serial):
+KEY_TYPES = {
+    "ecdsa-p256": ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    "ecdsa-p384": ["ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    "rsa-2048": ["rsa:2048"],
+}
+
+
+def make_cert(folder, name, serial, key_type="ecdsa-p256"):
     cert, key = folder / f"{name}.crt", folder / f"{name}.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        ["openssl", "req", "-x509", "-newkey", *KEY_TYPES[key_type],
          "-nodes", "-days", "2", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
          "-set_serial", str(serial), "-keyout", str(key), "-out", str(cert)],
@@ -349,6 +360,169 @@ def test_session_resumption(chatd, pki):
             assert w.sock.session_reused, f"{v.name}: session not resumed"
             w.handshake("/?username=r", then=frame(OP_TEXT, "again"))
             assert w.recv_text() == "r: again"
+
+
+def s_client(port, chunks, args=(), timeout=20):
+    """openssl s_client against port: writes each (pause_s, bytes) of chunks
+    to its stdin after the pause, then closes stdin (s_client then ends the
+    connection); returns what it printed, stdout and stderr together. A
+    chunk that is one letter and a newline is one of s_client's commands (K:
+    a KeyUpdate that asks for the server's)."""
+    p = subprocess.Popen(["openssl", "s_client", "-connect", f"{HOST}:{port}", *args],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for pause, data in chunks:
+            time.sleep(pause)
+            p.stdin.write(data)
+            p.stdin.flush()
+        time.sleep(0.5)
+        p.stdin.close()
+        p.wait(timeout)  # its few KB of output fit in the pipe
+        return p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+def test_session_resumption_with_s_client(chatd, pki, tmp_path):
+    """openssl s_client saves the session (the TLS 1.3 ticket the node
+    sends once the session has left OpenSSL) and comes back with it:
+    "Reused", and it chats."""
+    srv = tls_node(chatd, pki["a"])
+    sess = tmp_path / "sess.pem"
+    request = http_request_bytes("/?username=s")
+    out = s_client(srv.tls_port, [(0.3, request)], ["-sess_out", str(sess)])
+    assert b"101 Switching Protocols" in out and b"New, TLSv1.3" in out, out[-2000:]
+    assert sess.exists()
+    out = s_client(srv.tls_port, [(0.3, request), (0.3, frame(OP_TEXT, "back"))],
+                   ["-sess_in", str(sess)])
+    assert b"Reused, TLSv1.3" in out, out[-2000:]
+    assert b"s: back" in out, out[-2000:]
+
+
+def test_key_update(chatd, pki):
+    """A client updates its keys and asks for the node's (s_client's K):
+    its next message is read, and the node's answer after its own
+    KeyUpdate is read by the client."""
+    srv = tls_node(chatd, pki["a"])
+    out = s_client(srv.tls_port, [(0.3, http_request_bytes("/?username=k")), (0.5, b"K\n"),
+                                  (0.5, frame(OP_TEXT, "after the update")),
+                                  (0.5, b"K\n"), (0.5, frame(OP_TEXT, "and again"))])
+    assert out.count(b"KEYUPDATE") == 2, out[-2000:]
+    assert b"k: after the update" in out and b"k: and again" in out, out[-2000:]
+    assert "TLS:" not in srv.log(), srv.log()
+
+
+def test_forged_record_closes_one_client(chatd, pki):
+    """Bytes that are no record of the session, sent after the handshake,
+    close that connection (logged with the reason); the node serves on."""
+    srv = tls_node(chatd, pki["a"])
+    with TlsWs(srv.tls_port) as w:
+        w.handshake("/?username=forger")
+        raw = socket.socket(fileno=os.dup(w.sock.fileno()))
+        try:
+            raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(range(32)))
+            wait_closed(raw, 5)
+        finally:
+            raw.close()
+    srv.wait_log(r"forger: TLS: TLS record failed authentication, closing", 5)
+
+    async def main():
+        alice = await wss_connect(srv, "Alice")
+        bob = await ws_connect(srv.url("Bob"))
+        await exchange(alice, "Alice", bob, "Bob")
+        await alice.close()
+        await bob.close()
+
+    arun(main(), 30)
+
+
+@pytest.mark.tsan
+def test_acceptor_threads_share_the_limits(chatd, pki):
+    """Four acceptor threads take 200 clients arriving at once, half wss
+    and half ws: max_clients holds exactly (150 upgraded, 50 refused with
+    503), they all chat, and /metrics adds up every thread's counts."""
+    import websockets
+    srv = tls_node(chatd, pki["a"], acceptor_threads=4, workers=2, max_clients=150)
+    assert "4 acceptor threads" in srv.log()
+    n = 200
+
+    async def one(i):
+        try:
+            if i % 2:
+                return i, await wss_connect(srv, f"c{i}")
+            return i, await ws_connect(srv.url(f"c{i}"))
+        except websockets.InvalidStatusCode as e:
+            return i, e.status_code
+
+    async def main():
+        got = await asyncio.gather(*(one(i) for i in range(n)))
+        open_ = [(i, ws) for i, ws in got if not isinstance(ws, int)]
+        refused = [ws for _, ws in got if isinstance(ws, int)]
+        assert (len(open_), refused) == (150, [503] * 50)
+        m = await asyncio.to_thread(metrics, srv.port)
+        assert m["chatd_clients"] == 150
+        assert m['chatd_http_responses_total{status="101"}'] == 150
+        assert m['chatd_http_responses_total{status="503"}'] == 50
+        i0, ws0 = open_[0]
+        await ws0.send("to all")
+        for _, ws in open_:
+            assert await recv_text(ws, 20) == f"c{i0}: to all"
+        await asyncio.gather(*(ws.close() for _, ws in open_))
+
+    arun(main(), 120)
+
+
+# --------------------------------------------------------------------------
+# certificate key types and key exchange groups
+
+
+@pytest.mark.parametrize("key_type", sorted(KEY_TYPES))
+def test_certificate_key_types(chatd, tmp_path, key_type):
+    """Whatever key the operator's certificate has (ECDSA P-256 or P-384,
+    RSA), chatd serves it as it is: TLS 1.3 and 1.2 clients verifying it
+    chat, and TLS 1.2 picks the suite that signs with that key."""
+    cert = make_cert(tmp_path, key_type, 0xC3, key_type)
+    srv = tls_node(chatd, cert)
+    signer = "RSA" if key_type.startswith("rsa") else "ECDSA"
+
+    async def main():
+        for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ws = await wss_connect(srv, "k", client_ctx(v, cafile=cert.cert))
+            assert ssl_object(ws).getpeercert(binary_form=True) == cert.der
+            if v == ssl.TLSVersion.TLSv1_2:
+                assert ssl_object(ws).cipher()[0].startswith(f"ECDHE-{signer}-"), ssl_object(ws).cipher()
+            await ws.send(key_type)
+            assert await recv_text(ws) == f"k: {key_type}"
+            await ws.close()
+
+    arun(main(), 30)
+
+
+def server_temp_key(port, args):
+    """The key exchange s_client reports ("X25519", "prime256v1", ...), or
+    None when the handshake failed."""
+    out = s_client(port, [], args).decode(errors="replace")
+    for line in out.splitlines():
+        if line.startswith("Server Temp Key:"):
+            return line.split(":", 1)[1].split(",")[0 if "X25519" in line else 1].strip()
+    return None
+
+
+def test_key_exchange_groups(chatd, pki):
+    """X25519 first: a TLS 1.2 client listing P-256 first still gets X25519
+    (the server's order); a client with P-256 or P-384 alone gets it; the
+    groups that cost the server most (finite-field, X448) are not offered."""
+    srv = tls_node(chatd, pki["a"])
+    port = srv.tls_port
+    assert server_temp_key(port, []) == "X25519"
+    assert server_temp_key(port, ["-tls1_2", "-groups", "P-256:X25519"]) == "X25519"
+    assert server_temp_key(port, ["-groups", "P-256"]) == "prime256v1"
+    assert server_temp_key(port, ["-groups", "P-384"]) == "secp384r1"
+    for costly in ("ffdhe2048", "ffdhe8192", "X448"):
+        assert server_temp_key(port, ["-groups", costly]) is None, costly
+    assert srv.running
 
 
 # --------------------------------------------------------------------------
