@@ -375,6 +375,9 @@ def test_client_compressed_forms(chatd):
         big = "y" * 65536
         z.send_frame(OP_TEXT, deflate(big), rsv=4)
         assert p.recv_text(10) == "z: " + big
+        # one byte more is too big, however small it is on the wire
+        z.send_frame(OP_TEXT, deflate(big + "y"), rsv=4)
+        assert expect_close(z, 1009) == b"message larger than the limit once inflated"
 
 
 @pytest.mark.parametrize("case", ["cont", "ping", "close", "pong", "rsv2", "plain-conn"])
