@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "auth.h"
+#include "pmd.h"
 #include "proto.h"
 #include "web.h"
 #include "ws.h"
@@ -1006,7 +1007,7 @@ void hs_respond_at(const hs_request *r, const config *cfg, time_t now, hs_result
     v = field(r, H_EXTENSIONS, &n);
     if (cfg->permessage_deflate && v && r->f[H_EXTENSIONS].count <= EXT_LINES_MAX &&
         pick_deflate(v, n, &asked)) {
-        out->deflate = asked ? asked : 15;
+        out->deflate = asked ? asked : PMD_WINDOW_BITS;
         char smwb[40] = "";
         if (asked)
             snprintf(smwb, sizeof smwb, "; server_max_window_bits=%d", asked);
