@@ -396,6 +396,17 @@ def test_drain_delay_serves_clients_while_readiness_fails(chatd):
     assert srv.wait(15) == 0
 
 
+def test_drain_delay_is_not_waited_for_without_clients(chatd):
+    """drain_delay is time for a balancer to move clients away: a node
+    that has none left to serve exits at once."""
+    srv = chatd(drain_delay="5s", shutdown_timeout="10s", workers=2)
+    t0 = time.monotonic()
+    srv.send_signal(signal.SIGTERM)
+    assert srv.wait(15) == 0
+    took = time.monotonic() - t0
+    assert took < 2.5, f"exited {took:.2f} s after SIGTERM with no clients and drain_delay 5s"
+
+
 def test_client_with_its_101_hears_the_next_message(chatd):
     """A client that has its 101 is in the room: a message sent right after
     (from a client on another worker) reaches it. Joining after the 101 was

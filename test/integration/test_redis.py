@@ -870,6 +870,46 @@ def test_rollback_to_an_older_snapshot_is_not_replayed(redis, chatd, tmp_path):
     assert metrics(a.port)["chatd_stream_resets_total"] == 1
 
 
+def test_rollback_found_on_reconnect_when_newer_entries_hide_it(redis, chatd, tmp_path):
+    """Redis restarts from an older snapshot and takes a newer entry before
+    the node is back (here: the node's path to Redis is refused meanwhile).
+    The stream's newest id is then past what the node delivered, so the
+    regular check sees no rollback; the reconnect does: the last entry it
+    delivered is gone from a stream that reaches back before it. The epoch
+    changes, so no client's since across the loss passes for recovered."""
+    from faultproxy import FaultProxy
+    r = redis(port=free_port(), args=["--appendonly", "no"])
+    px = FaultProxy(r.port).start()
+    try:
+        a = redis_node(chatd, None, "a", workers=1, redis_url=px.url)
+
+        async def main():
+            alice, bob = await alice_and_bob(a)
+            await alice.send("saved")
+            await wait_for(lambda: len(bob.got) >= 2, 10, "the saved message")
+            await asyncio.to_thread(r.cli, "SAVE")
+            await alice.send("lost")
+            await wait_for(lambda: len(bob.got) >= 3, 10, "the message after the snapshot")
+            epoch = await asyncio.to_thread(r.cli, "GET", f"{STREAM}:epoch")
+            px.refuse_connections()
+            r.proc.kill()  # SIGKILL: no save at exit
+            r.proc.wait(10)
+            r._log.close()
+            r.proc = None
+            await asyncio.to_thread(r.start)
+            await asyncio.to_thread(r.cli, "XADD", STREAM, "*", "room", "elsewhere", "user", "x",
+                                    "text", "newer", "mid", "other.1.1")
+            px.allow_connections()
+            await asyncio.to_thread(a.wait_log, r"lost its newest entries", 15)
+            assert await asyncio.to_thread(r.cli, "GET", f"{STREAM}:epoch") not in (None, epoch)
+            await alice.close()
+            await bob.close()
+
+        arun(main(), 60)
+    finally:
+        px.stop()
+
+
 def test_reads_and_readiness_hold_while_redis_is_out_of_memory(redis, chatd):
     """Out of memory, Redis refuses writes and everything inside a MULTI,
     but plain reads still pass: the node stays up and ready while nothing
