@@ -209,6 +209,13 @@ static int open_one(tlsrec *r, tlsrec_cx *cx, uint8_t *rec, size_t body, uint8_t
     uint8_t *ct = rec + TLSREC_HEADER;
     size_t inner = body - TAG_LEN;
     int n;
+    /* Content, type and padding together are at most 2^14 + 1 bytes
+     * (RFC 8446, 5.4), padding included; a longer record is refused before
+     * it costs a decryption. */
+    if (inner > TLSREC_MAX_PLAIN + 1) {
+        *why = "TLS record too long";
+        return -1;
+    }
     nonce_of(&r->rd, nonce);
     if (EVP_CipherInit_ex(c, NULL, NULL, r->rd.key, nonce, 0) != 1 ||
         EVP_CipherUpdate(c, NULL, &n, rec, TLSREC_HEADER) != 1 ||
@@ -219,12 +226,6 @@ static int open_one(tlsrec *r, tlsrec_cx *cx, uint8_t *rec, size_t body, uint8_t
         return -1;
     }
     r->rd.seq++;
-    /* Content, type and padding together are at most 2^14 + 1 bytes
-     * (RFC 8446, 5.4), padding included. */
-    if (inner > TLSREC_MAX_PLAIN + 1) {
-        *why = "TLS record too long";
-        return -1;
-    }
     /* The real content type is the last byte that is not padding. */
     while (inner > 0 && ct[inner - 1] == 0) inner--;
     if (inner == 0) {
@@ -276,11 +277,7 @@ int tlsrec_open(tlsrec *r, tlsrec_cx *cx, uint8_t *buf, size_t len, size_t *plai
         size_t n;
         if (open_one(r, cx, rec, body, &type, &n, why) < 0) return TLSREC_ERROR;
         const uint8_t *content = rec + TLSREC_HEADER;
-        off += TLSREC_HEADER + body;
-        if (n > TLSREC_MAX_PLAIN) {
-            *why = "TLS record too long";
-            return TLSREC_ERROR;
-        }
+        off += TLSREC_HEADER + body; /* n <= TLSREC_MAX_PLAIN: open_one checked */
         /* Records that carry nothing (empty data, padding, user_canceled,
          * key updates) are free to send: at most TLSREC_MAX_EMPTY in a row. */
         r->empty = type == CT_APPLICATION_DATA && n > 0 ? 0 : r->empty + 1;

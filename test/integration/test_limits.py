@@ -225,6 +225,29 @@ def test_per_address_cap_429(chatd):
     arun(main(), timeout=30)
 
 
+def test_per_address_refusal_gives_its_max_clients_slot_back(chatd):
+    """An upgrade is counted against max_clients when it is judged (the
+    acceptor threads judge at once); one refused after that, with 429 by
+    max_clients_per_ip, gives the slot back at once, not when it closes:
+    while the refused client holds its socket open, a client from another
+    address still fits."""
+    node = chatd(max_clients=2, max_clients_per_ip=1, handshake_timeout="10s")
+
+    async def main():
+        first = await ws_connect(node.url("first"))
+        refused = socket.create_connection((HOST, node.port), timeout=5)
+        try:
+            refused.sendall(http_request_bytes("/?username=second"))
+            assert refused.recv(4096).startswith(b"HTTP/1.1 429 ")
+            other = await ws_connect(node.url("other"), local_addr=("127.0.0.2", 0))
+            await other.close()
+        finally:
+            refused.close()
+        await first.close()
+
+    arun(main(), timeout=30)
+
+
 # --------------------------------------------------------------------------
 # A burst of connections (issue 11 item 4): a reconnect storm after a node
 # loss. Every client must get its 101; none may be refused or closed.

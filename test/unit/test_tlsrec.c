@@ -331,6 +331,29 @@ static void test_close_notify(void **state) {
     close_pair(&p);
 }
 
+/* A session that ends leaves no key, IV or traffic secret behind in the
+ * memory it gives back, and frees the part of a record it held. */
+static void test_clear_wipes(void **state) {
+    (void)state;
+    pair p;
+    uint8_t got[256];
+    size_t len;
+    open_pair(&p, NULL, 0, NULL);
+    detach(&p);
+    client_read(&p, got, sizeof got);
+    assert_int_equal(SSL_write(p.c, "half", 4), 4);
+    size_t n = raw_read(p.sfd, raw, sizeof raw);
+    assert_int_equal(server_open(&p, raw, n - 3, n - 3, plain, &len), TLSREC_OK);
+    assert_int_equal(tlsrec_held(p.rec), n - 3);
+    static const uint8_t zero[sizeof(tlsrec)];
+    assert_memory_not_equal(p.rec, zero, sizeof zero);
+    tlsrec_clear(p.rec);
+    assert_memory_equal(p.rec, zero, sizeof zero);
+    free(p.rec);
+    p.rec = NULL;
+    close_pair(&p);
+}
+
 static void test_bad_records(void **state) {
     (void)state;
     pair p;
@@ -606,7 +629,8 @@ static void test_review_early_data_rejected(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_each_suite),  cmocka_unit_test(test_key_update),
-        cmocka_unit_test(test_close_notify), cmocka_unit_test(test_bad_records),
+        cmocka_unit_test(test_close_notify), cmocka_unit_test(test_clear_wipes),
+        cmocka_unit_test(test_bad_records),
         cmocka_unit_test(test_resumption),  cmocka_unit_test(test_tls12_stays),
         cmocka_unit_test(test_review_padding_overflow), cmocka_unit_test(test_empty_records_capped), cmocka_unit_test(test_review_post_handshake),
         cmocka_unit_test(test_review_data_with_finished),
